@@ -1,0 +1,121 @@
+"""`harmonica` command line: one command per MLproject entry point.
+
+Commands parse options, load the layered config and call one stage runner; errors the user can fix
+(config typos, missing corpora, stale caches) exit non-zero with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from harmonica.config import ConfigError, HarmonicaConfig, load_config
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from harmonica.data.cache import StaleCacheError
+    from harmonica.data.corpora import CorpusError
+    from harmonica.data.preprocess import PreprocessError
+
+    return (*USER_ERRORS, CorpusError, PreprocessError, StaleCacheError)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "urllib3", "git", "numba", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def split_overrides(items: tuple[str, ...] | list[str]) -> list[str]:
+    """MLproject hands all overrides over as one string ("a.b=1 c.d=2"); split such strings.
+
+    An item is split only when every whitespace-separated token is itself key=value, so a single
+    override whose value contains spaces survives.
+    """
+    out: list[str] = []
+    for item in items:
+        tokens = item.split()
+        if len(tokens) > 1 and all("=" in t for t in tokens):
+            out.extend(tokens)
+        elif item.strip():
+            out.append(item)
+    return out
+
+
+def _config(project: str, overrides: tuple[str, ...], extra: list[str]) -> HarmonicaConfig:
+    return load_config(project, [*extra, *split_overrides(overrides)])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+def main(verbose: bool) -> None:
+    """harmonica: VALL-E-style TTS training with every run tracked in MLflow."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.option("--project", "-p", default="demo", show_default=True, help="projects/<name>.yaml or a yaml path")
+@click.option("--corpus", "corpus_dir", type=click.Path(), default=None, help="corpus root (default: data.corpus_dir)")
+@click.option("--format", "corpus_format", type=click.Choice(["demo", "ljspeech", "vctk"]), default=None)
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="holds mlflow.db, mlartifacts/ and cache/ on the embedded default")
+@click.option("--workers", type=int, default=None, help="parallel encoding processes (data.workers)")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.argument("overrides", nargs=-1)
+def preprocess(
+    project: str,
+    corpus_dir: str | None,
+    corpus_format: str | None,
+    workdir: str,
+    workers: int | None,
+    no_progress: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Scan a corpus, filter it, fit/encode the codec and write the token cache.
+
+    OVERRIDES are key.path=value pairs applied last, e.g. codec.n_q=4 data.max_duration=8.
+    """
+    from harmonica.stages.preprocess import run_preprocess
+
+    extra = []
+    if corpus_dir:
+        extra.append(f"data.corpus_dir={Path(corpus_dir).resolve()}")
+    if corpus_format:
+        extra.append(f"data.corpus_format={corpus_format}")
+    if workers:
+        extra.append(f"data.workers={workers}")
+    try:
+        cfg = _config(project, overrides, extra)
+        if cfg.data.corpus_dir and not Path(cfg.data.corpus_dir).exists():
+            raise FileNotFoundError(f"corpus directory {cfg.data.corpus_dir} does not exist (--corpus)")
+        out = run_preprocess(cfg, Path(workdir), progress=not no_progress)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    res = out.result
+    c = res.cache.contract
+    click.echo("")
+    click.echo(f"preprocess {'reused the cache' if res.reused else 'built a new cache'}: {res.cache.directory}")
+    click.echo(f"  fingerprint   {res.cache.fingerprint}")
+    click.echo(f"  codec         {c['codec_name']} n_q={c['n_q']} codebook={c['codebook_size']} "
+               f"{c['frame_rate']:g} Hz pretrained={str(res.codec_pretrained).lower()}")
+    for split, stats in sorted(res.cache.meta["splits"].items()):
+        click.echo(f"  {split:<6}        {stats['utterances']:>5} utterances {stats['seconds']:>8.1f} s")
+    rejected = {k: v for k, v in res.counts.items() if k not in ("total", "kept", "rejected")}
+    click.echo(f"  quality       kept {res.counts.get('kept', 0)} / {res.counts.get('total', 0)}; rejected: "
+               + (", ".join(f"{k}={v}" for k, v in rejected.items()) or "none"))
+    click.echo(f"  mlflow run    {out.run_id} in experiment '{out.experiment}' ({out.tracking_uri})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

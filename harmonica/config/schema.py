@@ -1,0 +1,356 @@
+"""The one configuration schema of harmonica.
+
+Every section is a strict pydantic model (`extra="forbid"`): an unknown key is an error, never a
+silently ignored knob. Step counts in `training.*` are *optimizer* steps (one step = one parameter
+update = `grad_accum_steps` micro-batches); schedules, logging cadences and warmups all use that unit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ENCODEC_BANDWIDTH_TO_NQ: dict[float, int] = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}
+ENCODEC_SAMPLE_RATE = 24_000
+ENCODEC_FRAME_RATE = 75.0
+ENCODEC_CODEBOOK_SIZE = 1024
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+class QualityConfig(Strict):
+    """Thresholds of the preprocessing quality filter (plan 3.2)."""
+
+    enabled: bool = True
+    max_silence_sec: float = Field(1.0, gt=0, description="longest internal silence allowed")
+    silence_db: float = Field(-40.0, description="frame RMS below this (dBFS) counts as silence")
+    max_clipping_ratio: float = Field(0.001, ge=0, le=1)
+    clip_level: float = Field(0.999, gt=0, le=1)
+    min_snr_db: float = Field(15.0, description="estimated speech-to-noise-floor ratio")
+    min_chars_per_sec: float = Field(4.0, ge=0)
+    max_chars_per_sec: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _rate_order(self) -> QualityConfig:
+        if self.min_chars_per_sec >= self.max_chars_per_sec:
+            raise ValueError("min_chars_per_sec must be < max_chars_per_sec")
+        return self
+
+
+class DataConfig(Strict):
+    corpus_format: Literal["demo", "ljspeech", "vctk"] = "demo"
+    corpus_dir: str | None = Field(None, description="None = the bundled demo corpus")
+    min_duration: float = Field(0.5, ge=0)
+    max_duration: float = Field(10.0, gt=0)
+    trim_silence: bool = True
+    trim_db: float = Field(-40.0, lt=0)
+    normalize: Literal["none", "peak", "rms"] = "peak"
+    normalize_level_db: float = Field(-1.0, le=0)
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="ljspeech/vctk: held-out share")
+    eval_fraction: float = Field(0.05, ge=0, lt=1)
+    eval_speakers: list[str] = Field(default_factory=list, description="vctk: held-out speakers")
+    split_seed: int = 1234
+    workers: int = Field(1, ge=1)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+    @model_validator(mode="after")
+    def _durations(self) -> DataConfig:
+        if self.min_duration >= self.max_duration:
+            raise ValueError("min_duration must be < max_duration")
+        if self.val_fraction + self.eval_fraction >= 1:
+            raise ValueError("val_fraction + eval_fraction must be < 1")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- codec
+
+
+class CodecConfig(Strict):
+    name: Literal["mel_rvq", "encodec"] = "mel_rvq"
+    sample_rate: int = Field(24_000, gt=0)
+    # mel_rvq
+    n_q: int = Field(8, ge=1, le=32, description="mel_rvq stages; encodec derives it from bandwidth")
+    codebook_size: int = Field(256, ge=2, description="mel_rvq entries per stage; encodec is 1024")
+    n_mels: int = Field(100, ge=8)
+    n_fft: int = Field(1280, ge=64)
+    hop_length: int = Field(320, ge=1)
+    kmeans_iters: int = Field(20, ge=1)
+    kmeans_max_frames: int = Field(200_000, ge=1_000, description="frames sampled to fit k-means")
+    griffin_lim_iters: int = Field(48, ge=1)
+    seed: int = 0
+    # encodec
+    bandwidth: float = Field(6.0, description="kbps; 1.5, 3, 6, 12 or 24")
+    pretrained: bool = Field(True, description="encodec: try the published weights")
+    weights_path: str | None = Field(None, description="encodec: local state-dict file")
+
+    @model_validator(mode="after")
+    def _codec_shape(self) -> CodecConfig:
+        if self.name == "encodec":
+            if self.bandwidth not in ENCODEC_BANDWIDTH_TO_NQ:
+                raise ValueError(f"bandwidth must be one of {sorted(ENCODEC_BANDWIDTH_TO_NQ)}")
+            if self.sample_rate != ENCODEC_SAMPLE_RATE:
+                raise ValueError(f"encodec 24 kHz needs sample_rate={ENCODEC_SAMPLE_RATE}")
+        if self.name == "mel_rvq" and self.hop_length > self.n_fft:
+            raise ValueError("hop_length must be <= n_fft")
+        return self
+
+    @property
+    def effective_n_q(self) -> int:
+        return ENCODEC_BANDWIDTH_TO_NQ[self.bandwidth] if self.name == "encodec" else self.n_q
+
+    @property
+    def effective_codebook_size(self) -> int:
+        return ENCODEC_CODEBOOK_SIZE if self.name == "encodec" else self.codebook_size
+
+    @property
+    def frame_rate(self) -> float:
+        return ENCODEC_FRAME_RATE if self.name == "encodec" else self.sample_rate / self.hop_length
+
+
+# ----------------------------------------------------------------------------------------------- text
+
+
+class TextConfig(Strict):
+    frontend: Literal["chars"] = "chars"
+    lowercase: bool = True
+    max_text_len: int = Field(256, ge=8)
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+class TransformerConfig(Strict):
+    d_model: int = Field(256, ge=8)
+    n_layers: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1)
+    ff_mult: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_seq_len: int = Field(1024, ge=8, description="audio positions incl. the stop token")
+
+    @model_validator(mode="after")
+    def _heads(self) -> TransformerConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        return self
+
+
+class ARModelConfig(TransformerConfig):
+    pass
+
+
+class NARModelConfig(TransformerConfig):
+    speaker_condition: Literal["prompt", "embedding", "none"] = "prompt"
+    prompt_frames: int = Field(150, ge=1, description="acoustic prompt length (frames)")
+    max_speakers: int = Field(1024, ge=1, description="table size for speaker_condition=embedding")
+
+
+class ModelConfig(Strict):
+    ar: ARModelConfig = Field(default_factory=ARModelConfig)
+    nar: NARModelConfig = Field(default_factory=NARModelConfig)
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+class ParamGroupConfig(Strict):
+    """LR multiplier and weight decay for one parameter group (plan 4.2)."""
+
+    lr_scale: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+
+
+class ParamGroups(Strict):
+    embeddings: ParamGroupConfig = Field(default_factory=lambda: ParamGroupConfig(weight_decay=0.0))
+    attention: ParamGroupConfig = Field(default_factory=ParamGroupConfig)
+    output_heads: ParamGroupConfig = Field(default_factory=ParamGroupConfig)
+    text_encoder: ParamGroupConfig = Field(default_factory=ParamGroupConfig)
+    speaker_encoder: ParamGroupConfig = Field(default_factory=ParamGroupConfig)
+
+
+class CollapseConfig(Strict):
+    util_floor: float = Field(0.10, ge=0, le=1, description="predicted utilisation floor per codebook")
+    attn_entropy_floor: float = Field(0.5, ge=0, description="nats, min over heads")
+    grace_steps: int = Field(0, ge=0, description="no warnings before this step")
+    stop_on_collapse: bool = False
+    early_stop_window: int = Field(0, ge=0, description="0 = off; val loss and util plateau window")
+    spike_factor: float = Field(10.0, gt=1, description="grad norm > factor x running median")
+    max_instability_events: int = Field(3, ge=1, description="events before the LR is reduced")
+    lr_reduce_factor: float = Field(0.5, gt=0, lt=1)
+
+
+class TrainingConfig(Strict):
+    batch_size: int = Field(8, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    total_steps: int = Field(1000, ge=1, description="optimizer steps")
+    lr: float = Field(5e-5, gt=0)
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(200, ge=0)
+    scheduler_type: Literal["cosine", "linear", "constant", "plateau"] = "cosine"
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = Field(1.0, gt=0)
+    param_groups: ParamGroups = Field(default_factory=ParamGroups)
+    label_smoothing: float = Field(0.05, ge=0, lt=1, description="start value")
+    label_smoothing_end: float = Field(0.0, ge=0, lt=1)
+    label_smoothing_decay_steps: int = Field(0, ge=0)
+    codebook_entropy_weight: float = Field(0.02, ge=0)
+    codebook_entropy_warmup_steps: int = Field(10_000, ge=0)
+    usage_entropy_weight: float = Field(0.0, ge=0)
+    focal_gamma: float = Field(0.0, ge=0)
+    scheduled_sampling: bool = False
+    scheduled_sampling_start: int = Field(10_000, ge=0)
+    scheduled_sampling_ratio_start: float = Field(0.95, ge=0, le=1, description="teacher-forcing")
+    scheduled_sampling_ratio_end: float = Field(0.7, ge=0, le=1)
+    token_noise: float = Field(0.0, ge=0, lt=1)
+    nar_refine_train: bool = Field(False, description="NAR: 2-pass self-conditioned refinement")
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    log_every: int = Field(10, ge=1)
+    val_every: int = Field(100, ge=1)
+    sample_every: int = Field(500, ge=1)
+    ckpt_every: int = Field(100, ge=1)
+    keep_last: int = Field(3, ge=1)
+    best_metric: str = "val_ema/loss"
+    best_mode: Literal["min", "max"] = "min"
+    collapse: CollapseConfig = Field(default_factory=CollapseConfig)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _steps(self) -> TrainingConfig:
+        if self.warmup_steps >= self.total_steps:
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps} must be < total_steps={self.total_steps} "
+                "(both count optimizer steps, i.e. after grad_accum_steps)"
+            )
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr={self.min_lr} must be <= lr={self.lr}")
+        if self.label_smoothing_decay_steps > self.total_steps:
+            raise ValueError("label_smoothing_decay_steps must be <= total_steps (optimizer steps)")
+        if self.scheduled_sampling and self.scheduled_sampling_start >= self.total_steps:
+            raise ValueError(
+                f"scheduled_sampling_start={self.scheduled_sampling_start} must be < total_steps="
+                f"{self.total_steps} (optimizer steps)"
+            )
+        for name in ("log_every", "val_every", "ckpt_every", "sample_every"):
+            if getattr(self, name) > self.total_steps:
+                raise ValueError(f"{name} must be <= total_steps={self.total_steps} (optimizer steps)")
+        return self
+
+    @property
+    def micro_steps_total(self) -> int:
+        return self.total_steps * self.grad_accum_steps
+
+
+class TrainingSections(Strict):
+    ar: TrainingConfig = Field(default_factory=TrainingConfig)
+    nar: TrainingConfig = Field(default_factory=TrainingConfig)
+
+
+# ------------------------------------------------------------------------------ evaluation and gates
+
+
+class ASRConfig(Strict):
+    model: str = Field("bundled:tiny.en", description="hub name, local dir, or bundled:tiny.en")
+    compute_type: str = "int8"
+    language: str = "en"
+    beam_size: int = Field(1, ge=1)
+
+
+class SpeakerSimConfig(Strict):
+    backend: Literal["auto", "ecapa", "resemblyzer"] = "auto"
+    ecapa_source: str = "speechbrain/spkrec-ecapa-voxceleb"
+
+
+class DecodeConfig(Strict):
+    temperature: list[float] = Field(default_factory=lambda: [1.0], description="per codebook")
+    top_k: list[int] = Field(default_factory=lambda: [0])
+    top_p: list[float] = Field(default_factory=lambda: [0.9])
+    repetition_penalty: float = Field(1.1, ge=1)
+    max_length_per_char: float = Field(0.25, gt=0, description="seconds of audio per text char")
+    nar_refine_steps: int = Field(1, ge=1)
+
+
+class EvalConfig(Strict):
+    split: Literal["eval", "val"] = "eval"
+    max_utterances: int = Field(0, ge=0, description="0 = whole slice")
+    asr: ASRConfig = Field(default_factory=ASRConfig)
+    speaker: SpeakerSimConfig = Field(default_factory=SpeakerSimConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    seed: int = 0
+
+
+class GateConfig(Strict):
+    threshold: float
+    relative_to: Literal["absolute", "ground_truth", "resynthesis"] = "absolute"
+    enabled: bool = True
+
+
+class GatesConfig(Strict):
+    max_wer: GateConfig = Field(default_factory=lambda: GateConfig(threshold=0.5))
+    min_sim: GateConfig = Field(default_factory=lambda: GateConfig(threshold=0.5))
+    max_failure_rate: GateConfig = Field(default_factory=lambda: GateConfig(threshold=0.2))
+    collapse_free_tail: float = Field(0.2, ge=0, le=1, description="last share of training")
+    primary_metric: str = "eval/wer"
+    primary_mode: Literal["min", "max"] = "min"
+
+
+# ------------------------------------------------------------------------------------- sweep/tracking
+
+
+class SweepConfig(Strict):
+    storage: str | None = Field(None, description="Optuna RDB URL; None = sqlite under the workdir")
+    study_name: str | None = None
+    sampler_seed: int = 0
+    pruner: Literal["median", "hyperband", "none"] = "median"
+
+
+class TrackingConfig(Strict):
+    tracking_uri: str | None = Field(None, description="None = sqlite:///<workdir>/mlflow.db")
+    artifact_location: str | None = Field(None, description="None = <workdir>/mlartifacts")
+    experiment_prefix: str = "harmonica"
+    system_metrics: bool = True
+    async_logging: bool = True
+
+
+# ------------------------------------------------------------------------------------------------ root
+
+
+class HarmonicaConfig(Strict):
+    project: str = "base"
+    description: str = ""
+    data: DataConfig = Field(default_factory=DataConfig)
+    codec: CodecConfig = Field(default_factory=CodecConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingSections = Field(default_factory=TrainingSections)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _audio_fits_positions(self) -> HarmonicaConfig:
+        frames = math.ceil(self.data.max_duration * self.codec.frame_rate)
+        for kind in ("ar", "nar"):
+            limit = getattr(self.model, kind).max_seq_len - 1  # one position is the stop token
+            if frames > limit:
+                raise ValueError(
+                    f"data.max_duration={self.data.max_duration}s is {frames} codec frames at "
+                    f"{self.codec.frame_rate:g} Hz, more than model.{kind}.max_seq_len - 1 = {limit} "
+                    "(one position is reserved for the stop token); lower data.max_duration or "
+                    f"raise model.{kind}.max_seq_len"
+                )
+        if self.codec.sample_rate <= 0:
+            raise ValueError("codec.sample_rate must be > 0")
+        return self
+
+    @property
+    def max_audio_frames(self) -> int:
+        return min(self.model.ar.max_seq_len, self.model.nar.max_seq_len) - 1

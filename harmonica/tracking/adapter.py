@@ -1,0 +1,234 @@
+"""The one place that talks to MLflow for runs, metrics, params, tags, inputs and artifacts.
+
+Everything else hands plain dicts, paths and numbers to a `Run`. With nothing configured the store
+is embedded: `sqlite:///<workdir>/mlflow.db` and artifacts under `<workdir>/mlartifacts`;
+`MLFLOW_TRACKING_URI` (a tracking server, PostgreSQL-backed or not) always wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from harmonica.config.load import config_hash, flatten, to_yaml
+from harmonica.config.schema import HarmonicaConfig, TrackingConfig
+from harmonica.tracking.provenance import code_version
+
+log = logging.getLogger(__name__)
+
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_LEN = 6000
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def experiment_name(cfg: TrackingConfig, project: str) -> str:
+    return f"{cfg.experiment_prefix}/{project}"
+
+
+class Run:
+    """An open MLflow run; all logging goes through here."""
+
+    def __init__(self, client: MlflowClient, run_id: str, async_logging: bool = True) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.async_logging = async_logging
+
+    # ------------------------------------------------------------------ params, tags, metrics
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        existing = self.client.get_run(self.run_id).data.params
+        items = [
+            Param(k, _param_value(v))
+            for k, v in params.items()
+            if k not in existing  # params are immutable; a resumed run re-logs the same ones
+        ]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=items[i : i + MAX_PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Non-finite values are dropped with a warning: MLflow stores them but plots break."""
+        import time
+
+        ts = int(time.time() * 1000)
+        items = []
+        for key, value in metrics.items():
+            value = float(value)
+            if not math.isfinite(value):
+                log.warning("metric %s=%s at step %s is not finite; not logged", key, value, step)
+                continue
+            items.append(Metric(key, value, ts, step or 0))
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(
+                self.run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH], synchronous=not self.async_logging
+            )
+
+    def get_metric_history(self, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
+
+    # ------------------------------------------------------------------ artifacts
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, directory: Path | str, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, dict(data), artifact_file)
+
+    def log_table(self, data: Mapping[str, list[Any]], artifact_file: str) -> None:
+        self.client.log_table(self.run_id, data=dict(data), artifact_file=artifact_file)
+
+    # ------------------------------------------------------------------ higher level
+    def log_config(self, cfg: HarmonicaConfig, sections: tuple[str, ...] | None = None) -> str:
+        """`config.yaml` artifact, flattened params and the config hash tag; returns the hash."""
+        digest = config_hash(cfg, sections)
+        self.log_text(to_yaml(cfg), "config.yaml")
+        self.log_params(flatten(cfg.model_dump(mode="json")))
+        self.set_tags({"harmonica.config_hash": digest})
+        return digest
+
+    def log_dataset(
+        self,
+        *,
+        name: str,
+        digest: str,
+        source: Path | str,
+        context: str,
+        profile: Mapping[str, Any] | None = None,
+    ) -> None:
+        """`mlflow.log_input` of a dataset identified by its fingerprint (the digest)."""
+        uri = Path(source).resolve().as_uri() if not str(source).startswith(("s3:", "gs:", "http")) else str(source)
+        dataset = MetaDataset(source=resolve_dataset_source(uri), name=name, digest=digest[:36])
+        entity = dataset._to_mlflow_entity()
+        if profile:
+            entity.profile = json.dumps(dict(profile))
+        from mlflow.entities import InputTag
+        from mlflow.entities.dataset_input import DatasetInput
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        self.client.log_inputs(
+            self.run_id, [DatasetInput(dataset=entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        )
+
+    def dataset_digests(self) -> list[str]:
+        return [d.dataset.digest for d in self.client.get_run(self.run_id).inputs.dataset_inputs]
+
+    def flush(self) -> None:
+        mlflow.flush_async_logging()
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
+    return text[:MAX_PARAM_LEN]
+
+
+class Tracker:
+    """Opens runs in the project's experiment on the resolved tracking store."""
+
+    def __init__(self, cfg: HarmonicaConfig, workdir: Path) -> None:
+        self.cfg = cfg
+        self.workdir = Path(workdir)
+        self.tracking_uri = resolve_tracking_uri(cfg.tracking, self.workdir)
+        self.experiment_name = experiment_name(cfg.tracking, cfg.project)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        self.client = MlflowClient(self.tracking_uri)
+
+    @property
+    def embedded(self) -> bool:
+        return self.tracking_uri.startswith("sqlite:")
+
+    def experiment_id(self) -> str:
+        existing = self.client.get_experiment_by_name(self.experiment_name)
+        if existing is not None:
+            return existing.experiment_id
+        location = self.cfg.tracking.artifact_location
+        if location is None and self.embedded:
+            location = (self.workdir / "mlartifacts").resolve().as_uri()
+        try:
+            return self.client.create_experiment(self.experiment_name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            # another process created it between our lookup and create
+            return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        stage: str,
+        run_name: str,
+        *,
+        description: str = "",
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> Iterator[Run]:
+        """Start (or resume, with run_id) a run tagged with stage, project and code version.
+
+        Under `mlflow run`, MLFLOW_RUN_ID names the run the project launcher created; it is adopted
+        so the entry point's run is the one that holds everything.
+        """
+        run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
+        all_tags = {
+            "harmonica.stage": stage,
+            "harmonica.project": self.cfg.project,
+            **code_version().tags(),
+            **(tags or {}),
+        }
+        if description:
+            all_tags["mlflow.note.content"] = description
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        kwargs: dict[str, Any] = {"log_system_metrics": self.cfg.tracking.system_metrics}
+        if run_id:
+            kwargs["run_id"] = run_id
+        else:
+            kwargs.update(experiment_id=self.experiment_id(), run_name=run_name)
+        # a fluent run so MLflow's system-metrics monitor attaches to it
+        active = mlflow.start_run(**kwargs, nested=mlflow.active_run() is not None)
+        run = Run(self.client, active.info.run_id, async_logging=self.cfg.tracking.async_logging)
+        status = "FAILED"
+        try:
+            run.set_tags({"mlflow.runName": run_name, **all_tags})
+            yield run
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            mlflow.flush_async_logging()
+            mlflow.end_run(status=status)
+
+    def find_runs(self, filter_string: str, max_results: int = 50) -> list[Any]:
+        exp = self.client.get_experiment_by_name(self.experiment_name)
+        if exp is None:
+            return []
+        return self.client.search_runs(
+            [exp.experiment_id], filter_string=filter_string, max_results=max_results, order_by=["attributes.start_time DESC"]
+        )
