@@ -12,15 +12,15 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from harmonica.config.load import config_hash, flatten, to_yaml
 from harmonica.config.schema import HarmonicaConfig, TrackingConfig
@@ -72,8 +72,6 @@ class Run:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Non-finite values are dropped with a warning: MLflow stores them but plots break."""
-        import time
-
         ts = int(time.time() * 1000)
         items = []
         for key, value in metrics.items():
@@ -125,18 +123,16 @@ class Run:
         profile: Mapping[str, Any] | None = None,
     ) -> None:
         """`mlflow.log_input` of a dataset identified by its fingerprint (the digest)."""
-        uri = Path(source).resolve().as_uri() if not str(source).startswith(("s3:", "gs:", "http")) else str(source)
-        dataset = MetaDataset(source=resolve_dataset_source(uri), name=name, digest=digest[:36])
-        entity = dataset._to_mlflow_entity()
-        if profile:
-            entity.profile = json.dumps(dict(profile))
-        from mlflow.entities import InputTag
-        from mlflow.entities.dataset_input import DatasetInput
-        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-        self.client.log_inputs(
-            self.run_id, [DatasetInput(dataset=entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        uri = str(source) if "://" in str(source) else Path(source).resolve().as_uri()
+        entity = Dataset(
+            name=name,
+            digest=digest[:36],
+            source_type="local" if uri.startswith("file:") else uri.split(":", 1)[0],
+            source=json.dumps({"uri": uri}),
+            profile=json.dumps(dict(profile)) if profile else None,
         )
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset=entity, tags=tags)])
 
     def dataset_digests(self) -> list[str]:
         return [d.dataset.digest for d in self.client.get_run(self.run_id).inputs.dataset_inputs]
