@@ -133,6 +133,7 @@ class TransformerConfig(Strict):
     ff_mult: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     max_seq_len: int = Field(1024, ge=8, description="audio positions incl. the stop token")
+    text_layers: int = Field(2, ge=0, description="non-causal text-encoder layers before the blocks")
 
     @model_validator(mode="after")
     def _heads(self) -> TransformerConfig:

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 class PreprocessError(RuntimeError):
     """Nothing usable came out of the corpus; the message says what to check."""
 
+    def __init__(self, message: str, quality_dir: Path | None = None) -> None:
+        super().__init__(message)
+        self.quality_dir = quality_dir
+
 
 @dataclass
 class PreprocessResult:
@@ -140,7 +144,7 @@ def _fit_codec(codec: Codec, train: list[Utterance], cfg: HarmonicaConfig, progr
         wavs.append(normalize(wav, cfg.data.normalize, cfg.data.normalize_level_db))
         frames += codec.num_frames(len(wav))
     if not wavs:
-        raise PreprocessError("no readable training audio to fit the codec on")
+        raise PreprocessError("no usable (readable) training audio to fit the codec on")
     codec.fit(wavs)
     return len(wavs)
 
@@ -181,6 +185,14 @@ def build_token_cache(
     t0 = time.perf_counter()
     manifests = load_manifests(cfg, corpus_dir)
     timings["scan_sec"] = time.perf_counter() - t0
+    if not manifests.by_split("train"):
+        reasons: dict[str, int] = {}
+        for r in manifests.rejected:
+            reasons[r.reason] = reasons.get(r.reason, 0) + 1
+        raise PreprocessError(
+            f"the {cfg.data.corpus_format} corpus at {corpus_dir or cfg.data.corpus_dir or 'the bundled demo'} "
+            f"yields no usable training utterance ({len(manifests.rejected)} rejected: {reasons})"
+        )
     settings = cache_mod.cache_settings(cfg)
     digest = cache_mod.corpus_digest(manifests.utterances)
     key = cache_mod.cache_key(settings, digest)
@@ -227,7 +239,8 @@ def build_token_cache(
     if not kept.get("train"):
         raise PreprocessError(
             f"no usable training utterance in the corpus ({counts}); see the quality report at "
-            f"{build / 'quality' / 'quality_report.csv'}"
+            f"{build / 'quality' / 'quality_report.csv'}",
+            quality_dir=build / "quality",
         )
 
     splits = {name: cache_mod.write_split(build, name, items) for name, items in sorted(kept.items())}

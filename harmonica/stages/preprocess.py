@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harmonica.config.schema import HarmonicaConfig
-from harmonica.data.preprocess import PreprocessResult, build_token_cache
+from harmonica.data.preprocess import PreprocessError, PreprocessResult, build_token_cache
 from harmonica.tracking.adapter import Run, Tracker
 
 
@@ -80,7 +80,12 @@ def run_preprocess(
         "preprocess", f"preprocess-{cfg.project}", parent_run_id=parent_run_id
     ) as run:
         run.log_config(cfg)
-        result = build_token_cache(cfg, workdir, corpus_dir=corpus_dir, workers=workers, progress=progress)
+        try:
+            result = build_token_cache(cfg, workdir, corpus_dir=corpus_dir, workers=workers, progress=progress)
+        except PreprocessError as exc:
+            if exc.quality_dir is not None:  # the run shows why nothing was usable
+                run.log_artifacts(exc.quality_dir, "quality")
+            raise
         log_result(run, cfg, result)
         run.set_tags({"mlflow.runName": f"preprocess-{cfg.project}-{result.cache.fingerprint[:8]}"})
         return PreprocessOutcome(result, run.run_id, tracker.tracking_uri, tracker.experiment_name)

@@ -1,0 +1,188 @@
+"""The `Codec` interface shared by every audio tokenizer backend.
+
+Frame rule (all backends): a waveform of ``T`` samples becomes ``ceil(T / hop)`` frames, where
+``hop = sample_rate / frame_rate`` samples. Frame ``i`` covers samples ``[i*hop, (i+1)*hop)``;
+the input is zero-padded at the end to a whole number of frames. ``decode`` of ``T_frames``
+frames returns exactly ``T_frames * hop`` samples, so ``encode(decode(codes))`` keeps ``T_frames``.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_JSON = "codec.json"
+STATE_FORMAT = 1
+
+ParamValue = str | int | float | bool
+
+
+def num_frames(num_samples: int, hop: int) -> int:
+    """Frames for ``num_samples`` samples: ``ceil(num_samples / hop)``."""
+    return -(-int(num_samples) // int(hop))
+
+
+def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over name, dtype, shape and bytes of each tensor, in sorted key order."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # view as bytes so every dtype (incl. bool/bfloat16) hashes without conversion
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def hash_settings(settings: Mapping[str, Any], state_hash: str) -> str:
+    """sha256 over canonical JSON of the settings plus the state hash."""
+    blob = json.dumps({"settings": dict(settings), "state": state_hash}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def write_state_json(directory: Path, payload: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"format": STATE_FORMAT, **payload}, indent=2, sort_keys=True)
+    (directory / STATE_JSON).write_text(text + "\n")
+
+
+def read_state_json(directory: Path) -> dict[str, Any]:
+    path = directory / STATE_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"no codec state at {path}")
+    payload = json.loads(path.read_text())
+    if payload.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path}: unsupported codec state format {payload.get('format')!r}")
+    return payload
+
+
+def check_settings(saved: Mapping[str, Any], current: Mapping[str, Any], where: Path) -> None:
+    """Raise if the saved settings disagree with this instance's (a different config)."""
+    diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    if diff:
+        detail = ", ".join(f"{k}: saved={a!r} config={b!r}" for k, (a, b) in sorted(diff.items()))
+        raise ValueError(f"codec state in {where} was made with other settings ({detail})")
+
+
+class Codec(abc.ABC):
+    """Waveform <-> discrete codes ``[n_q, T_frames]``; see the module docstring for framing."""
+
+    name: str
+    sample_rate: int
+    n_q: int
+    codebook_size: int
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    @abc.abstractmethod
+    def hop_length(self) -> int:
+        """Samples per frame."""
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    @abc.abstractmethod
+    def pretrained(self) -> bool:
+        """True when the codec has its real codebooks/weights (not a placeholder)."""
+
+    @property
+    @abc.abstractmethod
+    def needs_fit(self) -> bool:
+        """True while `fit` must run before `encode` gives meaningful codes."""
+
+    # ------------------------------------------------------------------ coding
+
+    @abc.abstractmethod
+    def encode(self, wav: np.ndarray) -> np.ndarray:
+        """float32 mono ``[T_samples]`` at `sample_rate` -> int64 ``[n_q, ceil(T/hop)]``.
+
+        Raises RuntimeError while `needs_fit`.
+        """
+
+    def encode_batch(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.encode(w) for w in wavs]
+
+    @abc.abstractmethod
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """int codes ``[k, T]`` (``1 <= k <= n_q``, first k stages) -> float32 ``[T*hop]``."""
+
+    @abc.abstractmethod
+    def fit(self, wavs: Iterable[np.ndarray]) -> None:
+        """Fit data-dependent state on training audio; no-op when nothing needs fitting."""
+
+    # ------------------------------------------------------------------ identity/state
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """Hex sha256 over code-changing settings and a hash of weights/codebooks."""
+
+    @abc.abstractmethod
+    def save_state(self, directory: Path) -> None: ...
+
+    @abc.abstractmethod
+    def load_state(self, directory: Path) -> None: ...
+
+    def describe(self) -> dict[str, ParamValue]:
+        """Flat ``codec.*`` dict for experiment params/tags."""
+        return {
+            "codec.name": self.name,
+            "codec.sample_rate": int(self.sample_rate),
+            "codec.frame_rate": float(self.frame_rate),
+            "codec.hop_length": int(self.hop_length),
+            "codec.n_q": int(self.n_q),
+            "codec.codebook_size": int(self.codebook_size),
+            "codec.pretrained": bool(self.pretrained),
+            "codec.needs_fit": bool(self.needs_fit),
+            "codec.fingerprint": self.fingerprint(),
+        }
+
+    # ------------------------------------------------------------------ helpers
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_frames(num_samples, self.hop_length)
+
+    def duration_to_frames(self, seconds: float) -> int:
+        """``ceil(seconds * frame_rate)``, equal to `num_frames` of that many samples."""
+        return math.ceil(round(seconds * self.sample_rate) / self.hop_length)
+
+    def _check_wav(self, wav: np.ndarray) -> torch.Tensor:
+        """Validate a mono waveform and return it as a float32 tensor ``[T]``."""
+        arr = np.asarray(wav)
+        if arr.ndim == 2 and 1 in arr.shape:
+            arr = arr.reshape(-1)  # tolerate [1, T] / [T, 1]
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"{self.name}: expected a non-empty mono waveform [T], got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"{self.name}: expected float audio in [-1, 1], got dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{self.name}: waveform contains NaN/inf")
+        return torch.from_numpy(arr)
+
+    def _check_codes(self, codes: np.ndarray) -> torch.Tensor:
+        """Validate codes ``[k, T]`` and return them as an int64 tensor."""
+        arr = np.asarray(codes)
+        if arr.ndim != 2 or not 1 <= arr.shape[0] <= self.n_q or arr.shape[1] == 0:
+            raise ValueError(f"{self.name}: expected codes [k<= {self.n_q}, T>0], got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"{self.name}: codes must be integers, got {arr.dtype}")
+        if arr.min() < 0 or arr.max() >= self.codebook_size:
+            raise ValueError(f"{self.name}: codes outside [0, {self.codebook_size})")
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
+
+    def _require_fitted(self) -> None:
+        if self.needs_fit:
+            raise RuntimeError(
+                f"codec {self.name!r} needs fit(wavs) on training audio before encode "
+                "(or load_state from a fitted codec)"
+            )

@@ -1,0 +1,154 @@
+"""Optimizer with per-module parameter groups (plan 4.2) and one LR-scheduler interface for every
+``scheduler_type`` (plan 4.5, RCA cause 4).
+
+All step counts are optimizer steps (see `schedules`). The trainer calls `Scheduler.step()` once
+per optimizer update, `on_validation(metric)` after each validation, and `scale(f)` when the
+instability guard asks for a persistent LR reduction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+from harmonica.config.schema import ParamGroups, TrainingConfig
+from harmonica.training.schedules import decay_factor, min_lr_ratio, warmup_factor
+
+__all__ = ["GROUP_NAMES", "Scheduler", "build_optimizer", "build_scheduler"]
+
+GROUP_NAMES: tuple[str, ...] = tuple(ParamGroups.model_fields)
+PLATEAU_FACTOR = 0.5
+PLATEAU_PATIENCE = 3  # validations without improvement; the schema has no knob for it (yet)
+
+
+def build_optimizer(named_groups: Mapping[str, Sequence[nn.Parameter]],
+                    cfg: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW with one param group per name: lr = cfg.lr * lr_scale, weight_decay from
+    cfg.param_groups.<name>; group["name"] and group["lr_scale"] are set for logging and the
+    scheduler. Empty groups and frozen (requires_grad=False) parameters are skipped. An unknown
+    group name or a parameter listed in two groups is an error, never silently merged."""
+    groups: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for name, params in named_groups.items():
+        if name not in GROUP_NAMES:
+            raise KeyError(f"unknown parameter group {name!r}; expected one of {GROUP_NAMES}")
+        trainable = [p for p in params if p.requires_grad]
+        for p in trainable:
+            if id(p) in seen:
+                raise ValueError(f"a parameter of group {name!r} is also in another group")
+            seen.add(id(p))
+        if not trainable:
+            continue
+        gcfg = getattr(cfg.param_groups, name)
+        groups.append({"params": trainable, "name": name, "lr_scale": gcfg.lr_scale,
+                       "lr": cfg.lr * gcfg.lr_scale, "weight_decay": gcfg.weight_decay})
+    if not groups:
+        raise ValueError("no trainable parameters in any group")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+class Scheduler:
+    """One interface over all scheduler types.
+
+    group lr = cfg.lr * lr_scale * warmup(step) * max(decay(step) * scale * plateau, min_lr/lr)
+
+    - cosine / linear / constant: `decay` from `schedules.decay_factor` through a LambdaLR;
+    - plateau: linear warmup, then torch's ReduceLROnPlateau (mode min, factor 0.5, patience 3
+      validations, min_lr floor) decides reductions from `on_validation(metric)`. It runs on a
+      one-parameter proxy optimizer whose lr *is* the plateau multiplier: driving the real groups
+      directly would be overwritten by the LambdaLR on the next step and would lose each group's
+      lr_scale. Validations during warmup are ignored (the loss is still falling fast).
+    - `scale(f)` multiplies every group's LR persistently (instability guard); it is part of the
+      state, so it survives a checkpoint round trip.
+    After warmup no group goes below min_lr * lr_scale.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainingConfig,
+                 plateau_patience: int = PLATEAU_PATIENCE) -> None:
+        self.optimizer = optimizer
+        self.cfg = cfg
+        self.kind = cfg.scheduler_type
+        self._scale = 1.0
+        self._floor = min_lr_ratio(cfg)
+        self._plateau: ReduceLROnPlateau | None = None
+        if self.kind == "plateau":
+            proxy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            self._plateau = ReduceLROnPlateau(proxy, mode="min", factor=PLATEAU_FACTOR,
+                                              patience=plateau_patience, min_lr=self._floor)
+        # A plain closure (not a bound method) so LambdaLR.state_dict() stores nothing for it.
+        self._lambda = LambdaLR(optimizer, lambda step: self._factor(step))
+
+    def _plateau_mult(self) -> float:
+        return 1.0 if self._plateau is None else float(self._plateau.optimizer.param_groups[0]["lr"])
+
+    def _factor(self, step: int) -> float:
+        body = decay_factor(step, self.cfg) * self._scale * self._plateau_mult()
+        return warmup_factor(step, self.cfg.warmup_steps) * max(body, self._floor)
+
+    def _apply(self) -> None:
+        """Rewrite group LRs from the state (after a plateau reduction, scale() or a state load)."""
+        f = self._factor(self.step_count)
+        for group, base in zip(self.optimizer.param_groups, self._lambda.base_lrs, strict=True):
+            group["lr"] = base * f
+        self._lambda._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps taken so far (= the step whose LR the groups now hold)."""
+        return int(self._lambda.last_epoch)
+
+    def step(self) -> None:
+        """Call once per optimizer update, after optimizer.step()."""
+        self._lambda.step()
+
+    def on_validation(self, metric: float) -> bool:
+        """Feed a validation metric (lower is better). Returns True if the LR was reduced.
+        A no-op for cosine/linear/constant."""
+        if self._plateau is None or self.step_count < self.cfg.warmup_steps:
+            return False
+        before = self._plateau_mult()
+        self._plateau.step(float(metric))
+        if self._plateau_mult() < before:
+            self._apply()
+            return True
+        return False
+
+    def scale(self, factor: float) -> None:
+        """Persistently multiply all group LRs by `factor` (still floored at min_lr after warmup)."""
+        if not factor > 0:
+            raise ValueError(f"scale factor must be > 0, got {factor}")
+        self._scale *= factor
+        self._apply()
+
+    @property
+    def lr_scale_factor(self) -> float:
+        return self._scale
+
+    def current_lrs(self) -> dict[str, float]:
+        return {g.get("name", f"group{i}"): float(g["lr"])
+                for i, g in enumerate(self.optimizer.param_groups)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "scale": self._scale, "lambda": self._lambda.state_dict(),
+                "plateau": None if self._plateau is None else self._plateau.state_dict(),
+                "plateau_mult": self._plateau_mult()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["kind"] != self.kind:
+            raise ValueError(f"checkpoint scheduler is {state['kind']!r}, config says {self.kind!r}")
+        self._scale = float(state["scale"])
+        self._lambda.load_state_dict(dict(state["lambda"]))
+        if self._plateau is not None:
+            self._plateau.load_state_dict(dict(state["plateau"]))
+            self._plateau.optimizer.param_groups[0]["lr"] = float(state["plateau_mult"])
+        self._apply()
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig,
+                    plateau_patience: int = PLATEAU_PATIENCE) -> Scheduler:
+    """The scheduler for cfg.scheduler_type (every type is honoured; see `Scheduler`)."""
+    return Scheduler(optimizer, cfg, plateau_patience=plateau_patience)

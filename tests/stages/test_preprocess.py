@@ -1,0 +1,151 @@
+"""The preprocess stage end to end: corpus -> quality -> codec -> cache -> MLflow run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harmonica.config import load_config
+from harmonica.data.cache import find_cache, StaleCacheError
+from harmonica.stages.preprocess import run_preprocess
+from tests.factories import FIXABLE, LOAD_REASON, RECIPE_REASON, make_ljspeech_corpus
+
+# small enough to fit and encode a dozen utterances in a couple of seconds
+FAST = [
+    "codec.n_q=2",
+    "codec.codebook_size=16",
+    "codec.kmeans_iters=3",
+    "codec.griffin_lim_iters=2",
+    "tracking.system_metrics=false",
+    "data.quality.min_chars_per_sec=1",
+    "data.quality.max_chars_per_sec=100",
+]
+BAD = ["missing_audio", "corrupt_audio", "empty_text", "non_utf8_text", "zero_length", "empty_file",
+       "non_finite", "other_sr", "stereo"]
+
+
+def _cfg(corpus: Path, *extra: str):
+    return load_config("demo", [*FAST, "data.corpus_format=ljspeech", f"data.corpus_dir={corpus}", *extra])
+
+
+def _harmonica(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harmonica.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_bad_inputs_are_reported_not_fatal_and_run_records_everything(tmp_path: Path, workdir: Path):
+    corpus = make_ljspeech_corpus(tmp_path, n=30, bad=BAD)
+    cfg = _cfg(corpus.root)
+    out = run_preprocess(cfg, workdir, progress=False)
+    res = out.result
+    report = json.loads((res.quality_dir / "quality_report.json").read_text())
+    reasons = {row["id"]: row["reasons"] for row in report["rows"]}
+    for kind, reason in {**RECIPE_REASON, **LOAD_REASON}.items():
+        assert reasons[corpus.bad[kind]] == [reason], kind
+    for kind in FIXABLE:  # resampled / downmixed, then kept
+        assert report_row(report, corpus.bad[kind])["status"] == "kept"
+    blacklist = (res.quality_dir / "blacklist.txt").read_text().splitlines()
+    assert len(blacklist) == res.counts["rejected"] == len(RECIPE_REASON) + len(LOAD_REASON)
+
+    client = MlflowClient(out.tracking_uri)
+    run = client.get_run(out.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["harmonica.cache_fingerprint"] == res.cache.fingerprint
+    assert run.data.tags["harmonica.cache_reused"] == "false"
+    assert run.data.tags["codec.pretrained"] == "true"  # mel_rvq fitted on the training split
+    assert run.data.metrics["preprocess/quality/rejected"] == res.counts["rejected"]
+    assert run.data.metrics["preprocess/quality/non_finite"] == 1
+    assert run.data.params["codec.n_q"] == "2"
+    [ds] = run.inputs.dataset_inputs
+    assert ds.dataset.digest == res.cache.fingerprint
+    artifacts = {a.path for a in client.list_artifacts(out.run_id)}
+    assert {"config.yaml", "quality", "manifests", "cache"} <= artifacts
+    quality = {Path(a.path).name for a in client.list_artifacts(out.run_id, "quality")}
+    assert quality == {"quality_report.json", "quality_report.csv", "blacklist.txt"}
+
+    # the cache itself: every kept utterance, codes within the codebook, the contract
+    train = res.cache.load_split("train")
+    text, codes, row = train.item(0)
+    assert codes.shape[0] == 2 and int(codes.max()) < 16 and text[0] == 1 and text[-1] == 2
+    assert res.cache.contract["n_q"] == 2 and res.cache.contract["max_audio_frames"] == 511
+
+
+def report_row(report: dict, utt_id: str) -> dict:
+    return next(r for r in report["rows"] if r["id"] == utt_id)
+
+
+def test_identical_rerun_reuses_and_codec_change_invalidates(tmp_path: Path, workdir: Path):
+    corpus = make_ljspeech_corpus(tmp_path, n=10)
+    first = run_preprocess(_cfg(corpus.root), workdir, progress=False).result
+    again = run_preprocess(_cfg(corpus.root), workdir, progress=False)
+    assert again.result.reused and again.result.cache.fingerprint == first.cache.fingerprint
+    tags = MlflowClient(again.tracking_uri).get_run(again.run_id).data.tags
+    assert tags["harmonica.cache_reused"] == "true"
+
+    changed = run_preprocess(_cfg(corpus.root, "codec.codebook_size=8"), workdir, progress=False).result
+    assert not changed.reused and changed.cache.fingerprint != first.cache.fingerprint
+    assert changed.cache.directory != first.cache.directory
+
+    # training-side lookup: the config's own cache is found, a config nobody built for is refused
+    found, diff = find_cache(_cfg(corpus.root), workdir)
+    assert found.fingerprint == first.cache.fingerprint and diff == []
+    with pytest.raises(StaleCacheError, match="codec.n_q: cache has 2, config says 3"):
+        find_cache(_cfg(corpus.root, "codec.n_q=3"), workdir)
+    stale, diff = find_cache(_cfg(corpus.root, "codec.n_q=3"), workdir, allow_mismatch=True)
+    assert diff and stale.directory.exists()
+
+
+def test_parallel_workers_give_the_same_cache(tmp_path: Path, workdir: Path):
+    corpus = make_ljspeech_corpus(tmp_path, n=8)
+    one = run_preprocess(_cfg(corpus.root), workdir / "a", progress=False).result
+    two = run_preprocess(_cfg(corpus.root, "data.workers=2"), workdir / "b", progress=False).result
+    assert one.cache.fingerprint == two.cache.fingerprint
+    assert (one.cache.load_split("train").codes == two.cache.load_split("train").codes).all()
+
+
+def test_cli_preprocess_and_its_errors(tmp_path: Path, workdir: Path):
+    corpus = make_ljspeech_corpus(tmp_path, n=8)
+    ok = _harmonica("preprocess", "--project", "demo", "--corpus", str(corpus.root), "--format", "ljspeech",
+                    "--workdir", str(workdir), "--no-progress", *FAST, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "fingerprint" in ok.stdout and "kept 8 / 8" in ok.stdout
+
+    missing = _harmonica("preprocess", "--corpus", str(tmp_path / "nope"), "--format", "ljspeech",
+                         "--workdir", str(workdir), cwd=tmp_path)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+    typo = _harmonica("preprocess", "--workdir", str(workdir), "codec.nq=4", cwd=tmp_path)
+    assert typo.returncode != 0 and "did you mean 'codec.n_q'" in typo.stderr
+
+    broken = make_ljspeech_corpus(tmp_path / "broken", n=3, bad=["missing_audio", "corrupt_audio", "empty_text"])
+    none = _harmonica("preprocess", "--corpus", str(broken.root), "--format", "ljspeech",
+                      "--workdir", str(workdir), "--no-progress", *FAST, cwd=tmp_path)
+    assert none.returncode != 0 and "no usable" in none.stderr
+    assert "Traceback" not in none.stderr
+
+
+@pytest.mark.slow
+def test_mlflow_run_preprocess_entry_point_on_the_demo_corpus(root: Path, workdir: Path):
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.run(
+        ["mlflow", "run", str(root), "-e", "preprocess", "--env-manager", "local",
+         "--experiment-name", "harmonica/demo", "-P", "project=demo", "-P", f"workdir={workdir}",
+         "-P", "overrides=codec.kmeans_iters=4 codec.griffin_lim_iters=4"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("harmonica/demo")
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["harmonica.stage"] == "preprocess"
+    assert run.data.params["codec.kmeans_iters"] == "4"
+    assert run.data.metrics["preprocess/train/utterances"] == 160
+    assert run.data.metrics["preprocess/quality/kept"] == 224
+    assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags["harmonica.cache_fingerprint"]

@@ -1,0 +1,218 @@
+"""Loss terms: CE matches torch, focal downweights easy tokens, each regulariser's gradient raises
+the entropy it rewards, and the objective follows the schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harmonica.config.schema import TrainingConfig
+from harmonica.training.objectives import (
+    Objective,
+    codebook_label_smoothing,
+    compute_objective,
+    masked_ce,
+    prediction_entropy,
+    scheduled_sampling_mix,
+    token_noise,
+    usage_entropy,
+)
+
+B, T, V = 3, 7, 11
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g)
+    targets = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, 5:] = False
+    mask[2, 3:] = False
+    targets[~mask] = -100  # padding may hold anything
+    return logits, targets, mask
+
+
+def cfg(**kw) -> TrainingConfig:
+    base = dict(total_steps=100, warmup_steps=10, log_every=1, val_every=1, ckpt_every=1,
+                sample_every=1, label_smoothing=0.0, codebook_entropy_weight=0.0,
+                usage_entropy_weight=0.0)
+    base.update(kw)
+    return TrainingConfig(**base)
+
+
+def sgd_step(x: torch.Tensor, loss: torch.Tensor, lr: float = 0.5) -> torch.Tensor:
+    (g,) = torch.autograd.grad(loss, x)
+    return (x - lr * g).detach()
+
+
+@pytest.mark.parametrize("ls", [0.0, 0.1, 0.3])
+def test_masked_ce_matches_torch_on_valid_positions(ls):
+    logits, targets, mask = batch()
+    ref = F.cross_entropy(logits[mask], targets[mask], label_smoothing=ls)
+    assert masked_ce(logits, targets, mask, label_smoothing=ls) == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_masked_ce_ignores_nonfinite_padding_and_empty_mask():
+    logits, targets, mask = batch()
+    dirty = logits.clone()
+    dirty[~mask] = float("nan")
+    assert masked_ce(dirty, targets, mask).item() == pytest.approx(masked_ce(logits, targets, mask).item())
+    empty = torch.zeros_like(mask)
+    assert masked_ce(logits, targets, empty).item() == 0.0
+
+
+def test_focal_weights_downweight_easy_tokens():
+    # Position 0 is easy (target confidently predicted), position 1 hard; gamma moves the loss
+    # towards the hard position and the per-position weights have mean 1.
+    logits = torch.zeros(1, 2, 4)
+    logits[0, 0, 2] = 6.0
+    targets = torch.tensor([[2, 3]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    nll = F.cross_entropy(logits[0], targets[0], reduction="none")
+    plain = masked_ce(logits, targets, mask)
+    focal = masked_ce(logits, targets, mask, focal_gamma=2.0)
+    assert plain.item() == pytest.approx(nll.mean().item(), rel=1e-5)
+    w = (1 - torch.exp(-nll)) ** 2
+    w = w / w.mean()
+    assert w[0] < 0.05 < 1.9 < w[1]  # easy token nearly ignored
+    assert focal.item() == pytest.approx((w * nll).mean().item(), rel=1e-5)
+    assert focal > plain  # weight moved to the hard token
+
+
+def test_prediction_entropy_bounds():
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    assert prediction_entropy(torch.zeros(2, 3, V), mask).item() == pytest.approx(math.log(V), rel=1e-5)
+    peaked = torch.full((2, 3, V), -50.0)
+    peaked[..., 0] = 50.0
+    assert prediction_entropy(peaked, mask).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_sgd_on_negative_prediction_entropy_raises_it():
+    logits, _, mask = batch(1)
+    x = (logits * 3).requires_grad_(True)
+    before = prediction_entropy(x, mask)
+    x2 = sgd_step(x, -before)
+    assert prediction_entropy(x2, mask) > before.detach() + 1e-3
+
+
+def test_sgd_on_negative_usage_entropy_raises_it():
+    logits, _, mask = batch(2)
+    x = (logits * 3).requires_grad_(True)
+    before = usage_entropy(x, mask)
+    x2 = sgd_step(x, -before)
+    assert usage_entropy(x2, mask) > before.detach() + 1e-3
+
+
+def test_usage_entropy_rises_on_collapsed_marginal_with_low_position_entropy():
+    # Every position confidently predicts token 0: per-position and marginal entropy both low.
+    # The usage-entropy gradient must still spread the marginal over other entries.
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(B, T, V, generator=g) * 0.1
+    logits[..., 0] += 6.0
+    mask = torch.ones(B, T, dtype=torch.bool)
+    x = logits.clone().requires_grad_(True)
+    assert prediction_entropy(x, mask) < 0.1 * math.log(V)
+    before = usage_entropy(x, mask)
+    assert before < 0.1 * math.log(V)
+    x2 = sgd_step(x, -before, lr=50.0)  # the loss is a mean over 21 positions: small gradients
+    after = usage_entropy(x2, mask)
+    assert after > before.detach() * 1.2
+    # the step lowered the dominant logit relative to the others at every position
+    margin = lambda z: (z[..., 0] - z[..., 1:].mean(-1))  # noqa: E731
+    assert (margin(x2) < margin(x.detach())).all()
+
+
+def test_usage_entropy_is_marginal_not_mean_of_positions():
+    # Each position one-hot on a different entry: per-position entropy 0, marginal uniform.
+    logits = torch.full((1, V, V), -50.0)
+    logits[0, torch.arange(V), torch.arange(V)] = 50.0
+    mask = torch.ones(1, V, dtype=torch.bool)
+    assert prediction_entropy(logits, mask).item() == pytest.approx(0.0, abs=1e-5)
+    assert usage_entropy(logits, mask).item() == pytest.approx(math.log(V), rel=1e-5)
+
+
+@pytest.mark.parametrize("which", ["entropy", "usage_entropy"])
+def test_full_objective_regulariser_gradient_raises_entropy(which):
+    """With the CE contribution removed (loss - ce term), one SGD step on the objective raises the
+    regularised entropy; with the regulariser weight at 0 the same step leaves entropy to CE."""
+    logits, targets, mask = batch(4)
+    kw = {"codebook_entropy_weight": 0.5, "codebook_entropy_warmup_steps": 0} if which == "entropy" \
+        else {"usage_entropy_weight": 0.5}
+    c = cfg(**kw)
+    x = (logits * 3).requires_grad_(True)
+    loss, terms = compute_objective(x, targets, mask, 0, c)
+    reg_only = loss - masked_ce(x, targets, mask)  # = -w * entropy term(s): CE weight 0
+    x2 = sgd_step(x, reg_only, lr=2.0)
+    fn = prediction_entropy if which == "entropy" else usage_entropy
+    assert fn(x2, mask) > terms[which] + 1e-4
+    # and the regulariser weight 0 objective is exactly CE
+    loss0, _ = compute_objective(x, targets, mask, 0, cfg())
+    assert loss0.item() == pytest.approx(masked_ce(x, targets, mask).item(), rel=1e-6)
+
+
+def test_compute_objective_terms_and_schedules():
+    logits, targets, mask = batch(5)
+    c = cfg(label_smoothing=0.2, label_smoothing_end=0.0, label_smoothing_decay_steps=40,
+            codebook_entropy_weight=0.04, codebook_entropy_warmup_steps=20, usage_entropy_weight=0.1)
+    loss, t = compute_objective(logits, targets, mask, 10, c)
+    assert set(t) == {"loss", "ce", "ce_smoothed", "entropy", "usage_entropy",
+                      "reg_entropy_weight", "label_smoothing"}
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in t.values())
+    assert t["label_smoothing"].item() == pytest.approx(0.15)
+    assert t["reg_entropy_weight"].item() == pytest.approx(0.02)
+    assert t["ce"].item() == pytest.approx(masked_ce(logits, targets, mask).item(), rel=1e-6)
+    assert t["ce_smoothed"].item() == pytest.approx(
+        masked_ce(logits, targets, mask, label_smoothing=0.15).item(), rel=1e-6)
+    expected = t["ce_smoothed"] - 0.02 * t["entropy"] - 0.1 * t["usage_entropy"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # past the warmup the entropy bonus is gone and smoothing has reached its end value
+    loss_late, t_late = compute_objective(logits, targets, mask, 40, c)
+    assert t_late["reg_entropy_weight"].item() == 0.0 and t_late["label_smoothing"].item() == 0.0
+    assert loss_late.item() == pytest.approx((t_late["ce"] - 0.1 * t_late["usage_entropy"]).item(), rel=1e-6)
+
+
+def test_per_codebook_label_smoothing_rule():
+    assert codebook_label_smoothing(0.1, None, None) == 0.1
+    assert codebook_label_smoothing(0.1, 0, 8) == 0.1  # AR codebook: configured value
+    assert codebook_label_smoothing(0.1, 1, 8) == pytest.approx(0.05)  # first NAR codebook
+    assert codebook_label_smoothing(0.1, 7, 8) == pytest.approx(0.1)  # finest: full value
+    vals = [codebook_label_smoothing(0.1, k, 8) for k in range(1, 8)]
+    assert vals == sorted(vals)
+    assert codebook_label_smoothing(0.1, 1, 2) == 0.1
+    with pytest.raises(ValueError):
+        codebook_label_smoothing(0.1, 8, 8)
+    logits, targets, mask = batch(6)
+    obj = Objective(cfg(label_smoothing=0.1), n_q=8)
+    _, t = obj(logits, targets, mask, 0, codebook_index=1)
+    assert t["label_smoothing"].item() == pytest.approx(0.05)
+    assert t["ce_smoothed"].item() == pytest.approx(
+        masked_ce(logits, targets, mask, label_smoothing=0.05).item(), rel=1e-6)
+
+
+def test_token_noise():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.zeros(64, 64, dtype=torch.long)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[:, 32:] = False
+    noisy = token_noise(tokens, 0.3, 1000, g, mask=mask)
+    changed = noisy != tokens
+    assert not changed[:, 32:].any()  # padding untouched
+    assert changed[:, :32].float().mean().item() == pytest.approx(0.3 * 999 / 1000, abs=0.04)
+    assert noisy.max() < 1000 and noisy.dtype == tokens.dtype
+    assert (tokens == 0).all()  # input not modified
+    assert token_noise(tokens, 0.0, 1000, g) is tokens
+
+
+def test_scheduled_sampling_mix():
+    g = torch.Generator().manual_seed(0)
+    gold = torch.zeros(100, 100, dtype=torch.long)
+    pred = torch.ones_like(gold)
+    mixed = scheduled_sampling_mix(gold, pred, 0.7, g)
+    assert (mixed == 0).float().mean().item() == pytest.approx(0.7, abs=0.03)
+    assert scheduled_sampling_mix(gold, pred, 1.0, g) is gold
+    assert (scheduled_sampling_mix(gold, pred, 0.0, g) == 1).all()
+    mask = torch.zeros_like(gold, dtype=torch.bool)
+    assert (scheduled_sampling_mix(gold, pred, 0.0, g, mask=mask) == 0).all()
