@@ -160,6 +160,7 @@ def _contract(cfg: HarmonicaConfig, codec: Codec, codec_fp: str) -> dict[str, An
         "sample_rate": codec.sample_rate,
         "text_vocab_hash": frontend.vocab_hash(),
         "text_vocab_size": frontend.vocab_size,
+        "max_text_len": cfg.text.max_text_len,
         "pad_id": frontend.pad_id,
         "bos_id": frontend.bos_id,
         "eos_id": frontend.eos_id,

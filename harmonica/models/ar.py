@@ -1,0 +1,238 @@
+"""Autoregressive stage: codebook 0 of the codec, as a prefix language model over [text ; audio].
+
+Layout of one sequence (S = L + T + 1):
+
+    text:  t_0 .. t_{L-1}                 (text_encoder: non-causal, text only; then the blocks)
+    audio: BOS a_0 .. a_{T-1}             (input, positions 0..T in the audio table)
+    target:    a_0 .. a_{T-1} STOP        (logits [B, T+1, codebook_size + 1])
+
+In the blocks text queries attend to all valid text; audio queries attend to all valid text and
+causally to audio. Audio ids: 0..codebook_size-1 tokens, codebook_size = STOP, codebook_size + 1 =
+BOS (input only). The audio table has max_seq_len positions, so T <= max_seq_len - 1 (BOS..a_{T-1}
+is T+1 inputs); longer audio is a ValueError, `ARModel.cap_audio` truncates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from harmonica.config.schema import ARModelConfig
+from harmonica.models.layers import (
+    KV, Block, PositionalEmbedding, cap_audio, init_weights, lengths_to_mask, masked_mean_ce,
+    partition_params, run_blocks, scale_residual_init,
+)
+from harmonica.models.sampling import apply_repetition_penalty, sample_next
+
+
+def prefix_lm_mask(text_mask: Tensor, audio_mask: Tensor) -> Tensor:
+    """text_mask [B, L], audio_mask [B, Ta] -> allowed [B, 1, L+Ta, L+Ta] for [text ; audio]."""
+    L, Ta = text_mask.size(1), audio_mask.size(1)
+    idx = torch.arange(L + Ta, device=text_mask.device)  # [S]
+    # key is text (any query may see text) or key <= query (audio causal; for a text query k <= q
+    # only selects text keys, so text never sees audio)
+    structure = (idx[None, :] < L) | (idx[None, :] <= idx[:, None])  # [S, S]
+    key_valid = torch.cat([text_mask, audio_mask], dim=1)  # [B, S]
+    return structure[None, None] & key_valid[:, None, None, :]  # [B, 1, S, S]
+
+
+class ARModel(nn.Module):
+    def __init__(self, cfg: ARModelConfig, *, text_vocab_size: int, codebook_size: int, max_text_len: int,
+                 pos_embedding: str = "learned") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.text_vocab_size, self.codebook_size, self.max_text_len = text_vocab_size, codebook_size, max_text_len
+        self.max_seq_len = cfg.max_seq_len
+        self.stop_id = codebook_size  # output class and audio input id
+        self.bos_id = codebook_size + 1  # audio input id only
+        self.pos_embedding = pos_embedding
+        D = cfg.d_model
+        self.text_emb = nn.Embedding(text_vocab_size, D)
+        self.text_pos = PositionalEmbedding(max_text_len, D, pos_embedding)
+        self.audio_emb = nn.Embedding(codebook_size + 2, D)
+        self.audio_pos = PositionalEmbedding(cfg.max_seq_len, D, pos_embedding)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.text_encoder = nn.ModuleList(
+            Block(D, cfg.n_heads, cfg.ff_mult, cfg.dropout) for _ in range(cfg.text_layers))
+        self.blocks = nn.ModuleList(Block(D, cfg.n_heads, cfg.ff_mult, cfg.dropout) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(D)
+        self.head = nn.Linear(D, codebook_size + 1)  # tokens + STOP
+        self.apply(init_weights)
+        scale_residual_init(self, cfg.n_layers + cfg.text_layers)
+
+    # ----------------------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def cap_audio(tokens: Tensor, max_seq_len: int) -> Tensor:
+        """Truncate audio (last axis) to max_seq_len - 1 frames so T + 1 (incl. STOP) fits."""
+        return cap_audio(tokens, max_seq_len)
+
+    @property
+    def max_audio_len(self) -> int:
+        return self.max_seq_len - 1
+
+    def _check_lengths(self, text: Tensor, audio_len: int) -> None:
+        if audio_len > self.max_audio_len:
+            raise ValueError(
+                f"audio has {audio_len} frames but the AR model takes at most max_seq_len - 1 = "
+                f"{self.max_audio_len} (max_seq_len={self.max_seq_len} positions include BOS/STOP); "
+                "truncate with ARModel.cap_audio(tokens, max_seq_len) or lower data.max_duration")
+        if text.size(1) > self.max_text_len:
+            raise ValueError(f"text has {text.size(1)} tokens, more than max_text_len={self.max_text_len}")
+
+    def _encode_text(self, text: Tensor, text_lens: Tensor,
+                     collect_attn: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """-> (hidden [B, L, D], text_mask [B, L], per-layer entropies)."""
+        L = text.size(1)
+        text_mask = lengths_to_mask(text_lens, L)  # [B, L]
+        tok = text.masked_fill(~text_mask, 0)  # [B, L] any pad value is safe to embed
+        pos = torch.arange(L, device=text.device)  # [L]
+        x = self.drop(self.text_emb(tok) + self.text_pos(pos))  # [B, L, D]
+        x, _, ents = run_blocks(self.text_encoder, x, text_mask[:, None, None, :], query_mask=text_mask,
+                                collect_attn=collect_attn)  # [B, L, D]
+        return x, text_mask, ents
+
+    def _embed_audio(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        return self.audio_emb(tokens) + self.audio_pos(positions)  # [B, Ta, D]
+
+    def teacher_inputs(self, audio: Tensor, audio_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (inputs [B, T+1] = BOS a_0..a_{T-1}, targets [B, T+1] = a_0..a_{T-1} STOP,
+        mask [B, T+1] valid targets = positions 0..audio_lens). Padding holds 0."""
+        B, T = audio.shape
+        audio = audio.masked_fill(~lengths_to_mask(audio_lens, T), 0)  # [B, T]
+        bos = torch.full((B, 1), self.bos_id, dtype=torch.long, device=audio.device)  # [B, 1]
+        inputs = torch.cat([bos, audio.long()], dim=1)  # [B, T+1]
+        targets = torch.cat([audio.long(), torch.zeros_like(bos)], dim=1)  # [B, T+1]
+        targets = targets.scatter(1, audio_lens[:, None].long(), self.stop_id)  # [B, T+1] STOP at a_len
+        mask = lengths_to_mask(audio_lens + 1, T + 1)  # [B, T+1]
+        return inputs, targets.masked_fill(~mask, 0), mask
+
+    def predicted_inputs(self, logits: Tensor) -> Tensor:
+        """Model-predicted input sequence for scheduled sampling: [BOS, argmax(logits[:, :-1])]
+        ([B, T+1]); argmax at t predicts a_t, the input at t+1. May contain STOP ids (valid inputs)."""
+        pred = logits[:, :-1].detach().argmax(dim=-1)  # [B, T]
+        bos = torch.full_like(pred[:, :1], self.bos_id)  # [B, 1]
+        return torch.cat([bos, pred], dim=1)  # [B, T+1]
+
+    # ----------------------------------------------------------------------------------- forward
+
+    def forward(self, text: Tensor, text_lens: Tensor, audio: Tensor, audio_lens: Tensor, *,
+                collect_attn: bool = False,
+                input_override: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """text [B, L], text_lens [B], audio [B, T] codebook-0 ids (padded), audio_lens [B].
+
+        Returns logits [B, T+1, codebook_size+1], loss (masked mean CE vs targets) and aux with
+        inputs/targets/mask [B, T+1], input_mask [B, T+1] (real audio inputs, excludes BOS: the
+        positions noise / scheduled sampling may touch) and attn_entropy [text_layers + n_layers, H]
+        (text encoder first) when collect_attn. input_override [B, T+1] replaces the teacher-forced
+        inputs (keep BOS at index 0); its padding is ignored."""
+        B, T = audio.shape
+        self._check_lengths(text, T)
+        inputs, targets, mask = self.teacher_inputs(audio, audio_lens)
+        input_mask = mask & (torch.arange(T + 1, device=audio.device)[None, :] > 0)  # [B, T+1]
+        if input_override is not None:
+            if input_override.shape != inputs.shape:
+                raise ValueError(f"input_override must be [B, T+1] = {tuple(inputs.shape)} incl. BOS, "
+                                 f"got {tuple(input_override.shape)}")
+            inputs = torch.where(mask, input_override.long(), torch.zeros_like(inputs))  # [B, T+1]
+        h_text, text_mask, ents = self._encode_text(text, text_lens, collect_attn)  # [B, L, D]
+        x_audio = self.drop(self._embed_audio(inputs, torch.arange(T + 1, device=audio.device)))  # [B, T+1, D]
+        x = torch.cat([h_text, x_audio], dim=1)  # [B, L+T+1, D]
+        query_mask = torch.cat([text_mask, mask], dim=1)  # [B, L+T+1]
+        x, _, ents_dec = run_blocks(self.blocks, x, prefix_lm_mask(text_mask, mask), query_mask=query_mask,
+                                    collect_attn=collect_attn)  # [B, L+T+1, D]
+        logits = self.head(self.ln_f(x[:, text.size(1):]))  # [B, T+1, V+1]
+        loss = masked_mean_ce(logits, targets, mask)
+        aux: dict[str, Any] = {"inputs": inputs, "targets": targets, "mask": mask, "input_mask": input_mask}
+        if collect_attn:
+            aux["attn_entropy"] = torch.stack(ents + ents_dec)  # [n_blocks_total, H]
+        return logits, loss, aux
+
+    # -------------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(self, text: Tensor, text_lens: Tensor, *, prefix: Tensor | None = None,
+                 prefix_lens: Tensor | None = None, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                 generator: torch.Generator | None = None) -> list[Tensor]:
+        """Sample codebook-0 continuations. Returns one LongTensor [T_i] per item: the new tokens only
+        (prefix excluded, STOP excluded). Stops per item at STOP, after max_new_tokens, or when
+        prefix + new reaches max_seq_len - 1. Text + BOS + prefix go through the model once; then
+        one token per step against a KV cache. The repetition penalty covers the item's new tokens.
+        Runs in eval mode (restores the previous mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self._generate(text, text_lens, prefix, prefix_lens, max_new_tokens, temperature,
+                                  top_k, top_p, repetition_penalty, generator)
+        finally:
+            self.train(was_training)
+
+    def _generate(self, text: Tensor, text_lens: Tensor, prefix: Tensor | None, prefix_lens: Tensor | None,
+                  max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                  repetition_penalty: float, generator: torch.Generator | None) -> list[Tensor]:
+        B, L, dev = text.size(0), text.size(1), text.device
+        if prefix is None:
+            prefix = torch.zeros(B, 0, dtype=torch.long, device=dev)  # [B, 0]
+        P = prefix.size(1)
+        self._check_lengths(text, P)
+        prefix_lens = torch.full((B,), P, device=dev) if prefix_lens is None else prefix_lens.to(dev)
+        budget = (self.max_audio_len - prefix_lens).clamp(min=0, max=max(max_new_tokens, 0))  # [B]
+
+        inputs, _, in_mask = self.teacher_inputs(prefix, prefix_lens)  # [B, P+1] BOS + prefix
+        h_text, text_mask, _ = self._encode_text(text, text_lens)  # [B, L, D]
+        x = torch.cat([h_text, self._embed_audio(inputs, torch.arange(P + 1, device=dev))], dim=1)  # [B, L+P+1, D]
+        x, cache, _ = run_blocks(self.blocks, x, prefix_lm_mask(text_mask, in_mask), use_cache=True)
+        key_valid = torch.cat([text_mask, in_mask], dim=1)  # [B, L+P+1]
+        last = x[torch.arange(B, device=dev), L + prefix_lens]  # [B, D] hidden of the last valid input
+        logits = self.head(self.ln_f(last))  # [B, V+1]
+
+        steps = int(budget.max().item()) if B else 0
+        out = torch.zeros(B, steps, dtype=torch.long, device=dev)  # [B, steps]
+        n_new = torch.zeros(B, dtype=torch.long, device=dev)  # [B]
+        done = budget == 0  # [B]
+        pos = prefix_lens + 1  # [B] audio position of the next input
+        for t in range(steps):
+            logits = apply_repetition_penalty(logits, out[:, :t], repetition_penalty)  # [B, V+1]
+            tok = sample_next(logits, temperature, top_k, top_p, generator)  # [B]
+            emit = ~done & (tok != self.stop_id)  # [B]
+            out[:, t] = torch.where(emit, tok, torch.zeros_like(tok))
+            n_new = n_new + emit.long()
+            done = done | ~emit | (n_new >= budget)  # [B]
+            if bool(done.all()):
+                break
+            # finished items keep stepping (their outputs are ignored); positions past the table clamp
+            x = self._embed_audio(tok[:, None], pos[:, None])  # [B, 1, D]
+            key_valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :1])], dim=1)  # [B, S+1]
+            x, cache, _ = self._step(x, key_valid, cache)  # [B, 1, D]
+            logits = self.head(self.ln_f(x[:, 0]))  # [B, V+1]
+            pos = pos + 1
+        return [out[b, : int(n_new[b])] for b in range(B)]
+
+    def _step(self, x: Tensor, key_valid: Tensor, cache: list[KV]) -> tuple[Tensor, list[KV], list[Tensor]]:
+        """One new audio token per item: x [B, 1, D] attends to every valid cached key and itself."""
+        return run_blocks(self.blocks, x, key_valid[:, None, None, :], past=cache, use_cache=True)
+
+    # ----------------------------------------------------------------------------- introspection
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Partition of all parameters (non-empty groups only; no speaker_encoder in the AR)."""
+        return partition_params(self, {
+            "text_emb": "embeddings", "text_pos": "embeddings", "audio_emb": "embeddings",
+            "audio_pos": "embeddings", "text_encoder": "text_encoder", "blocks": "attention",
+            "ln_f": "output_heads", "head": "output_heads",
+        })
+
+    def contract(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "kind": "ar", "d_model": c.d_model, "n_layers": c.n_layers, "n_heads": c.n_heads,
+            "ff_mult": c.ff_mult, "text_layers": c.text_layers, "codebook_size": self.codebook_size,
+            "max_seq_len": self.max_seq_len, "max_audio_len": self.max_audio_len,
+            "max_text_len": self.max_text_len, "text_vocab_size": self.text_vocab_size,
+            "stop_id": self.stop_id, "audio_bos_id": self.bos_id, "n_classes": self.codebook_size + 1,
+            "pos_embedding": self.pos_embedding,
+        }
