@@ -144,10 +144,10 @@ class MelRVQCodec(Codec):
             raise RuntimeError("mel_rvq: nothing to save, the codec is not fitted")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"codebooks": self.codebooks.contiguous(), "counts": self.counts.contiguous()},
-            str(directory / CODEBOOKS_FILE),
-        )
+        tensors = {"codebooks": self.codebooks.contiguous()}
+        if self.counts is not None:
+            tensors["counts"] = self.counts.contiguous()
+        save_file(tensors, str(directory / CODEBOOKS_FILE))
         write_state_json(
             directory,
             {

@@ -97,8 +97,8 @@ class CodecConfig(Strict):
                 raise ValueError(f"bandwidth must be one of {sorted(ENCODEC_BANDWIDTH_TO_NQ)}")
             if self.sample_rate != ENCODEC_SAMPLE_RATE:
                 raise ValueError(f"encodec 24 kHz needs sample_rate={ENCODEC_SAMPLE_RATE}")
-        if self.name == "mel_rvq" and self.hop_length > self.n_fft:
-            raise ValueError("hop_length must be <= n_fft")
+        if self.name == "mel_rvq" and self.hop_length > self.n_fft // 2:
+            raise ValueError("mel_rvq needs hop_length <= n_fft // 2 (Griffin-Lim overlap)")
         return self
 
     @property
@@ -270,9 +270,11 @@ class SpeakerSimConfig(Strict):
 
 
 class DecodeConfig(Strict):
-    temperature: list[float] = Field(default_factory=lambda: [1.0], description="per codebook")
+    # per codebook, entry 0 = the AR's first codebook; a short list repeats its last entry.
+    # The NAR codebooks default to argmax (temperature 0).
+    temperature: list[float] = Field(default_factory=lambda: [1.0, 0.0], description="per codebook")
     top_k: list[int] = Field(default_factory=lambda: [0])
-    top_p: list[float] = Field(default_factory=lambda: [0.9])
+    top_p: list[float] = Field(default_factory=lambda: [0.9, 1.0])
     repetition_penalty: float = Field(1.1, ge=1)
     max_length_per_char: float = Field(0.25, gt=0, description="seconds of audio per text char")
     nar_refine_steps: int = Field(1, ge=1)
