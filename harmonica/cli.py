@@ -26,6 +26,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*USER_ERRORS, CorpusError, PreprocessError, StaleCacheError)
 
 
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise click.BadParameter(f"expected true/false, got {value!r}")
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -115,6 +123,44 @@ def preprocess(
     click.echo(f"  quality       kept {res.counts.get('kept', 0)} / {res.counts.get('total', 0)}; rejected: "
                + (", ".join(f"{k}={v}" for k, v in rejected.items()) or "none"))
     click.echo(f"  mlflow run    {out.run_id} in experiment '{out.experiment}' ({out.tracking_uri})")
+
+
+@main.command()
+@click.option("--model-type", "kind", type=click.Choice(["ar", "nar"]), required=True)
+@click.option("--project", "-p", default="demo", show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.option("--resume", default="false", is_flag=False, flag_value="true",
+              help="continue the latest run of this project/model type from its last checkpoint")
+@click.option("--allow-cache-mismatch", default="false", is_flag=False, flag_value="true",
+              help="train on a token cache built with other settings (recorded as a tag)")
+@click.argument("overrides", nargs=-1)
+def train(kind: str, project: str, workdir: str, resume: str, allow_cache_mismatch: str,
+          overrides: tuple[str, ...]) -> None:
+    """Train the AR (text -> first codebook) or the NAR (remaining codebooks).
+
+    Uses the `training.<model-type>` and `model.<model-type>` blocks; OVERRIDES are key.path=value.
+    Launch with `torchrun --nproc-per-node N` for data-parallel training.
+    """
+    from harmonica.stages.train import run_train
+
+    try:
+        cfg = _config(project, overrides, [])
+        out = run_train(cfg, kind, Path(workdir), resume=_flag(resume),
+                        allow_cache_mismatch=_flag(allow_cache_mismatch))
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    if not out.run_id or not out.tracking_uri:
+        return  # a DDP rank > 0: rank 0 reports
+    st = out.result.state
+    m = out.result.final_metrics
+    click.echo("")
+    click.echo(f"train_{kind} finished: {st.step} steps ({st.stop_reason or 'completed'})")
+    for key in ("val_ema/loss", "val/loss", f"{kind}/util_pred_median", "val/util_pred_median"):
+        if key in m:
+            click.echo(f"  {key:<26} {m[key]:.4f}")
+    click.echo(f"  collapse events            {len(st.collapse_events)}")
+    click.echo(f"  best checkpoint            {out.result.best_checkpoint} (step {st.best_step})")
+    click.echo(f"  mlflow run                 {out.run_id} in '{out.experiment}' ({out.tracking_uri})")
 
 
 if __name__ == "__main__":  # pragma: no cover

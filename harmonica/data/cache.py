@@ -31,7 +31,7 @@ from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.manifest import Utterance
 from harmonica.data.text import build_frontend
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 COMPLETE_MARKER = "COMPLETE"
 
 

@@ -195,12 +195,20 @@ class NARModel(nn.Module):
     def forward(self, text: Tensor, text_lens: Tensor, codes: Tensor, audio_lens: Tensor,
                 stage: int | Tensor, *, prompt: Tensor | None = None, prompt_lens: Tensor | None = None,
                 speaker: Tensor | None = None, self_cond: Tensor | None = None,
-                collect_attn: bool = False) -> tuple[Tensor, Tensor, dict[str, Any]]:
+                collect_attn: bool = False, refine: bool = False, refine_gt_fraction: float | Tensor = 0.5,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """Predict codebook `stage` (int, or LongTensor [B] per sample) of codes [B, n_q, T].
 
         Returns logits [B, T, codebook_size], loss (masked mean CE vs codes[b, stage_b]) and aux:
         targets [B, T], mask [B, T], stage [B], attn_entropy [text_layers + n_layers, H] (text
-        encoder first) when collect_attn."""
+        encoder first) when collect_attn. refine=True runs `forward_refine` (through forward, so a
+        DistributedDataParallel wrapper sees it) and returns pass-2 logits, aux["logits1"] = pass 1."""
+        if refine:
+            logits1, logits2, loss, aux = self.forward_refine(
+                text, text_lens, codes, audio_lens, stage, prompt=prompt, prompt_lens=prompt_lens,
+                speaker=speaker, gt_fraction=refine_gt_fraction, generator=generator, collect_attn=collect_attn)
+            aux["logits1"] = logits1
+            return logits2, loss, aux
         B, _, T = codes.shape
         self._check(text, T)
         st = self._stages(stage, B, codes.device)  # [B]

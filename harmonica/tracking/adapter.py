@@ -141,6 +141,15 @@ class Run:
         mlflow.flush_async_logging()
 
 
+class NullRun:
+    """Stands in for a run on processes that must not talk to MLflow (DDP ranks > 0)."""
+
+    run_id = ""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
 def _param_value(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
     return text[:MAX_PARAM_LEN]

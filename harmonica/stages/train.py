@@ -1,0 +1,166 @@
+"""`harmonica train --model-type ar|nar`: one MLflow run per training, resumable, DDP-aware."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harmonica.codec import load_codec
+from harmonica.config.load import config_hash
+from harmonica.config.schema import HarmonicaConfig
+from harmonica.data.cache import TokenCache, find_cache
+from harmonica.training import checkpoint as ckpt
+from harmonica.training.distributed import DistInfo, init_distributed, shutdown_distributed
+from harmonica.training.trainer import Trainer, TrainResult
+from harmonica.tracking.adapter import NullRun, Tracker
+from harmonica.tracking.provenance import code_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    result: TrainResult
+    run_id: str
+    tracking_uri: str
+    experiment: str
+    checkpoint_dir: Path
+
+
+def checkpoints_root(workdir: Path, project: str, kind: str) -> Path:
+    return Path(workdir) / "checkpoints" / project / kind
+
+
+def find_resumable(workdir: Path, project: str, kind: str) -> tuple[str, Path] | None:
+    """The most recent run of this project/kind that left a checkpoint: (run id, checkpoint)."""
+    root = checkpoints_root(workdir, project, kind)
+    best: tuple[float, str, Path] | None = None
+    for run_dir in root.glob("*") if root.is_dir() else []:
+        latest = ckpt.latest_checkpoint(run_dir / "ckpt")
+        if latest is not None:
+            mtime = (latest / "meta.json").stat().st_mtime
+            if best is None or mtime > best[0]:
+                best = (mtime, run_dir.name, latest)
+    return (best[1], best[2]) if best else None
+
+
+def describe(cfg: HarmonicaConfig, kind: str, cache: TokenCache) -> str:
+    m, t = getattr(cfg.model, kind), getattr(cfg.training, kind)
+    parts = [
+        f"{kind.upper()} training on project '{cfg.project}':",
+        f"d_model {m.d_model} x {m.n_layers} layers ({m.n_heads} heads),",
+        f"{t.total_steps} optimizer steps of {t.batch_size}x{t.grad_accum_steps},",
+        f"lr {t.lr:g} ({t.scheduler_type}, warmup {t.warmup_steps}, min {t.min_lr:g}),",
+        f"codebook entropy reg {t.codebook_entropy_weight:g} -> 0 by step {t.codebook_entropy_warmup_steps},",
+        f"usage entropy {t.usage_entropy_weight:g}, label smoothing {t.label_smoothing:g};",
+        f"token cache {cache.fingerprint[:12]} ({cache.contract['codec_name']} {cache.contract['n_q']}x{cache.contract['codebook_size']}).",
+    ]
+    if kind == "nar":
+        parts.insert(2, f"speaker condition '{m.speaker_condition}',")
+    return " ".join(parts)
+
+
+def _share_run_id(run_id: str | None, info: DistInfo) -> str | None:
+    if not info.enabled:
+        return run_id
+    import torch.distributed as dist
+
+    box = [run_id]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_train(
+    cfg: HarmonicaConfig,
+    kind: str,
+    workdir: Path,
+    *,
+    resume: bool = False,
+    allow_cache_mismatch: bool = False,
+    parent_run_id: str | None = None,
+) -> TrainOutcome:
+    tcfg = getattr(cfg.training, kind)
+    info, device = init_distributed(tcfg.device)
+    try:
+        cache, mismatch = find_cache(cfg, workdir, allow_mismatch=allow_cache_mismatch)
+        resume_target = find_resumable(workdir, cfg.project, kind) if resume else None
+        if resume and resume_target is None:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint of a {kind} run of project '{cfg.project}' under "
+                f"{checkpoints_root(workdir, cfg.project, kind)}"
+            )
+        digest = config_hash(cfg)
+        tags = {
+            "harmonica.model_kind": kind,
+            "harmonica.cache_fingerprint": cache.fingerprint,
+            "harmonica.cache_mismatch": str(bool(mismatch)).lower(),
+            "harmonica.world_size": str(info.world_size),
+            "harmonica.device": str(device),
+            "codec.name": cache.contract["codec_name"],
+            "codec.pretrained": str(cache.meta["codec"].get("codec.pretrained", False)).lower(),
+        }
+        if mismatch:
+            tags["harmonica.cache_mismatch_fields"] = "; ".join(mismatch)[:5000]
+            log.warning("training on a stale token cache (--allow-cache-mismatch):\n  %s", "\n  ".join(mismatch))
+        tracker = Tracker(cfg, workdir) if info.is_main else None
+        with contextlib.ExitStack() as stack:
+            run: Any = NullRun()
+            if tracker is not None:
+                run = stack.enter_context(tracker.run(
+                    f"train_{kind}", f"train_{kind}-{cfg.project}-{digest[:8]}",
+                    description=describe(cfg, kind, cache), tags=tags,
+                    run_id=resume_target[0] if resume_target else None, parent_run_id=parent_run_id,
+                ))
+            run_id = _share_run_id(run.run_id or None, info)
+            out_dir = checkpoints_root(workdir, cfg.project, kind) / run_id
+            if tracker is not None:
+                run.log_config(cfg)
+                run.log_dataset(name=f"{cfg.project}-tokens", digest=cache.fingerprint, source=cache.directory,
+                                context="training", profile={"splits": cache.meta["splits"]})
+                run.set_tags({"harmonica.checkpoint_dir": str(out_dir.resolve())})
+                if resume_target:
+                    run.set_tags({"harmonica.resumed_from": str(resume_target[1])})
+            codec = load_codec(cfg.codec, cache.codec_dir) if info.is_main else None
+            meta = {"config_hash": digest, "run_id": run_id, "project": cfg.project,
+                    "code_version": code_version().label, "git_dirty": code_version().git_dirty}
+            trainer = Trainer(cfg, kind, cache, out_dir / "ckpt", run, device=device, dist_info=info,
+                              codec=codec, meta=meta)
+            result = trainer.fit(resume_from=resume_target[1] if resume_target else None)
+            if tracker is not None:
+                _log_result(run, result)
+        return TrainOutcome(
+            result, run_id, tracker.tracking_uri if tracker else "", tracker.experiment_name if tracker else "", out_dir
+        )
+    finally:
+        shutdown_distributed()
+
+
+def _log_result(run: Any, result: TrainResult) -> None:
+    state = result.state
+    summary = {
+        "steps": state.step,
+        "stop_reason": state.stop_reason,
+        "best_step": state.best_step,
+        "best_value": state.best_value,
+        "collapse_events": len(state.collapse_events),
+        "instability_events": len(state.instability_events),
+        "tokens_seen": state.tokens_seen,
+        "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+        "final_metrics": result.final_metrics,
+    }
+    run.log_dict(summary, "training_summary.json")
+    run.log_text("".join(json.dumps(e) + "\n" for e in state.collapse_events), "collapse_events.jsonl")
+    if state.instability_events:
+        run.log_text("".join(json.dumps(e) + "\n" for e in state.instability_events), "instability_events.jsonl")
+    run.set_tags({
+        "harmonica.steps": str(state.step),
+        "harmonica.stop_reason": state.stop_reason or "completed",
+        "harmonica.collapse": "true" if state.collapse_events else "false",
+    })
+    if result.last_checkpoint is not None:
+        run.log_artifacts(result.last_checkpoint, "checkpoints/last")

@@ -1,0 +1,136 @@
+"""Audio samples during training: fixed prompts -> codes -> codec -> wav + spectrogram PNG.
+
+The AR alone predicts only the first codebook, so its samples decode that codebook alone (the
+coarse layer of the residual codec: intelligible envelope, little detail). NAR samples take the
+ground-truth first codebook of the same prompts and fill the rest, so AR and NAR progress can be
+heard separately before the two are combined by `harmonica synthesize`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from harmonica.codec import Codec
+from harmonica.config.schema import DecodeConfig
+from harmonica.data.audio import write_audio
+from harmonica.training.data import Example, PromptPicker
+
+
+@dataclass
+class SampleSpec:
+    example: Example
+    prompt: torch.Tensor | None  # [n_q, P]
+    speaker: int
+
+
+def spectrogram_png(wav: np.ndarray, sr: int, path: Path, title: str) -> Path:
+    """Log-magnitude STFT image (matplotlib's Agg backend, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_fft, hop = 1024, 256
+    x = torch.from_numpy(np.asarray(wav, dtype=np.float32))
+    if x.numel() < n_fft:
+        x = torch.nn.functional.pad(x, (0, n_fft - x.numel()))
+    spec = torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft), return_complex=True).abs()  # [F, frames]
+    db = 20 * torch.log10(spec.clamp_min(1e-5))  # [F, frames]
+    fig, ax = plt.subplots(figsize=(6, 2.6), dpi=100)
+    ax.imshow(db.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=float(db.max()) - 80,
+              extent=(0, len(wav) / sr, 0, sr / 2000))
+    ax.set_xlabel("s")
+    ax.set_ylabel("kHz")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+class SampleRenderer:
+    """Renders the same few prompts at every sample step, so runs and steps compare by ear."""
+
+    def __init__(
+        self,
+        kind: str,
+        codec: Codec,
+        examples: list[Example],
+        speaker_index: dict[str, int],
+        decode: DecodeConfig,
+        frame_rate: float,
+        max_audio_frames: int,
+        prompt_frames: int,
+        n_samples: int = 3,
+        seed: int = 0,
+    ) -> None:
+        self.kind = kind
+        self.codec = codec
+        self.decode_cfg = decode
+        self.frame_rate = frame_rate
+        self.max_audio_frames = max_audio_frames
+        self.seed = seed
+        chosen = sorted(examples, key=lambda e: e.id)[:n_samples]
+        picker = PromptPicker(examples, prompt_frames, seed) if examples else None
+        gen = torch.Generator().manual_seed(seed)
+        self.specs = [
+            SampleSpec(e, picker.pick(e, gen) if picker else None, speaker_index.get(e.speaker, 0)) for e in chosen
+        ]
+
+    def _write(self, wav: np.ndarray, directory: Path, name: str, title: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_audio(directory / f"{name}.wav", wav, self.codec.sample_rate)
+        spectrogram_png(wav, self.codec.sample_rate, directory / f"{name}.png", title)
+
+    def render_reference(self, directory: Path) -> Path:
+        """Codec resynthesis of the ground truth: the ceiling the model's samples approach."""
+        for spec in self.specs:
+            codes = spec.example.codes if self.kind == "nar" else spec.example.codes[:1]  # [k, T]
+            wav = self.codec.decode(codes.numpy())
+            self._write(wav, directory, spec.example.id, f"reference {spec.example.id}")
+        return directory
+
+    @torch.no_grad()
+    def render(self, model: nn.Module, step: int, directory: Path, device: torch.device) -> Path:
+        model.eval()
+        gen = torch.Generator(device="cpu").manual_seed(self.seed + step)  # never the training RNG
+        d = self.decode_cfg
+        for spec in self.specs:
+            ex = spec.example
+            text = ex.text[None].to(device)  # [1, L]
+            text_lens = torch.tensor([ex.text.numel()], device=device)  # [1]
+            if self.kind == "ar":
+                budget = int(len(ex.text) * d.max_length_per_char * self.frame_rate)
+                max_new = max(1, min(self.max_audio_frames, budget))
+                [tokens] = model.generate(
+                    text, text_lens, max_new_tokens=max_new, temperature=d.temperature[0],
+                    top_k=d.top_k[0], top_p=d.top_p[0], repetition_penalty=d.repetition_penalty, generator=gen,
+                )  # [T]
+                if tokens.numel() == 0:
+                    continue  # stopped at once; nothing to play (visible as a missing file)
+                codes = tokens[None].cpu()  # [1, T]
+            else:
+                cb0 = ex.codes[0][None].to(device)  # [1, T]
+                lens = torch.tensor([cb0.size(1)], device=device)
+                prompt = spec.prompt[None].to(device) if spec.prompt is not None else None  # [1, n_q, P]
+                prompt_lens = torch.tensor([spec.prompt.size(1)], device=device) if spec.prompt is not None else None
+                speaker = torch.tensor([spec.speaker], device=device)
+                cond = getattr(model, "speaker_condition", None) or model.cfg.speaker_condition
+                out = model.generate(
+                    text, text_lens, cb0, lens,
+                    prompt=prompt if cond == "prompt" else None,
+                    prompt_lens=prompt_lens if cond == "prompt" else None,
+                    speaker=speaker if cond == "embedding" else None,
+                    refine_steps=d.nar_refine_steps, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
+                    generator=gen,
+                )  # [1, n_q, T]
+                codes = out[0].cpu()  # [n_q, T]
+            wav = self.codec.decode(codes.numpy())
+            self._write(wav, directory, ex.id, f"{self.kind} step {step}: {ex.id}")
+        model.train()
+        return directory

@@ -1,0 +1,433 @@
+"""The training loop: steps, diagnostics cadence, validation on raw and EMA, checkpoints, resume.
+
+Audiocraft-style: the trainer owns the loop, checkpoints, best state and EMA; a task step only
+returns tensors. Metrics accumulate on the device and reach the host once per `log_every` steps;
+the only per-step host sync is the instability guard's one verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from harmonica.config.schema import HarmonicaConfig
+from harmonica.data.cache import TokenCache
+from harmonica.models import build_model
+from harmonica.training import checkpoint as ckpt
+from harmonica.training.data import (
+    BatchStream,
+    Example,
+    LengthBucketSampler,
+    PromptPicker,
+    collate_ar,
+    collate_nar,
+    load_examples,
+    speaker_table,
+)
+from harmonica.training.diagnostics import (
+    CodebookUsage,
+    attention_entropy_summary,
+    grad_norms,
+    snapshot_params,
+    update_ratios,
+)
+from harmonica.training.distributed import DistInfo, all_mean, autocast, barrier, broadcast_flag, maybe_no_sync
+from harmonica.training.ema import EMA
+from harmonica.training.monitor import CollapseMonitor, EarlyStopper, InstabilityGuard, weights_finite
+from harmonica.training.optim import build_optimizer, build_scheduler
+from harmonica.training.samples import SampleRenderer
+from harmonica.training.steps import StepOutput, build_task
+
+log = logging.getLogger(__name__)
+
+
+class MetricSink(Protocol):
+    """What the trainer needs from a tracking run (the adapter's `Run`, or a no-op on rank > 0)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_artifacts(self, directory: Path | str, artifact_path: str | None = None) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken
+    best_value: float | None = None
+    best_step: int | None = None
+    collapse_events: list[dict[str, Any]] = field(default_factory=list)
+    instability_events: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str | None = None
+    tokens_seen: int = 0
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    final_metrics: dict[str, float]
+
+
+class _Window:
+    """Sums of step terms on the device between two log steps."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+        self.tokens = torch.zeros((), device=self.device)
+        self.attn: torch.Tensor | None = None
+        self.started = time.perf_counter()
+
+    def add(self, out: StepOutput) -> None:
+        for k, v in out.terms.items():
+            v = v.detach().float().to(self.device)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.sums["loss"] = self.sums.get("loss", torch.zeros((), device=self.device)) + out.loss.detach().float()
+        self.n += 1
+        if out.tokens is not None:
+            self.tokens = self.tokens + out.tokens
+        if out.attn_entropy is not None:
+            self.attn = out.attn_entropy.detach()
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: HarmonicaConfig,
+        kind: str,
+        cache: TokenCache,
+        ckpt_root: Path,
+        sink: MetricSink,
+        *,
+        device: torch.device,
+        dist_info: DistInfo = DistInfo(),
+        codec: Any = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.cfg, self.kind, self.cache = cfg, kind, cache
+        self.tcfg = getattr(cfg.training, kind)
+        self.mcfg = getattr(cfg.model, kind)
+        self.ckpt_root = Path(ckpt_root)
+        self.sink, self.device, self.dist = sink, device, dist_info
+        self.meta = meta or {}
+        contract = cache.contract
+        torch.manual_seed(self.tcfg.seed)
+        self.core: nn.Module = build_model(kind, self.mcfg, contract).to(device)
+        self.model: nn.Module = self.core
+        if dist_info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            # NAR stages leave the other stages' heads unused in a step
+            self.model = nn.parallel.DistributedDataParallel(self.core, device_ids=ids, find_unused_parameters=kind == "nar")
+        self.groups = self.core.param_groups()
+        self.optimizer = build_optimizer(self.groups, self.tcfg)
+        self.scheduler = build_scheduler(self.optimizer, self.tcfg)
+        self.ema = EMA(self.core, self.tcfg.ema_decay)
+        self.task = build_task(kind, self.tcfg, contract["codebook_size"], contract["n_q"])
+        self.usage = CodebookUsage(contract["n_q"], contract["codebook_size"], device)
+        self.collapse = CollapseMonitor(self.tcfg.collapse)
+        self.early = EarlyStopper(self.tcfg.collapse.early_stop_window)
+        self.guard = InstabilityGuard(self.tcfg.collapse)
+        self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and self.tcfg.precision == "fp16" else None
+        self.state = TrainState()
+        self.generator = torch.Generator().manual_seed(self.tcfg.seed + 1 + dist_info.rank)
+
+        max_frames = contract["max_audio_frames"]
+        self.train_examples = load_examples(cache.load_split("train"), max_frames)
+        self.val_examples = load_examples(cache.load_split("val"), max_frames) if "val" in cache.splits() else []
+        self.speakers = speaker_table(self.train_examples)  # index 0 = unknown speaker
+        if kind == "nar" and self.mcfg.speaker_condition == "embedding" and len(self.speakers) + 1 > self.mcfg.max_speakers:
+            raise ValueError(
+                f"{len(self.speakers)} training speakers need model.nar.max_speakers >= {len(self.speakers) + 1}"
+            )
+        self.picker = (
+            PromptPicker(self.train_examples, self.mcfg.prompt_frames, self.tcfg.seed)
+            if kind == "nar" and self.mcfg.speaker_condition == "prompt" else None
+        )
+        sampler = LengthBucketSampler(
+            [e.length for e in self.train_examples], [e.speaker for e in self.train_examples],
+            self.tcfg.batch_size, self.tcfg.seed, rank=dist_info.rank, world_size=dist_info.world_size,
+        )
+        self.stream = BatchStream(self.train_examples, sampler, self._collate, seed=self.tcfg.seed + 7 + dist_info.rank)
+        self.renderer = None
+        if codec is not None and dist_info.is_main:
+            self.renderer = SampleRenderer(
+                kind, codec, self.val_examples or self.train_examples, self.speakers, cfg.eval.decode,
+                contract["frame_rate"], max_frames, getattr(self.mcfg, "prompt_frames", 1), seed=self.tcfg.seed,
+            )
+
+    # ------------------------------------------------------------------------------ batches
+
+    def _collate(self, examples: list[Example], generator: torch.Generator) -> dict[str, Any]:
+        if self.kind == "ar":
+            return collate_ar(examples)
+        return collate_nar(examples, prompt_picker=self.picker, speaker_index=self.speakers, generator=generator)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # ------------------------------------------------------------------------------ loop
+
+    def fit(self, resume_from: Path | None = None) -> TrainResult:
+        if resume_from is not None:
+            self.load(resume_from)
+        t = self.tcfg
+        window = _Window(self.device)
+        last_ckpt: Path | None = ckpt.latest_checkpoint(self.ckpt_root)
+        final: dict[str, float] = {}
+        if self.renderer is not None and self.state.step == 0 and self.val_examples:
+            ref = self.renderer.render_reference(self.ckpt_root.parent / "samples" / "reference")
+            self.sink.log_artifacts(ref, "samples/reference")
+        self.model.train()
+        while self.state.step < t.total_steps:
+            step = self.state.step  # the schedules' step: updates already taken
+            next_step = step + 1
+            log_now = next_step % t.log_every == 0 or next_step == t.total_steps
+            self.optimizer.zero_grad(set_to_none=True)
+            for micro in range(t.grad_accum_steps):
+                batch = self._to_device(next(self.stream))
+                last_micro = micro == t.grad_accum_steps - 1
+                with maybe_no_sync(self.model, not last_micro), autocast(self.device, t.precision):
+                    out = self.task.train_step(self.model, batch, step, self.generator, log_now and last_micro)
+                loss = out.loss / t.grad_accum_steps
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                for u in out.usage:
+                    self.usage.update(u.codebook, u.pred, u.target, u.mask, u.ce_sum)
+                window.add(out)
+            self._optimizer_step(out, log_now, window)
+            self.state.step = next_step
+            if log_now:
+                final.update(self._log_train(window))
+                window.reset()
+            if next_step % t.val_every == 0 or next_step == t.total_steps:
+                final.update(self._validate())
+            if self.renderer is not None and (next_step % t.sample_every == 0 or next_step == t.total_steps):
+                self._samples()
+            if next_step % t.ckpt_every == 0 or next_step == t.total_steps or self.state.stop_reason:
+                last_ckpt = self.save() or last_ckpt
+            if broadcast_flag(self.state.stop_reason is not None, self.dist, self.device):
+                self.state.stop_reason = self.state.stop_reason or "stopped by rank 0"
+                break
+        if self.state.stop_reason and last_ckpt is not None and ckpt.read_meta(last_ckpt)["step"] != self.state.step:
+            last_ckpt = self.save() or last_ckpt
+        best = self.ckpt_root / "best"
+        return TrainResult(self.state, last_ckpt, best if best.exists() else None, final)
+
+    def _optimizer_step(self, out: StepOutput, log_now: bool, window: _Window) -> None:
+        t = self.tcfg
+        params = [p for ps in self.groups.values() for p in ps]
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        pre_clip = grad_norms(self.groups) if log_now else None  # per group, before clipping
+        total = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        verdict = self.guard.check(all_mean(out.loss.detach(), self.dist), total)  # the one per-step sync
+        if verdict.skip:
+            self.optimizer.zero_grad(set_to_none=True)
+            event = {"step": self.state.step + 1, "reason": verdict.reason, "lr_reduced": verdict.reduce_lr}
+            self.state.instability_events.append(event)
+            log.warning("step %d skipped: %s", event["step"], verdict.reason)
+            if verdict.reduce_lr:
+                self.scheduler.scale(self.tcfg.collapse.lr_reduce_factor)
+                log.warning("repeated instability: LR scaled by %s", self.tcfg.collapse.lr_reduce_factor)
+            self.sink.log_metrics({"instability/events": len(self.state.instability_events),
+                                   "instability/lr_scale": self.scheduler.lr_scale_factor}, step=self.state.step + 1)
+            self.sink.set_tags({"harmonica.instability": "true"})
+            if self.scaler:
+                self.scaler.update()
+        else:
+            before = snapshot_params(self.groups) if log_now else None
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.ema.update(self.core)
+            if log_now:
+                window.sums.update({f"update_ratio/{k}": v for k, v in update_ratios(self.groups, before).items()})
+        self.scheduler.step()
+        if log_now and pre_clip is not None:
+            window.sums.update({f"grad_norm/{k}": v * window.n for k, v in pre_clip.items()})
+
+    # ------------------------------------------------------------------------------ logging
+
+    def _log_train(self, window: _Window) -> dict[str, float]:
+        k = self.kind
+        metrics: dict[str, torch.Tensor] = {}
+        for name, v in window.sums.items():
+            key = name if "/" in name else f"{k}/{name}"
+            metrics[key] = v / max(window.n, 1)
+        metrics.update(self.usage.summary(k))
+        if window.attn is not None:
+            metrics.update(attention_entropy_summary(window.attn, k))
+        values = {name: float(v) for name, v in metrics.items()}  # the one host sync of the window
+        elapsed = max(time.perf_counter() - window.started, 1e-9)
+        tokens = float(window.tokens) * self.dist.world_size
+        self.state.tokens_seen += int(tokens)
+        values["throughput/tokens_per_sec"] = tokens / elapsed
+        values["throughput/steps_per_sec"] = window.n / max(self.tcfg.grad_accum_steps, 1) / elapsed
+        values.update({f"lr/{g}": lr for g, lr in self.scheduler.current_lrs().items()})
+        values["collapse/events"] = float(len(self.state.collapse_events))
+        self.usage.reset()
+        step = self.state.step
+        for event in self.collapse.check(step, values):
+            self._record_collapse(event)
+        values["collapse/events"] = float(len(self.state.collapse_events))
+        self.sink.log_metrics(values, step=step)
+        if self.collapse.should_stop and self.tcfg.collapse.stop_on_collapse:
+            self.state.stop_reason = f"collapse at step {step}: {sorted(self.collapse.collapsed)}"
+        return values
+
+    def _record_collapse(self, event: Any) -> None:
+        log.warning("COLLAPSE %s", event.message)
+        record = {"step": event.step, "kind": event.kind, "name": event.name, "value": event.value,
+                  "floor": event.floor, "message": event.message}
+        self.state.collapse_events.append(record)
+        tags = {"harmonica.collapse": "true", "harmonica.collapse_last_step": str(event.step)}
+        if len(self.state.collapse_events) == 1:
+            tags["harmonica.collapse_first_step"] = str(event.step)
+        self.sink.set_tags(tags)
+        self.sink.log_text(
+            "\n".join(json.dumps(e) for e in self.state.collapse_events) + "\n", "collapse_events.jsonl"
+        )
+
+    # ------------------------------------------------------------------------------ validation
+
+    def _val_batches(self) -> list[dict[str, Any]]:
+        ordered = sorted(self.val_examples, key=lambda e: (e.codes.size(1), e.id))
+        gen = torch.Generator().manual_seed(self.tcfg.seed + 999)  # same prompts at every validation
+        size = self.tcfg.batch_size
+        return [self._to_device(self._collate(ordered[i : i + size], gen)) for i in range(0, len(ordered), size)]
+
+    @torch.no_grad()
+    def _evaluate(self, model: nn.Module, prefix: str, batches: list[dict[str, Any]]) -> dict[str, float]:
+        model.eval()
+        usage = CodebookUsage(self.cache.contract["n_q"], self.cache.contract["codebook_size"], self.device)
+        losses, weights = [], []
+        for batch in batches:
+            out = self.task.val_step(model, batch)
+            for u in out.usage:
+                usage.update(u.codebook, u.pred, u.target, u.mask, u.ce_sum)
+            losses.append(out.loss * batch["audio_lens"].sum())
+            weights.append(batch["audio_lens"].sum())
+        model.train()
+        metrics = {f"{prefix}/loss": torch.stack(losses).sum() / torch.stack(weights).sum()}
+        metrics.update(usage.summary(prefix))
+        return {k: float(v) for k, v in metrics.items()}
+
+    def _validate(self) -> dict[str, float]:
+        if not self.val_examples:
+            return {}
+        batches = self._val_batches()
+        metrics = self._evaluate(self.core, "val", batches)
+        with self.ema.swap(self.core):
+            metrics.update(self._evaluate(self.core, "val_ema", batches))
+        step = self.state.step
+        self.sink.log_metrics(metrics, step=step)
+        self.scheduler.on_validation(metrics["val/loss"])
+        value = metrics.get(self.tcfg.best_metric)
+        if value is not None and math.isfinite(value):
+            better = self.state.best_value is None or (
+                value < self.state.best_value if self.tcfg.best_mode == "min" else value > self.state.best_value
+            )
+            if better:
+                self.state.best_value, self.state.best_step = value, step
+                self._save_best()
+        util = metrics.get("val/util_pred_median")
+        if self.early.update(step, metrics["val/loss"], util):
+            self.state.stop_reason = (
+                f"early stop at step {step}: neither val loss nor utilisation improved for "
+                f"{self.tcfg.collapse.early_stop_window} steps"
+            )
+            log.warning(self.state.stop_reason)
+            self.sink.set_tags({"harmonica.early_stop": self.state.stop_reason})
+        return metrics
+
+    def _samples(self) -> None:
+        directory = self.ckpt_root.parent / "samples" / f"step_{self.state.step:06d}"
+        with self.ema.swap(self.core):  # samples come from the EMA weights
+            self.renderer.render(self.core, self.state.step, directory, self.device)
+        self.sink.log_artifacts(directory, f"samples/step_{self.state.step:06d}")
+
+    # ------------------------------------------------------------------------------ checkpoints
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "contract": {**self.cache.contract, **self.core.contract(), "kind": self.kind},
+            "cache_fingerprint": self.cache.fingerprint,
+            "step": self.state.step,
+            "best_metric": self.tcfg.best_metric,
+            "best_value": self.state.best_value,
+            "best_step": self.state.best_step,
+            "collapse_events": len(self.state.collapse_events),
+            **self.meta,
+        }
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "state": asdict(self.state),
+            "scheduler": self.scheduler.state_dict(),
+            "stream": self.stream.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "ema_meta": {k: v for k, v in self.ema.state_dict().items() if k != "shadow"},
+            "guard": self.guard.state_dict(),
+            "early": self.early.state_dict(),
+        }
+
+    def save(self) -> Path | None:
+        """Rank 0 writes; never a checkpoint with non-finite weights."""
+        path = None
+        if self.dist.is_main:
+            if not (weights_finite(self.core)):
+                log.error("step %d: non-finite weights, checkpoint NOT written", self.state.step)
+                self.sink.set_tags({"harmonica.nonfinite_weights_step": str(self.state.step)})
+            else:
+                try:
+                    path = ckpt.save_checkpoint(
+                        self.ckpt_root, self.state.step, model=self.core.state_dict(),
+                        ema=self.ema.state_dict()["shadow"], optimizer=self.optimizer.state_dict(),
+                        trainer=self._trainer_state(), meta=self._meta(),
+                    )
+                except ckpt.NonFiniteWeightsError as exc:
+                    log.error("checkpoint refused: %s", exc)
+                else:
+                    protect = {self.ckpt_root / "best"}
+                    ckpt.prune_checkpoints(self.ckpt_root, self.tcfg.keep_last, protect=protect)
+        barrier(self.dist)
+        return path
+
+    def _save_best(self) -> None:
+        path = self.save()
+        if path is not None:
+            best = ckpt.copy_as(path, self.ckpt_root / "best")
+            self.sink.log_artifacts(best, "checkpoints/best")
+            self.sink.set_tags({"harmonica.best_step": str(self.state.step),
+                                "harmonica.best_value": f"{self.state.best_value:.6g}"})
+
+    def load(self, path: Path) -> None:
+        c = ckpt.load_checkpoint(path)
+        self.core.load_state_dict(c.model)
+        self.optimizer.load_state_dict(c.optimizer)
+        tr = c.trainer
+        self.scheduler.load_state_dict(tr["scheduler"])
+        self.stream.load_state_dict(tr["stream"])
+        self.generator.set_state(tr["generator"])
+        torch.set_rng_state(tr["torch_rng"])
+        self.ema.load_state_dict({**tr["ema_meta"], "shadow": c.ema})
+        self.guard.load_state_dict(tr["guard"])
+        self.early.load_state_dict(tr["early"])
+        self.state = TrainState(**tr["state"])
+        log.info("resumed from %s at step %d", path, self.state.step)
