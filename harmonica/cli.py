@@ -129,13 +129,15 @@ def preprocess(
 @click.option("--model-type", "kind", type=click.Choice(["ar", "nar"]), required=True)
 @click.option("--project", "-p", default="demo", show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
-@click.option("--resume", default="false", is_flag=False, flag_value="true",
-              help="continue the latest run of this project/model type from its last checkpoint")
-@click.option("--allow-cache-mismatch", default="false", is_flag=False, flag_value="true",
+@click.option("--resume", is_flag=True, help="continue the latest run of this project/model type from its last checkpoint")
+@click.option("--allow-cache-mismatch", is_flag=True,
               help="train on a token cache built with other settings (recorded as a tag)")
+# MLproject parameters are strings: these carry --resume / --allow-cache-mismatch as true|false
+@click.option("--resume-if", default="false", hidden=True)
+@click.option("--allow-cache-mismatch-if", default="false", hidden=True)
 @click.argument("overrides", nargs=-1)
-def train(kind: str, project: str, workdir: str, resume: str, allow_cache_mismatch: str,
-          overrides: tuple[str, ...]) -> None:
+def train(kind: str, project: str, workdir: str, resume: bool, allow_cache_mismatch: bool, resume_if: str,
+          allow_cache_mismatch_if: str, overrides: tuple[str, ...]) -> None:
     """Train the AR (text -> first codebook) or the NAR (remaining codebooks).
 
     Uses the `training.<model-type>` and `model.<model-type>` blocks; OVERRIDES are key.path=value.
@@ -145,8 +147,8 @@ def train(kind: str, project: str, workdir: str, resume: str, allow_cache_mismat
 
     try:
         cfg = _config(project, overrides, [])
-        out = run_train(cfg, kind, Path(workdir), resume=_flag(resume),
-                        allow_cache_mismatch=_flag(allow_cache_mismatch))
+        out = run_train(cfg, kind, Path(workdir), resume=resume or _flag(resume_if),
+                        allow_cache_mismatch=allow_cache_mismatch or _flag(allow_cache_mismatch_if))
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
     if not out.run_id or not out.tracking_uri:

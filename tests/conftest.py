@@ -25,3 +25,6 @@ def workdir(tmp_path: Path) -> Path:
     d = tmp_path / "work"
     d.mkdir()
     return d
+
+
+from tests.tiny import tiny_cache_workdir, tiny_corpus  # noqa: E402,F401  (shared session fixtures)

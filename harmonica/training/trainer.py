@@ -85,17 +85,20 @@ class _Window:
         self.reset()
 
     def reset(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {}  # averaged over the window's micro-steps
+        self.instant: dict[str, torch.Tensor] = {}  # values of the log step itself (grad norms, ratios)
         self.n = 0
         self.tokens = torch.zeros((), device=self.device)
         self.attn: torch.Tensor | None = None
         self.started = time.perf_counter()
+        self.excluded = 0.0  # seconds of validation / samples / checkpoints inside the window
 
     def add(self, out: StepOutput) -> None:
         for k, v in out.terms.items():
             v = v.detach().float().to(self.device)
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
-        self.sums["loss"] = self.sums.get("loss", torch.zeros((), device=self.device)) + out.loss.detach().float()
+        if "loss" not in out.terms:
+            self.sums["loss"] = self.sums.get("loss", torch.zeros((), device=self.device)) + out.loss.detach().float()
         self.n += 1
         if out.tokens is not None:
             self.tokens = self.tokens + out.tokens
@@ -196,6 +199,7 @@ class Trainer:
             next_step = step + 1
             log_now = next_step % t.log_every == 0 or next_step == t.total_steps
             self.optimizer.zero_grad(set_to_none=True)
+            outs: list[StepOutput] = []
             for micro in range(t.grad_accum_steps):
                 batch = self._to_device(next(self.stream))
                 last_micro = micro == t.grad_accum_steps - 1
@@ -203,20 +207,25 @@ class Trainer:
                     out = self.task.train_step(self.model, batch, step, self.generator, log_now and last_micro)
                 loss = out.loss / t.grad_accum_steps
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
-                for u in out.usage:
-                    self.usage.update(u.codebook, u.pred, u.target, u.mask, u.ce_sum)
-                window.add(out)
-            self._optimizer_step(out, log_now, window)
+                outs.append(out)
+            step_loss = torch.stack([o.loss.detach() for o in outs]).mean()
+            if self._optimizer_step(step_loss, log_now, window):
+                for out in outs:  # a skipped step's numbers would only poison the window
+                    for u in out.usage:
+                        self.usage.update(u.codebook, u.pred, u.target, u.mask, u.ce_sum)
+                    window.add(out)
             self.state.step = next_step
             if log_now:
                 final.update(self._log_train(window))
                 window.reset()
+            paused = time.perf_counter()
             if next_step % t.val_every == 0 or next_step == t.total_steps:
                 final.update(self._validate())
             if self.renderer is not None and (next_step % t.sample_every == 0 or next_step == t.total_steps):
                 self._samples()
             if next_step % t.ckpt_every == 0 or next_step == t.total_steps or self.state.stop_reason:
                 last_ckpt = self.save() or last_ckpt
+            window.excluded += time.perf_counter() - paused  # throughput counts training time only
             if broadcast_flag(self.state.stop_reason is not None, self.dist, self.device):
                 self.state.stop_reason = self.state.stop_reason or "stopped by rank 0"
                 break
@@ -225,14 +234,15 @@ class Trainer:
         best = self.ckpt_root / "best"
         return TrainResult(self.state, last_ckpt, best if best.exists() else None, final)
 
-    def _optimizer_step(self, out: StepOutput, log_now: bool, window: _Window) -> None:
+    def _optimizer_step(self, step_loss: torch.Tensor, log_now: bool, window: _Window) -> bool:
+        """Clip, guard, step, EMA; False when the instability guard skipped the update."""
         t = self.tcfg
         params = [p for ps in self.groups.values() for p in ps]
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         pre_clip = grad_norms(self.groups) if log_now else None  # per group, before clipping
         total = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-        verdict = self.guard.check(all_mean(out.loss.detach(), self.dist), total)  # the one per-step sync
+        verdict = self.guard.check(all_mean(step_loss, self.dist), total)  # the one per-step sync
         if verdict.skip:
             self.optimizer.zero_grad(set_to_none=True)
             event = {"step": self.state.step + 1, "reason": verdict.reason, "lr_reduced": verdict.reduce_lr}
@@ -255,10 +265,11 @@ class Trainer:
                 self.optimizer.step()
             self.ema.update(self.core)
             if log_now:
-                window.sums.update({f"update_ratio/{k}": v for k, v in update_ratios(self.groups, before).items()})
+                window.instant.update({f"update_ratio/{k}": v for k, v in update_ratios(self.groups, before).items()})
         self.scheduler.step()
-        if log_now and pre_clip is not None:
-            window.sums.update({f"grad_norm/{k}": v * window.n for k, v in pre_clip.items()})
+        if log_now and pre_clip is not None and not verdict.skip:
+            window.instant.update({f"grad_norm/{k}": v for k, v in pre_clip.items()})
+        return not verdict.skip
 
     # ------------------------------------------------------------------------------ logging
 
@@ -268,11 +279,12 @@ class Trainer:
         for name, v in window.sums.items():
             key = name if "/" in name else f"{k}/{name}"
             metrics[key] = v / max(window.n, 1)
+        metrics.update(window.instant)
         metrics.update(self.usage.summary(k))
         if window.attn is not None:
             metrics.update(attention_entropy_summary(window.attn, k))
         values = {name: float(v) for name, v in metrics.items()}  # the one host sync of the window
-        elapsed = max(time.perf_counter() - window.started, 1e-9)
+        elapsed = max(time.perf_counter() - window.started - window.excluded, 1e-9)
         tokens = float(window.tokens) * self.dist.world_size
         self.state.tokens_seen += int(tokens)
         values["throughput/tokens_per_sec"] = tokens / elapsed

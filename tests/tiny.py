@@ -1,0 +1,67 @@
+"""A tiny token cache (synthetic corpus, 3-codebook mel_rvq) and tiny-model configs for trainer tests."""
+
+from pathlib import Path
+
+import pytest
+
+from harmonica.config import load_config
+from harmonica.data.preprocess import build_token_cache
+from tests.factories import make_ljspeech_corpus
+
+TINY = [
+    "codec.n_q=3", "codec.codebook_size=16", "codec.kmeans_iters=3", "codec.griffin_lim_iters=2",
+    "data.quality.min_chars_per_sec=1", "data.quality.max_chars_per_sec=100", "data.val_fraction=0.2",
+    "tracking.system_metrics=false",
+    "model.ar.d_model=32", "model.ar.n_layers=1", "model.ar.n_heads=2", "model.ar.text_layers=1",
+    "model.nar.d_model=32", "model.nar.n_layers=1", "model.nar.n_heads=2", "model.nar.text_layers=1",
+    "model.nar.prompt_frames=20",
+]
+
+
+def tiny_steps(kind: str, total: int = 8, **extra: object) -> list[str]:
+    knobs = {"total_steps": total, "warmup_steps": 1, "batch_size": 4, "log_every": 2, "val_every": 4,
+             "sample_every": total, "ckpt_every": 4, "codebook_entropy_warmup_steps": 4, **extra}
+    return [f"training.{kind}.{k}={v}" for k, v in knobs.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    return make_ljspeech_corpus(tmp_path_factory.mktemp("corpus"), n=16).root
+
+
+@pytest.fixture(scope="session")
+def tiny_cache_workdir(tmp_path_factory, tiny_corpus: Path) -> Path:
+    """A workdir holding a built token cache; copy it before writing runs into it."""
+    workdir = tmp_path_factory.mktemp("cachework")
+    build_token_cache(tiny_cfg(tiny_corpus), workdir, progress=False)
+    return workdir
+
+
+def tiny_cfg(corpus: Path, *extra: str):
+    return load_config("demo", [*TINY, "data.corpus_format=ljspeech", f"data.corpus_dir={corpus}", *extra])
+
+
+class RecordingSink:
+    """A MetricSink that keeps everything in memory (and can fail on a given step)."""
+
+    def __init__(self, fail_at_step: int | None = None) -> None:
+        self.metrics: dict[str, dict[int, float]] = {}
+        self.tags: dict[str, str] = {}
+        self.texts: dict[str, str] = {}
+        self.artifacts: list[tuple[str, str | None]] = []
+        self.fail_at_step = fail_at_step
+
+    def log_metrics(self, metrics, step=None):
+        if self.fail_at_step is not None and step is not None and step >= self.fail_at_step:
+            raise KeyboardInterrupt("simulated kill")
+        for k, v in metrics.items():
+            self.metrics.setdefault(k, {})[step] = float(v)
+
+    def set_tags(self, tags):
+        self.tags.update({k: str(v) for k, v in tags.items()})
+
+    def log_artifacts(self, directory, artifact_path=None):
+        self.artifacts.append((str(directory), artifact_path))
+
+    def log_text(self, text, artifact_file):
+        self.texts[artifact_file] = text

@@ -1,0 +1,143 @@
+"""The trainer on a tiny cache: metric families, resume equivalence, instability guard, checkpoints."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from harmonica.data.cache import find_cache
+from harmonica.training import checkpoint as ckpt
+from harmonica.training.trainer import Trainer
+from tests.tiny import RecordingSink, tiny_cfg, tiny_steps
+
+
+def _trainer(corpus, workdir, out: Path, kind: str, sink, *extra: str, codec=None) -> Trainer:
+    cfg = tiny_cfg(corpus, *tiny_steps(kind), *extra)
+    cache, _ = find_cache(cfg, workdir)
+    return Trainer(cfg, kind, cache, out, sink, device=torch.device("cpu"), codec=codec)
+
+
+@pytest.mark.parametrize("kind", ["ar", "nar"])
+def test_every_metric_family_is_logged(kind, tiny_corpus, tiny_cache_workdir, tmp_path):
+    sink = RecordingSink()
+    from harmonica.codec import load_codec
+
+    cfg = tiny_cfg(tiny_corpus, *tiny_steps(kind))
+    cache, _ = find_cache(cfg, tiny_cache_workdir)
+    codec = load_codec(cfg.codec, cache.codec_dir)
+    trainer = Trainer(cfg, kind, cache, tmp_path / "ckpt", sink, device=torch.device("cpu"), codec=codec)
+    result = trainer.fit()
+    names = set(sink.metrics)
+    cb = "cb0" if kind == "ar" else "cb1"
+    for family in ("util_pred", "util_target", "usage_entropy", "perplexity", "ce", "acc"):
+        assert f"{kind}/{cb}/{family}" in names, family
+    assert f"{kind}/util_pred_median" in names
+    assert f"{kind}/attn_entropy/layer0" in names and f"{kind}/attn_entropy/layer1_min" in names
+    groups = {"embeddings", "attention", "output_heads", "text_encoder"}
+    assert {f"grad_norm/{g}" for g in groups | {"total"}} <= names
+    assert {f"update_ratio/{g}" for g in groups} <= names
+    assert {f"lr/{g}" for g in groups} <= names
+    assert "throughput/tokens_per_sec" in names
+    assert {"val/loss", "val_ema/loss", f"val/{cb}/util_pred"} <= names
+    assert sorted(sink.metrics[f"{kind}/loss"]) == [2, 4, 6, 8]  # the log_every cadence
+    # samples: reference + two sample steps as wav and png
+    sample_dirs = [a for _, a in sink.artifacts if a and a.startswith("samples/")]
+    assert "samples/reference" in sample_dirs and "samples/step_000008" in sample_dirs
+    wavs = list((tmp_path / "samples" / "step_000008").glob("*.wav"))
+    assert wavs and all(w.with_suffix(".png").exists() for w in wavs)
+    # checkpoints: safetensors for raw and EMA + the contract in meta.json
+    assert result.best_checkpoint is not None
+    meta = json.loads((result.last_checkpoint / "meta.json").read_text())
+    for key in ("max_seq_len", "n_q", "codebook_size", "frame_rate", "codec_fingerprint", "text_vocab_hash",
+                "bos_id", "eos_id", "d_model", "n_layers"):
+        assert key in meta["contract"], key
+    assert meta["contract"]["kind"] == kind
+    assert {p.name for p in result.last_checkpoint.glob("*.safetensors")} >= {"model.safetensors", "ema.safetensors"}
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_corpus, tiny_cache_workdir, tmp_path):
+    whole = RecordingSink()
+    a = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "a", "nar", whole, "training.nar.token_noise=0.1")
+    a.fit()
+
+    killed = RecordingSink(fail_at_step=6)  # dies after the step-4 checkpoint, before step 8
+    b = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "b", "nar", killed, "training.nar.token_noise=0.1")
+    with pytest.raises(KeyboardInterrupt):
+        b.fit()
+    latest = ckpt.latest_checkpoint(tmp_path / "b")
+    assert ckpt.read_meta(latest)["step"] == 4
+
+    resumed = RecordingSink()
+    c = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "b", "nar", resumed, "training.nar.token_noise=0.1")
+    c.fit(resume_from=latest)
+    assert sorted(resumed.metrics["nar/loss"]) == [6, 8]  # continuous numbering
+    for key in ("nar/loss", "nar/cb1/util_pred", "grad_norm/total"):
+        for step in (6, 8):
+            if step in whole.metrics.get(key, {}):
+                assert resumed.metrics[key][step] == pytest.approx(whole.metrics[key][step], rel=1e-5, abs=1e-7), key
+    for name, p in a.core.state_dict().items():
+        assert torch.allclose(p, c.core.state_dict()[name], atol=1e-6), name
+
+
+def test_nan_loss_is_skipped_logged_and_never_checkpointed(tiny_corpus, tiny_cache_workdir, tmp_path, monkeypatch):
+    sink = RecordingSink()
+    trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "ar", sink,
+                       "training.ar.collapse.max_instability_events=2")
+    real_step = trainer.task.train_step
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] in (3, 5):  # two poisoned updates
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.task, "train_step", poisoned)
+    result = trainer.fit()
+    assert len(result.state.instability_events) == 2
+    assert result.state.instability_events[1]["lr_reduced"] is True
+    assert sink.tags["harmonica.instability"] == "true"
+    assert max(sink.metrics["instability/events"].values()) == 2
+    assert sink.metrics["instability/lr_scale"][5] == 0.5  # second event halved the LR
+    for path in ckpt.list_checkpoints(tmp_path / "ckpt"):
+        c = ckpt.load_checkpoint(path)
+        assert all(torch.isfinite(t).all() for t in c.model.values())
+    assert all(math.isfinite(v) for v in sink.metrics["ar/loss"].values())
+
+
+def test_non_finite_weights_are_never_written(tiny_corpus, tiny_cache_workdir, tmp_path):
+    sink = RecordingSink()
+    trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "ar", sink)
+    with torch.no_grad():
+        next(trainer.core.parameters()).fill_(float("inf"))
+    assert trainer.save() is None
+    assert ckpt.list_checkpoints(tmp_path / "ckpt") == []
+    assert "harmonica.nonfinite_weights_step" in sink.tags
+
+
+def test_collapse_is_warned_tagged_and_can_stop(tiny_corpus, tiny_cache_workdir, tmp_path, caplog):
+    sink = RecordingSink()
+    # a floor nothing can reach: every codebook "collapses" at the first log step
+    trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "nar", sink,
+                       "training.nar.collapse.util_floor=1.0", "training.nar.collapse.stop_on_collapse=true")
+    result = trainer.fit()
+    assert result.state.collapse_events and result.state.stop_reason.startswith("collapse at step 2")
+    assert sink.tags["harmonica.collapse"] == "true" and sink.tags["harmonica.collapse_first_step"] == "2"
+    events = [json.loads(line) for line in sink.texts["collapse_events.jsonl"].splitlines()]
+    assert events[0]["kind"] == "codebook" and events[0]["step"] == 2
+    assert "COLLAPSE" in caplog.text
+    assert ckpt.read_meta(result.last_checkpoint)["step"] == 2  # stopped runs still checkpoint
+
+
+def test_early_stop_when_nothing_improves(tiny_corpus, tiny_cache_workdir, tmp_path):
+    sink = RecordingSink()
+    trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "ar", sink,
+                       "training.ar.lr=1e-9", "training.ar.min_lr=1e-9", "training.ar.val_every=1",
+                       "training.ar.collapse.early_stop_window=2")
+    # with lr 1e-9 neither the (eval-mode) validation loss nor utilisation can improve
+    result = trainer.fit()
+    assert result.state.stop_reason and result.state.stop_reason.startswith("early stop")
+    assert result.state.step < 8
