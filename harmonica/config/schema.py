@@ -203,6 +203,7 @@ class TrainingConfig(Strict):
     codebook_entropy_weight: float = Field(0.02, ge=0)
     codebook_entropy_warmup_steps: int = Field(10_000, ge=0)
     usage_entropy_weight: float = Field(0.0, ge=0)
+    usage_entropy_temperature: float = Field(1.0, gt=0, description="< 1 sharpens towards argmax usage")
     focal_gamma: float = Field(0.0, ge=0)
     scheduled_sampling: bool = False
     scheduled_sampling_start: int = Field(10_000, ge=0)

@@ -1,6 +1,6 @@
 """The token cache: codec codes + text ids per split, with a deterministic fingerprint.
 
-Layout of one cache (`<workdir>/cache/<project>/<key>/`):
+Layout of one cache (`<workdir>/cache/<key>/`):
     cache.json                settings, corpus digest, fingerprint, contract part, split stats
     codec/                    codec state (fitted codebooks or weights), safetensors + json
     tokens_<split>.safetensors  codes int16 [n_q, sum T], code_offsets [N+1], text int16, text_offsets
@@ -56,6 +56,8 @@ def cache_settings(cfg: HarmonicaConfig) -> dict[str, Any]:
         "data.normalize": data.normalize,
         "data.normalize_level_db": data.normalize_level_db,
         "data.corpus_format": data.corpus_format,
+        # which corpus: two corpora with equal settings must never share a cache
+        "data.corpus_dir": str(Path(data.corpus_dir).resolve()) if data.corpus_dir else "bundled",
         "data.split": [data.val_fraction, data.eval_fraction, sorted(data.eval_speakers), data.split_seed],
         **{f"data.quality.{k}": v for k, v in sorted(data.quality.model_dump(mode="json").items())},
         "text.frontend": cfg.text.frontend,
@@ -84,8 +86,9 @@ def fingerprint(key: str, codec_fingerprint: str) -> str:
     return _sha({"key": key, "codec": codec_fingerprint})[:32]
 
 
-def project_cache_root(workdir: Path, project: str) -> Path:
-    return Path(workdir) / "cache" / project
+def cache_root(workdir: Path) -> Path:
+    """All caches of a workdir; projects with identical token settings share one."""
+    return Path(workdir) / "cache"
 
 
 @dataclass
@@ -189,25 +192,27 @@ def settings_diff(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
 
 
 def find_cache(cfg: HarmonicaConfig, workdir: Path, allow_mismatch: bool = False) -> tuple[TokenCache, list[str]]:
-    """The newest complete cache of the project built with the config's settings.
+    """The newest complete cache built with the config's settings (any project's: equal settings,
+    including the corpus, mean equal tokens).
 
     Returns (cache, differences); differences is non-empty only when allow_mismatch let a stale
     cache through. Raises StaleCacheError (naming each differing setting) or FileNotFoundError.
     """
-    root = project_cache_root(workdir, cfg.project)
+    root = cache_root(workdir)
     candidates = [d for d in root.glob("*") if d.is_dir() and is_complete(d)] if root.is_dir() else []
-    if not candidates:
+    candidates.sort(key=lambda d: os.path.getmtime(d / "cache.json"), reverse=True)
+    expected = cache_settings(cfg)
+    caches = [open_cache(d) for d in candidates]
+    for cache in caches:
+        if cache.meta["settings"] == expected:
+            return cache, []
+    own = [c for c in caches if c.meta.get("project") == cfg.project]
+    if not own:
         raise FileNotFoundError(
             f"no token cache for project '{cfg.project}' under {root}: run "
             f"`harmonica preprocess --project {cfg.project}` first"
         )
-    candidates.sort(key=lambda d: os.path.getmtime(d / "cache.json"), reverse=True)
-    expected = cache_settings(cfg)
-    for directory in candidates:
-        cache = open_cache(directory)
-        if cache.meta["settings"] == expected:
-            return cache, []
-    newest = open_cache(candidates[0])
+    newest = own[0]
     diff = settings_diff(expected, newest.meta["settings"])
     if allow_mismatch:
         return newest, diff

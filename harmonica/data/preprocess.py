@@ -197,7 +197,7 @@ def build_token_cache(
     settings = cache_mod.cache_settings(cfg)
     digest = cache_mod.corpus_digest(manifests.utterances)
     key = cache_mod.cache_key(settings, digest)
-    final = cache_mod.project_cache_root(workdir, cfg.project) / key
+    final = cache_mod.cache_root(workdir) / key
 
     if cache_mod.is_complete(final):
         cache = cache_mod.open_cache(final)

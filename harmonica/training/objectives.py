@@ -81,10 +81,14 @@ def prediction_entropy(logits: Tensor, mask: Tensor) -> Tensor:
     return _masked_mean(ent, mask)
 
 
-def usage_entropy(logits: Tensor, mask: Tensor) -> Tensor:
-    """Entropy (nats) of the batch-marginal prediction: mean of softmax over valid positions.
-    Maximal (log V) when the batch as a whole spreads its probability over all entries."""
-    p = F.softmax(logits.float(), dim=-1)
+def usage_entropy(logits: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """Entropy (nats) of the batch-marginal prediction: mean of softmax(logits / temperature) over
+    valid positions. Maximal (log V) when the batch as a whole spreads its probability over all
+    entries. At temperature 1 a model whose every position is nearly uniform already scores high
+    while its argmax picks the same few entries everywhere (the collapse the utilisation metric
+    sees); a temperature < 1 sharpens each position towards its argmax, so the marginal tracks the
+    histogram of predicted tokens and the gradient pushes those apart."""
+    p = F.softmax(logits.float() / temperature, dim=-1)
     p = torch.where(mask.unsqueeze(-1), p, torch.zeros_like(p))
     marginal = p.sum(dim=(0, 1)) / _valid_count(mask)
     return -(marginal * torch.log(marginal.clamp_min(1e-12))).sum()
@@ -133,7 +137,7 @@ def compute_objective(logits: Tensor, targets: Tensor, mask: Tensor, step: int,
     if w_ent > 0:
         loss = loss - w_ent * ent
     with torch.set_grad_enabled(torch.is_grad_enabled() and w_use > 0):
-        use = usage_entropy(logits, mask)
+        use = usage_entropy(logits, mask, cfg.usage_entropy_temperature)
     if w_use > 0:
         loss = loss - w_use * use
 

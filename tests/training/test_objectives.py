@@ -216,3 +216,25 @@ def test_scheduled_sampling_mix():
     assert (scheduled_sampling_mix(gold, pred, 0.0, g) == 1).all()
     mask = torch.zeros_like(gold, dtype=torch.bool)
     assert (scheduled_sampling_mix(gold, pred, 0.0, g, mask=mask) == 0).all()
+
+
+def test_sharpened_usage_entropy_sees_argmax_collapse_and_its_gradient_spreads_it():
+    from harmonica.training.objectives import usage_entropy
+
+    torch.manual_seed(0)
+    # every position nearly uniform with the same tiny bias: argmax collapsed onto entry 0
+    logits = (0.01 * torch.randn(4, 50, 16)).requires_grad_()
+    with torch.no_grad():
+        logits[..., 0] += 0.5
+    mask = torch.ones(4, 50, dtype=torch.bool)
+    soft, sharp = usage_entropy(logits, mask), usage_entropy(logits, mask, temperature=0.05)
+    assert soft > 0.95 * math.log(16)  # temperature 1 calls this healthy
+    assert sharp < 0.5 * math.log(16)  # the sharpened marginal sees the collapse
+    opt = torch.optim.SGD([logits], lr=100.0)  # the marginal's gradient is averaged over 200 positions
+    for _ in range(10):
+        opt.zero_grad()
+        (-usage_entropy(logits, mask, temperature=0.05)).backward()
+        opt.step()
+    assert usage_entropy(logits, mask, temperature=0.05) > sharp
+    hist = torch.bincount(logits.argmax(-1).flatten(), minlength=16)
+    assert (hist > 0).sum() > 4  # ascending it moved argmaxes off the collapsed entry
