@@ -20,6 +20,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/harmonica preprocess --project demo
+	$(VENV)/bin/harmonica train --model-type ar --project demo
+	$(VENV)/bin/harmonica train --model-type nar --project demo
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -p no:cacheprovider

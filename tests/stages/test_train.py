@@ -120,3 +120,21 @@ def test_two_process_gloo_ddp_logs_exactly_one_run(tmp_path, tiny_corpus, workdi
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["harmonica.world_size"] == "2"
     assert max(m.step for m in client.get_metric_history(run.info.run_id, "nar/loss")) == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ar", "nar"])
+def test_mlflow_run_train_entry_points(kind, root, tmp_path, tiny_corpus, workdir_with_cache):
+    workdir = workdir_with_cache
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    out = _run(["mlflow", "run", str(root), "-e", f"train_{kind}", "--env-manager", "local",
+                "--experiment-name", "harmonica/demo", "-P", f"workdir={workdir}",
+                "-P", "overrides=" + " ".join(_args(tiny_corpus, kind))],
+               cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, runs = _runs(workdir, f"train_{kind}")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    metrics = runs[0].data.metrics
+    cb = "cb0" if kind == "ar" else "cb1"
+    assert {f"{kind}/{cb}/util_pred", f"{kind}/attn_entropy/layer0", "grad_norm/total", "val_ema/loss"} <= set(metrics)
+    assert runs[0].data.tags["mlflow.project.entryPoint"] == f"train_{kind}"
