@@ -163,7 +163,14 @@ class Tracker:
         self.workdir = Path(workdir)
         self.tracking_uri = resolve_tracking_uri(cfg.tracking, self.workdir)
         self.experiment_name = experiment_name(cfg.tracking, cfg.project)
-        mlflow.set_tracking_uri(self.tracking_uri)
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(self.tracking_uri)  # the fluent run (system metrics) needs it
+        # ...but MLflow also exports it to the environment, where it would outrank the embedded
+        # default of every later Tracker in this process and of every child process
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
         self.client = MlflowClient(self.tracking_uri)
 
     @property

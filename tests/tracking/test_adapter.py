@@ -87,3 +87,15 @@ def test_dirty_flag_from_git(tmp_path: Path):
     dirty = code_version(pkg)
     assert dirty.git_dirty is True and dirty.source_hash != clean.source_hash
     code_version.cache_clear()
+
+
+def test_trackers_do_not_leak_their_uri_into_the_environment(tmp_path: Path, monkeypatch):
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config("demo", ["tracking.system_metrics=false"])
+    first = Tracker(cfg, tmp_path / "a")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    second = Tracker(cfg, tmp_path / "b")
+    assert first.tracking_uri != second.tracking_uri
+    assert second.tracking_uri.endswith(str((tmp_path / "b" / "mlflow.db").resolve()))
