@@ -60,11 +60,30 @@ class EMA:
         for name, s in self.shadow.items():
             yield s, live[name]
 
+    def _lists(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor], list[tuple[Tensor, Tensor]]]:
+        """(fp32 shadows, their fp32 live tensors, other pairs), cached per model: walking the
+        module and pairing names every step costs more than the arithmetic on a small model."""
+        cached = getattr(self, "_cache", None)
+        if cached is not None and cached[0] is model:
+            return cached[1]
+        shadows, lives, others = [], [], []
+        for s, t in self._pairs(model):
+            if s.is_floating_point() and t.dtype == torch.float32:
+                shadows.append(s)
+                lives.append(t)
+            else:
+                others.append((s, t))
+        self._cache = (model, (shadows, lives, others))
+        return shadows, lives, others
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Fold the model's current weights into the shadow (call after each optimizer step)."""
         d = self.current_decay()
-        for s, t in self._pairs(model):
+        shadows, lives, others = self._lists(model)
+        if shadows:
+            torch._foreach_lerp_(shadows, [t.detach() for t in lives], 1.0 - d)  # s += (1-d)(t-s)
+        for s, t in others:
             if s.is_floating_point():
                 s.mul_(d).add_(t.detach().float(), alpha=1.0 - d)
             else:

@@ -35,10 +35,14 @@ class StepOutput:
     tokens: Tensor | None = None  # 0-d, audio tokens in the batch
 
 
-def _usage(logits: Tensor, targets: Tensor, mask: Tensor, codebook: int) -> UsageUpdate:
+def _usage(logits: Tensor, targets: Tensor, mask: Tensor, codebook: int, ce_mean: Tensor | None = None) -> UsageUpdate:
+    """ce_mean: the objective's plain masked-mean CE of this batch, so it is not computed twice."""
     with torch.no_grad():
-        ce = nn.functional.cross_entropy(logits.detach().transpose(1, 2).float(), targets, reduction="none")  # [B, T]
-        ce_sum = torch.where(mask, ce, torch.zeros_like(ce)).sum()
+        if ce_mean is None:
+            ce = nn.functional.cross_entropy(logits.detach().transpose(1, 2).float(), targets, reduction="none")  # [B, T]
+            ce_sum = torch.where(mask, ce, torch.zeros_like(ce)).sum()
+        else:
+            ce_sum = ce_mean.detach() * mask.sum()
         return UsageUpdate(codebook, logits.detach().argmax(-1), targets, mask, ce_sum)
 
 
@@ -79,7 +83,7 @@ class ARTask:
         return StepOutput(
             loss=loss,
             terms=terms,
-            usage=[_usage(logits, aux["targets"], aux["mask"], 0)],
+            usage=[_usage(logits, aux["targets"], aux["mask"], 0, terms["ce"])],
             attn_entropy=aux.get("attn_entropy"),
             tokens=audio_lens.sum(),
         )
@@ -131,7 +135,7 @@ class NARTask:
         return StepOutput(
             loss=loss,
             terms=terms,
-            usage=[_usage(logits, aux["targets"], aux["mask"], stage)],
+            usage=[_usage(logits, aux["targets"], aux["mask"], stage, terms["ce"])],
             attn_entropy=aux.get("attn_entropy"),
             tokens=audio_lens.sum(),
         )
