@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,12 @@ def run_train(
     resume: bool = False,
     allow_cache_mismatch: bool = False,
     parent_run_id: str | None = None,
+    on_validation: Callable[[int, dict[str, float]], None] | None = None,
+    run_name: str | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> TrainOutcome:
+    """One training run. on_validation(step, metrics) is called after every validation (rank 0
+    metrics on every rank); an exception it raises ends the run with its `run_status` if it has one."""
     tcfg = getattr(cfg.training, kind)
     info, device = init_distributed(tcfg.device)
     try:
@@ -111,8 +117,8 @@ def run_train(
             run: Any = NullRun()
             if tracker is not None:
                 run = stack.enter_context(tracker.run(
-                    f"train_{kind}", f"train_{kind}-{cfg.project}-{digest[:8]}",
-                    description=describe(cfg, kind, cache), tags=tags,
+                    f"train_{kind}", run_name or f"train_{kind}-{cfg.project}-{digest[:8]}",
+                    description=describe(cfg, kind, cache), tags={**tags, **(extra_tags or {})},
                     run_id=resume_target[0] if resume_target else None, parent_run_id=parent_run_id,
                 ))
             run_id = _share_run_id(run.run_id or None, info)
@@ -128,7 +134,7 @@ def run_train(
             meta = {"config_hash": digest, "run_id": run_id, "project": cfg.project,
                     "code_version": code_version().label, "git_dirty": code_version().git_dirty}
             trainer = Trainer(cfg, kind, cache, out_dir / "ckpt", run, device=device, dist_info=info,
-                              codec=codec, meta=meta)
+                              codec=codec, meta=meta, on_validation=on_validation)
             result = trainer.fit(resume_from=resume_target[1] if resume_target else None)
             if tracker is not None:
                 _log_result(run, result)

@@ -233,6 +233,10 @@ class Tracker:
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except Exception as exc:
+            # an exception may say how the run ended (e.g. a pruned sweep trial is KILLED, not FAILED)
+            status = getattr(exc, "run_status", "FAILED")
+            raise
         finally:
             mlflow.flush_async_logging()
             mlflow.end_run(status=status)

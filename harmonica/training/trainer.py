@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -119,6 +120,7 @@ class Trainer:
         dist_info: DistInfo = DistInfo(),
         codec: Any = None,
         meta: dict[str, Any] | None = None,
+        on_validation: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         self.cfg, self.kind, self.cache = cfg, kind, cache
         self.tcfg = getattr(cfg.training, kind)
@@ -126,6 +128,7 @@ class Trainer:
         self.ckpt_root = Path(ckpt_root)
         self.sink, self.device, self.dist = sink, device, dist_info
         self.meta = meta or {}
+        self.on_validation = on_validation  # e.g. a sweep's pruning report; may raise to end the run
         contract = cache.contract
         torch.manual_seed(self.tcfg.seed)
         self.core: nn.Module = build_model(kind, self.mcfg, contract).to(device)
@@ -356,6 +359,8 @@ class Trainer:
             if better:
                 self.state.best_value, self.state.best_step = value, step
                 self._save_best()
+        if self.on_validation is not None:
+            self.on_validation(step, metrics)
         util = metrics.get("val/util_pred_median")
         if self.early.update(step, metrics["val/loss"], util):
             self.state.stop_reason = (
