@@ -193,10 +193,13 @@ def step_dir(root: Path, step: int) -> Path:
 
 
 def save_checkpoint(root: Path, step: int, *, model: dict[str, Tensor], ema: dict[str, Tensor] | None,
-                    optimizer: dict[str, Any], trainer: dict[str, Any], meta: dict[str, Any]) -> Path:
+                    optimizer: dict[str, Any], trainer: dict[str, Any], meta: dict[str, Any],
+                    bundle: dict[str, Path] | None = None) -> Path:
     """Write root/step_{step:07d}/ atomically (an existing one for the same step is replaced).
 
-    Raises NonFiniteWeightsError, writing nothing, when a floating model/EMA tensor has NaN/inf."""
+    bundle: directories copied in under the given names (e.g. {"codec": codec state dir}) so a
+    checkpoint can be decoded to audio on its own. Raises NonFiniteWeightsError, writing nothing,
+    when a floating model/EMA tensor has NaN/inf."""
     bad = _non_finite(model) + [f"ema:{k}" for k in _non_finite(ema or {})]
     if bad:
         raise NonFiniteWeightsError(f"refusing to save step {step}: non-finite values in {bad[:8]}"
@@ -214,8 +217,11 @@ def save_checkpoint(root: Path, step: int, *, model: dict[str, Tensor], ema: dic
             _write_json(tmp / f"{name}.json", skeleton)
         saved_at = datetime.now(UTC).isoformat(timespec="seconds")
         _write_json(tmp / "meta.json", _plain_json({**meta, "step": step, "saved_at": saved_at}))
+        for name, src in (bundle or {}).items():
+            shutil.copytree(src, tmp / name)
         for f in tmp.iterdir():
-            _fsync(f)
+            if f.is_file():
+                _fsync(f)
         _fsync(tmp)
         final = step_dir(root, step)
         _swap_into_place(tmp, final)
@@ -302,6 +308,9 @@ def copy_as(path: Path, dest: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{dest.name}-", dir=dest.parent))
     try:
         for f in sorted(path.iterdir()):
+            if f.is_dir():  # bundled directories (codec state)
+                shutil.copytree(f, tmp / f.name)
+                continue
             try:
                 os.link(f, tmp / f.name)
             except OSError:

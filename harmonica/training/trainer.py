@@ -389,6 +389,11 @@ class Trainer:
             "best_value": self.state.best_value,
             "best_step": self.state.best_step,
             "collapse_events": len(self.state.collapse_events),
+            # enough to rebuild the model, the codec and the text frontend from this directory alone
+            "model_config": self.mcfg.model_dump(mode="json"),
+            "codec_config": self.cfg.codec.model_dump(mode="json"),
+            "text_config": self.cfg.text.model_dump(mode="json"),
+            "speakers": self.speakers,  # name -> index, for speaker_condition=embedding
             **self.meta,
         }
 
@@ -417,6 +422,7 @@ class Trainer:
                         self.ckpt_root, self.state.step, model=self.core.state_dict(),
                         ema=self.ema.state_dict()["shadow"], optimizer=self.optimizer.state_dict(),
                         trainer=self._trainer_state(), meta=self._meta(),
+                        bundle={"codec": self.cache.codec_dir},
                     )
                 except ckpt.NonFiniteWeightsError as exc:
                     log.error("checkpoint refused: %s", exc)

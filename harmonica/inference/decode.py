@@ -1,0 +1,95 @@
+"""Decoding controls around the models' `generate`: length bounds and anti-loop heuristics.
+
+Per-codebook temperature / top-k / top-p come from `eval.decode` (lists indexed by codebook, entry 0
+for the AR; a short list repeats its last entry), the repetition penalty applies to the AR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from harmonica.config.schema import DecodeConfig
+
+MIN_LOOP_SECONDS = 0.6  # an exactly periodic stretch this long is a loop, not speech
+MAX_LOOP_PERIOD = 40  # frames (0.53 s at 75 Hz): longer periods are rare in real loops
+
+
+def max_frames_for_text(n_chars: int, decode: DecodeConfig, frame_rate: float, model_limit: int) -> int:
+    """The AR's length bound: proportional to the text, never past the model's positions."""
+    return max(1, min(model_limit, int(round(n_chars * decode.max_length_per_char * frame_rate))))
+
+
+def find_loop(tokens: Tensor, frame_rate: float, min_seconds: float = MIN_LOOP_SECONDS,
+              max_period: int = MAX_LOOP_PERIOD) -> tuple[int, int] | None:
+    """(start, period) of the first exactly periodic stretch of >= min_seconds, else None.
+
+    A degenerate AR repeats an n-gram forever (the "looping" failure); a repeated n-gram this long
+    does not occur in codec tokens of real speech, so cutting there loses nothing real."""
+    seq = tokens.cpu().numpy()
+    n = len(seq)
+    min_len = max(2, int(min_seconds * frame_rate))
+    best: tuple[int, int] | None = None
+    for period in range(1, min(max_period, min_len // 2) + 1):
+        if n - period < min_len - period:
+            break
+        same = np.concatenate([[False], seq[period:] == seq[:-period], [False]])  # [n - p + 2]
+        edges = np.flatnonzero(np.diff(same.astype(np.int8)))  # run starts and ends, alternating
+        for run_start, run_end in zip(edges[::2], edges[1::2]):
+            # seq[i + p] == seq[i] for i in [run_start, run_end): periodic over [run_start, run_end + p)
+            if run_end - run_start + period >= min_len:
+                if best is None or run_start < best[0]:
+                    best = (int(run_start), period)
+                break
+    return best
+
+
+def cut_loops(tokens: Tensor, frame_rate: float) -> tuple[Tensor, bool]:
+    """Truncate at a detected loop, keeping one period of it; (tokens, whether it was cut)."""
+    loop = find_loop(tokens, frame_rate)
+    if loop is None:
+        return tokens, False
+    start, period = loop
+    return tokens[: start + period], True
+
+
+@torch.no_grad()
+def decode_ar(model: nn.Module, text: Tensor, decode: DecodeConfig, frame_rate: float,
+              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    """text [L] -> first-codebook tokens [T] plus decoding facts (length bound hit, loop cut)."""
+    device = next(model.parameters()).device
+    limit = model.max_audio_len if hasattr(model, "max_audio_len") else model.cfg.max_seq_len - 1
+    budget = max_frames_for_text(int(text.numel()), decode, frame_rate, int(limit))
+    [tokens] = model.generate(
+        text[None].to(device), torch.tensor([text.numel()], device=device), max_new_tokens=budget,
+        temperature=decode.temperature[0], top_k=decode.top_k[0], top_p=decode.top_p[0],
+        repetition_penalty=decode.repetition_penalty, generator=generator,
+    )  # [T]
+    tokens = tokens.cpu()
+    hit_bound = tokens.numel() >= budget
+    tokens, looped = cut_loops(tokens, frame_rate)
+    return tokens, {"ar_frames": float(tokens.numel()), "ar_hit_length_bound": float(hit_bound),
+                    "ar_loop_cut": float(looped)}
+
+
+@torch.no_grad()
+def decode_nar(model: nn.Module, text: Tensor, cb0: Tensor, decode: DecodeConfig, *,
+               prompt: Tensor | None = None, speaker: int | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+    """text [L], cb0 [T], prompt [n_q, P] -> codes [n_q, T] (codebooks 1.. filled by the NAR)."""
+    device = next(model.parameters()).device
+    cond = model.cfg.speaker_condition
+    kwargs: dict = {}
+    if cond == "prompt":
+        if prompt is None:
+            raise ValueError("this NAR is conditioned on an acoustic prompt: pass --prompt-wav or a speaker prompt")
+        kwargs = {"prompt": prompt[None].to(device), "prompt_lens": torch.tensor([prompt.size(1)], device=device)}
+    elif cond == "embedding":
+        kwargs = {"speaker": torch.tensor([speaker or 0], device=device)}
+    codes = model.generate(
+        text[None].to(device), torch.tensor([text.numel()], device=device), cb0[None].to(device),
+        torch.tensor([cb0.numel()], device=device), refine_steps=decode.nar_refine_steps,
+        temperature=decode.temperature, top_k=decode.top_k, top_p=decode.top_p, generator=generator, **kwargs,
+    )  # [1, n_q, T]
+    return codes[0].cpu()

@@ -1,0 +1,130 @@
+"""Text -> speech with an AR + NAR pair and the codec they were trained on.
+
+A checkpoint directory is self-contained (weights, meta.json with the contract and the model /
+codec / text configs, the codec state under codec/), so a Synthesizer needs nothing else. The pair
+is checked against each other and against the codec before any weight is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from harmonica.codec import Codec, load_codec
+from harmonica.config.schema import ARModelConfig, CodecConfig, DecodeConfig, NARModelConfig, TextConfig
+from harmonica.data.audio import load_audio
+from harmonica.data.text import TextFrontend, build_frontend
+from harmonica.inference.decode import decode_ar, decode_nar
+from harmonica.models import build_model
+from harmonica.models.contract import require_compatible
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(FileNotFoundError):
+    """A reference that does not lead to a usable checkpoint; the message says what was expected."""
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    meta_file = Path(path) / "meta.json"
+    if not meta_file.is_file():
+        raise CheckpointError(
+            f"{path} is not a harmonica checkpoint (no meta.json); pass a checkpoint directory such as "
+            "<workdir>/checkpoints/<project>/<ar|nar>/<run id>/ckpt/best, an MLflow run id, or "
+            "runs:/<run id>/checkpoints/best"
+        )
+    return json.loads(meta_file.read_text(encoding="utf-8"))
+
+
+def load_model(path: Path, weights: str = "ema", device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model described by a checkpoint's meta.json and load its raw or EMA weights."""
+    meta = read_checkpoint_meta(path)
+    kind = meta["kind"]
+    cfg_cls = ARModelConfig if kind == "ar" else NARModelConfig
+    model = build_model(kind, cfg_cls.model_validate(meta["model_config"]), meta["contract"])
+    file = Path(path) / ("ema.safetensors" if weights == "ema" else "model.safetensors")
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing (weights={weights}); use --weights raw or another checkpoint")
+    # the EMA shadow also holds non-persistent buffers, hence not strict; missing weights are fatal
+    result = model.load_state_dict(load_file(str(file)), strict=False)
+    if result.missing_keys:
+        raise CheckpointError(f"{file} lacks {result.missing_keys[:5]}: not a checkpoint of this model")
+    return model.to(device).eval(), meta
+
+
+@dataclass
+class Timings:
+    """Seconds spent inside model calls, so the pipeline around them can be measured against it."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, started: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+class Synthesizer:
+    """Loads an AR/NAR pair once per process; `synthesize` many texts."""
+
+    def __init__(self, ar_path: Path, nar_path: Path, *, weights: str = "ema",
+                 decode: DecodeConfig | None = None, device: str = "cpu") -> None:
+        self.ar_path, self.nar_path = Path(ar_path), Path(nar_path)
+        ar_meta, nar_meta = read_checkpoint_meta(self.ar_path), read_checkpoint_meta(self.nar_path)
+        codec_dir = self.nar_path / "codec"
+        if not codec_dir.is_dir():
+            raise CheckpointError(f"{self.nar_path} has no codec/ directory: re-save it with this harmonica version")
+        self.codec: Codec = load_codec(CodecConfig.model_validate(nar_meta["codec_config"]), codec_dir)
+        require_compatible(ar_meta["contract"], nar_meta["contract"], self.codec.fingerprint())
+        self.ar, self.ar_meta = load_model(self.ar_path, weights, device)
+        self.nar, self.nar_meta = load_model(self.nar_path, weights, device)
+        self.frontend: TextFrontend = build_frontend(TextConfig.model_validate(nar_meta["text_config"]))
+        self.decode = decode or DecodeConfig()
+        self.frame_rate = float(nar_meta["contract"]["frame_rate"])
+        self.prompt_frames = int(nar_meta["model_config"].get("prompt_frames", 150))
+        self.timings = Timings()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def speaker_condition(self) -> str:
+        return self.nar.cfg.speaker_condition
+
+    def prompt_from_wav(self, path: str | Path) -> torch.Tensor:
+        """An acoustic prompt [n_q, P] from a reference recording of the target voice."""
+        wav = load_audio(path, self.codec.sample_rate)
+        t = time.perf_counter()
+        codes = torch.from_numpy(self.codec.encode(wav)).long()  # [n_q, T]
+        self.timings.add("codec_encode", t)
+        return codes[:, : self.prompt_frames]
+
+    def synthesize(self, text: str, *, prompt: torch.Tensor | None = None, speaker: int | None = None,
+                   seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+        """-> (waveform float32 at sample_rate, facts: frames, length-bound hit, loop cut, codes)."""
+        gen = torch.Generator().manual_seed(seed)
+        ids = torch.tensor(self.frontend.encode(text), dtype=torch.long)  # [L]
+        t = time.perf_counter()
+        cb0, info = decode_ar(self.ar, ids, self.decode, self.frame_rate, generator=gen)  # [T]
+        self.timings.add("ar", t)
+        if cb0.numel() == 0:
+            return np.zeros(0, dtype=np.float32), {**info, "codes": None}
+        t = time.perf_counter()
+        codes = decode_nar(self.nar, ids, cb0, self.decode, prompt=prompt, speaker=speaker, generator=gen)
+        self.timings.add("nar", t)
+        t = time.perf_counter()
+        wav = self.codec.decode(codes.numpy())
+        self.timings.add("codec_decode", t)
+        return wav, {**info, "codes": codes}
