@@ -23,7 +23,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from harmonica.data.corpora import CorpusError
     from harmonica.data.preprocess import PreprocessError
 
-    return (*USER_ERRORS, CorpusError, PreprocessError, StaleCacheError)
+    from harmonica.inference.synthesize import CheckpointError
+    from harmonica.models.contract import IncompatibleModelsError
+    from harmonica.tracking.refs import CheckpointRefError
+
+    from harmonica.evaluation.asr import ASRError
+    from harmonica.evaluation.speaker import SpeakerBackendError
+    from harmonica.evaluation.suite import EvalError
+
+    return (*USER_ERRORS, CorpusError, PreprocessError, StaleCacheError, CheckpointError,
+            IncompatibleModelsError, CheckpointRefError, EvalError, ASRError, SpeakerBackendError)
 
 
 def _flag(value: str) -> bool:
@@ -163,6 +172,82 @@ def train(kind: str, project: str, workdir: str, resume: bool, allow_cache_misma
     click.echo(f"  collapse events            {len(st.collapse_events)}")
     click.echo(f"  best checkpoint            {out.result.best_checkpoint} (step {st.best_step})")
     click.echo(f"  mlflow run                 {out.run_id} in '{out.experiment}' ({out.tracking_uri})")
+
+
+def resolve_refs(cfg: HarmonicaConfig, workdir: Path, *refs: str) -> list[tuple[Path, str | None]]:
+    from harmonica.tracking.adapter import resolve_tracking_uri
+    from harmonica.tracking.refs import resolve_checkpoint
+
+    uri = resolve_tracking_uri(cfg.tracking, workdir)
+    return [resolve_checkpoint(ref, uri, workdir / "downloads") for ref in refs]
+
+
+@main.command()
+@click.option("--ar", "ar_ref", required=True, help="AR checkpoint dir, MLflow run id or runs:/ URI")
+@click.option("--nar", "nar_ref", required=True, help="NAR checkpoint dir, MLflow run id or runs:/ URI")
+@click.option("--text", required=True)
+@click.option("--prompt-wav", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="a few seconds of the target voice (NAR speaker_condition=prompt)")
+@click.option("--speaker", type=int, default=None, help="speaker index (NAR speaker_condition=embedding)")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--weights", type=click.Choice(["ema", "raw"]), default="ema", show_default=True)
+@click.option("--project", "-p", default="demo", show_default=True, help="for eval.decode.* and tracking settings")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.option("--seed", type=int, default=0)
+@click.argument("overrides", nargs=-1)
+def synthesize(ar_ref: str, nar_ref: str, text: str, prompt_wav: str | None, speaker: int | None, out_path: str,
+               weights: str, project: str, workdir: str, seed: int, overrides: tuple[str, ...]) -> None:
+    """Text -> wav with an AR + NAR pair (checked for compatibility first)."""
+    from harmonica.data.audio import write_audio
+    from harmonica.inference.synthesize import Synthesizer
+
+    try:
+        cfg = _config(project, overrides, [])
+        (ar_path, _), (nar_path, _) = resolve_refs(cfg, Path(workdir), ar_ref, nar_ref)
+        synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode)
+        prompt = synth.prompt_from_wav(prompt_wav) if prompt_wav else None
+        if synth.speaker_condition == "prompt" and prompt is None:
+            raise click.UsageError("this NAR is conditioned on an acoustic prompt: pass --prompt-wav FILE "
+                                   "(a few seconds of the target voice)")
+        wav, info = synth.synthesize(text, prompt=prompt, speaker=speaker, seed=seed)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    if wav.size == 0:
+        raise click.ClickException("the AR stopped at once: no audio (try another seed or a later checkpoint)")
+    write_audio(out_path, wav, synth.sample_rate)
+    click.echo(f"wrote {out_path}: {wav.size / synth.sample_rate:.2f} s at {synth.sample_rate} Hz "
+               f"({int(info['ar_frames'])} frames; length bound hit: {bool(info['ar_hit_length_bound'])}, "
+               f"loop cut: {bool(info['ar_loop_cut'])})")
+
+
+@main.command()
+@click.option("--project", "-p", default="demo", show_default=True)
+@click.option("--ar", "ar_ref", required=True, help="AR checkpoint dir, MLflow run id or runs:/ URI")
+@click.option("--nar", "nar_ref", required=True, help="NAR checkpoint dir, MLflow run id or runs:/ URI")
+@click.option("--weights", type=click.Choice(["ema", "raw"]), default="ema", show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.option("--no-progress", is_flag=True)
+@click.argument("overrides", nargs=-1)
+def evaluate(project: str, ar_ref: str, nar_ref: str, weights: str, workdir: str, no_progress: bool,
+             overrides: tuple[str, ...]) -> None:
+    """WER/CER, speaker similarity, failure rates and prosody on the project's held-out eval slice,
+    next to ground-truth and codec-resynthesis baselines."""
+    from harmonica.stages.evaluate import run_evaluate
+
+    try:
+        cfg = _config(project, overrides, [])
+        out = run_evaluate(cfg, Path(workdir), ar_ref, nar_ref, weights=weights, progress=not no_progress)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    m = out.result.metrics
+    click.echo("")
+    click.echo(f"evaluate: {int(m['eval/utterances'])} utterances ({weights} weights)")
+    click.echo(f"  {'':<14}{'WER':>8}{'CER':>8}{'SIM':>8}{'fail':>8}")
+    for label, prefix in (("model", "eval"), ("resynthesis", "baseline/resynthesis"),
+                          ("ground truth", "baseline/ground_truth")):
+        click.echo(f"  {label:<14}{m[prefix + '/wer']:>8.3f}{m[prefix + '/cer']:>8.3f}{m[prefix + '/sim']:>8.3f}"
+                   f"{m[prefix + '/fail/any']:>8.3f}")
+    click.echo(f"  mlflow run    {out.run_id} in '{out.experiment}' ({out.tracking_uri})")
 
 
 if __name__ == "__main__":  # pragma: no cover

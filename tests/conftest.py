@@ -27,4 +27,4 @@ def workdir(tmp_path: Path) -> Path:
     return d
 
 
-from tests.tiny import tiny_cache_workdir, tiny_corpus  # noqa: E402,F401  (shared session fixtures)
+from tests.tiny import tiny_cache_workdir, tiny_checkpoints, tiny_corpus  # noqa: E402,F401  (shared session fixtures)

@@ -65,3 +65,22 @@ class RecordingSink:
 
     def log_text(self, text, artifact_file):
         self.texts[artifact_file] = text
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, tiny_corpus: Path, tiny_cache_workdir: Path) -> dict[str, Path]:
+    """Best checkpoints of an 8-step AR and NAR on the tiny cache: {"ar": dir, "nar": dir}."""
+    import torch
+
+    from harmonica.data.cache import find_cache
+    from harmonica.training.trainer import Trainer
+
+    out = {}
+    root = tmp_path_factory.mktemp("ckpts")
+    for kind in ("ar", "nar"):
+        cfg = tiny_cfg(tiny_corpus, *tiny_steps(kind))
+        cache, _ = find_cache(cfg, tiny_cache_workdir)
+        result = Trainer(cfg, kind, cache, root / kind, RecordingSink(), device=torch.device("cpu"),
+                         meta={"run_id": f"tiny-{kind}"}).fit()
+        out[kind] = result.best_checkpoint
+    return out

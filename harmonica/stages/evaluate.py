@@ -1,0 +1,139 @@
+"""`harmonica evaluate`: score an AR/NAR pair on the project's fixed eval slice, next to baselines."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from harmonica.config.load import config_hash
+from harmonica.config.schema import HarmonicaConfig
+from harmonica.data.audio import write_audio
+from harmonica.data.cache import find_cache
+from harmonica.evaluation.suite import EvalError, EvalItem, EvalResult, Scorer, build_eval_slice, run_suite
+from harmonica.inference.synthesize import Synthesizer
+from harmonica.tracking.adapter import Run, Tracker
+from harmonica.tracking.refs import resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluateOutcome:
+    result: EvalResult
+    run_id: str
+    tracking_uri: str
+    experiment: str
+
+
+def distribution_html(rows: list[dict[str, Any]], path: Path) -> Path:
+    """WER and SIM distributions of the model and both baselines, one self-contained HTML file."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("WER per utterance", "speaker similarity per utterance"))
+    for source, color in (("model", "#d62728"), ("resynthesis", "#1f77b4"), ("ground_truth", "#2ca02c")):
+        wers = [r[f"{source}_wer"] for r in rows]
+        sims = [r[f"{source}_sim"] for r in rows if math.isfinite(r[f"{source}_sim"])]
+        fig.add_trace(go.Box(y=wers, name=source, marker_color=color, boxpoints="all", legendgroup=source), 1, 1)
+        fig.add_trace(go.Box(y=sims, name=source, marker_color=color, boxpoints="all", legendgroup=source,
+                             showlegend=False), 1, 2)
+    fig.update_layout(height=480, title="harmonica evaluate: model vs codec resynthesis vs ground truth")
+    fig.write_html(path, include_plotlyjs=True)  # self-contained: the UI may be offline
+    return path
+
+
+def _table(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    keys = list(rows[0])
+    return {k: [None if isinstance(r.get(k), float) and not math.isfinite(r[k]) else r.get(k) for r in rows]
+            for k in keys}
+
+
+def log_result(run: Run, result: EvalResult, work: Path) -> None:
+    run.log_metrics(result.metrics, step=0)
+    run.log_metrics({
+        "eval/throughput/utterances_per_sec": len(result.rows) / max(result.wall_seconds, 1e-9),
+        "eval/throughput/model_time_share": result.model_seconds / max(result.wall_seconds, 1e-9),
+    }, step=0)
+    run.log_table(_table(result.rows), "eval_table.json")
+    run.log_artifacts(result.audio_dir, "audio")
+    run.log_artifact(distribution_html(result.rows, work / "eval_distributions.html"), "plots")
+
+
+def run_evaluate(
+    cfg: HarmonicaConfig,
+    workdir: Path,
+    ar_ref: str,
+    nar_ref: str,
+    *,
+    weights: str = "ema",
+    progress: bool = True,
+    parent_run_id: str | None = None,
+) -> EvaluateOutcome:
+    tracker = Tracker(cfg, workdir)
+    downloads = Path(workdir) / "downloads"
+    (ar_path, ar_run), (nar_path, nar_run) = (
+        resolve_checkpoint(ar_ref, tracker.tracking_uri, downloads),
+        resolve_checkpoint(nar_ref, tracker.tracking_uri, downloads),
+    )
+    synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode)  # contract checked here
+    ar_run = ar_run or synth.ar_meta.get("run_id")
+    nar_run = nar_run or synth.nar_meta.get("run_id")
+    cache, _ = find_cache(cfg, workdir, allow_mismatch=True)
+    if cache.contract["codec_fingerprint"] != synth.nar_meta["contract"]["codec_fingerprint"]:
+        raise EvalError(
+            f"the eval slice of project '{cfg.project}' comes from a token cache of another codec "
+            f"({cache.contract['codec_fingerprint'][:12]}) than the models' "
+            f"({synth.nar_meta['contract']['codec_fingerprint'][:12]}): evaluate with the project the models were trained on"
+        )
+    items = build_eval_slice(cache, cfg.eval, synth.prompt_frames)
+    scorer = Scorer(cfg.eval)
+    speakers = synth.nar_meta.get("speakers", {})
+
+    def synthesize(item: EvalItem) -> tuple[np.ndarray, dict[str, Any]]:
+        return synth.synthesize(item.text, prompt=item.prompt, speaker=speakers.get(item.speaker, 0),
+                                seed=cfg.eval.seed)
+
+    tags = {
+        "harmonica.ar_run_id": ar_run or "",
+        "harmonica.nar_run_id": nar_run or "",
+        "harmonica.ar_checkpoint": str(ar_path.resolve()),
+        "harmonica.nar_checkpoint": str(nar_path.resolve()),
+        "harmonica.ar_step": str(synth.ar_meta.get("step")),
+        "harmonica.nar_step": str(synth.nar_meta.get("step")),
+        "harmonica.weights": weights,
+        "harmonica.eval_split": cfg.eval.split,
+        "harmonica.cache_fingerprint": cache.fingerprint,
+    }
+    description = (
+        f"Evaluation of AR run {ar_run or ar_path} (step {synth.ar_meta.get('step')}) + NAR run "
+        f"{nar_run or nar_path} (step {synth.nar_meta.get('step')}), {weights} weights, on {len(items)} "
+        f"held-out '{cfg.eval.split}' utterances of project '{cfg.project}', with ground-truth and codec "
+        "resynthesis baselines."
+    )
+    name = f"evaluate-{cfg.project}-{(ar_run or 'ar')[:6]}-{(nar_run or 'nar')[:6]}"
+    with tracker.run("evaluate", name, description=description, tags=tags, parent_run_id=parent_run_id) as run, \
+            tempfile.TemporaryDirectory(prefix="harmonica-eval-") as tmp:
+        run.log_config(cfg)
+        run.set_tags({"harmonica.config_hash": config_hash(cfg)})
+        run.log_dataset(name=f"{cfg.project}-tokens", digest=cache.fingerprint, source=cache.directory,
+                        context="evaluation")
+        bar = (lambda xs: tqdm(xs, desc="evaluate", unit="utt")) if progress else (lambda xs: xs)
+        def resynthesize(codes: np.ndarray) -> np.ndarray:
+            started = time.perf_counter()
+            wav = synth.codec.decode(codes)
+            synth.timings.add("codec_decode_baseline", started)
+            return wav
+
+        result = run_suite(items, synthesize, resynthesize, scorer, synth.sample_rate,
+                           Path(tmp) / "audio", write_audio, bar)
+        result.model_seconds += synth.timings.total
+        log_result(run, result, Path(tmp))
+        return EvaluateOutcome(result, run.run_id, tracker.tracking_uri, tracker.experiment_name)

@@ -1,0 +1,51 @@
+"""`harmonica synthesize` end to end with tiny checkpoints, and its refusals."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import soundfile as sf
+
+from tests.tiny import TINY
+
+
+def _synth(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harmonica.cli", "synthesize", *args, *TINY],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_synthesize_writes_audio_and_refuses_bad_pairs(tiny_checkpoints, tiny_corpus, tmp_path):
+    prompt = next((tiny_corpus / "wavs").glob("*.wav"))
+    out = tmp_path / "x.wav"
+    ok = _synth("--ar", str(tiny_checkpoints["ar"]), "--nar", str(tiny_checkpoints["nar"]), "--text",
+                "a quiet river", "--prompt-wav", str(prompt), "--out", str(out), "--workdir", str(tmp_path),
+                cwd=tmp_path)
+    if "stopped at once" not in ok.stderr:  # an 8-step AR may stop at once; both outcomes are handled
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        wav, sr = sf.read(out)
+        assert sr == 24000 and wav.size > 0
+        assert "frames" in ok.stdout
+
+    no_prompt = _synth("--ar", str(tiny_checkpoints["ar"]), "--nar", str(tiny_checkpoints["nar"]),
+                       "--text", "hi", "--out", str(out), "--workdir", str(tmp_path), cwd=tmp_path)
+    assert no_prompt.returncode != 0 and "--prompt-wav" in no_prompt.stderr
+
+    missing = _synth("--ar", str(tmp_path / "nope"), "--nar", str(tiny_checkpoints["nar"]), "--text", "hi",
+                     "--out", str(out), "--workdir", str(tmp_path), cwd=tmp_path)
+    assert missing.returncode != 0 and "not a checkpoint reference" in missing.stderr
+
+    swapped = _synth("--ar", str(tiny_checkpoints["nar"]), "--nar", str(tiny_checkpoints["ar"]), "--text", "hi",
+                     "--prompt-wav", str(prompt), "--out", str(out), "--workdir", str(tmp_path), cwd=tmp_path)
+    assert swapped.returncode != 0 and "kind:" in swapped.stderr and "Traceback" not in swapped.stderr
+
+    other = tmp_path / "nar_other"
+    shutil.copytree(tiny_checkpoints["nar"], other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["contract"]["codebook_size"] = 1024
+    (other / "meta.json").write_text(json.dumps(meta))
+    mismatch = _synth("--ar", str(tiny_checkpoints["ar"]), "--nar", str(other), "--text", "hi",
+                      "--prompt-wav", str(prompt), "--out", str(out), "--workdir", str(tmp_path), cwd=tmp_path)
+    assert mismatch.returncode != 0
+    assert "codebook_size: AR has 16, NAR has 1024" in mismatch.stderr

@@ -1,0 +1,83 @@
+"""`harmonica evaluate` on tiny checkpoints: metrics, baselines, table, audio, links, refusals."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harmonica.data.cache import find_cache
+from harmonica.evaluation.suite import EvalError, build_eval_slice
+from harmonica.stages.evaluate import run_evaluate
+from tests.tiny import TINY, tiny_cfg
+
+
+@pytest.fixture
+def eval_workdir(tmp_path: Path, tiny_cache_workdir: Path) -> Path:
+    work = tmp_path / "work"
+    shutil.copytree(tiny_cache_workdir, work)
+    return work
+
+
+def test_evaluate_logs_metrics_baselines_table_audio_and_links(eval_workdir, tiny_corpus, tiny_checkpoints):
+    cfg = tiny_cfg(tiny_corpus, "eval.split=val")
+    out = run_evaluate(cfg, eval_workdir, str(tiny_checkpoints["ar"]), str(tiny_checkpoints["nar"]), progress=False)
+    m = out.result.metrics
+    for prefix in ("eval", "baseline/ground_truth", "baseline/resynthesis"):
+        for name in ("wer", "cer", "sim", "fail/any", "fail/silence", "fail/looping", "fail/noise", "fail/clipping",
+                     "fail/too_long", "fail/too_short"):
+            assert f"{prefix}/{name}" in m, f"{prefix}/{name}"
+    assert m["eval/utterances"] == 3
+    # the synthetic tones are not speech: ground truth has no words either, but it is never silent
+    assert m["baseline/ground_truth/fail/silence"] == 0.0
+    client = MlflowClient(out.tracking_uri)
+    run = client.get_run(out.run_id)
+    assert run.data.tags["harmonica.stage"] == "evaluate"
+    assert run.data.tags["harmonica.ar_run_id"] == "tiny-ar" and run.data.tags["harmonica.nar_run_id"] == "tiny-nar"
+    assert run.data.tags["harmonica.weights"] == "ema"
+    assert "eval/wer" in run.data.metrics and "baseline/resynthesis/sim" in run.data.metrics
+    arts = {a.path for a in client.list_artifacts(out.run_id)}
+    assert {"eval_table.json", "plots", "config.yaml"} <= arts
+    rows = out.result.rows
+    assert {"id", "text", "model_hypothesis", "model_wer", "model_sim", "model_fail_looping", "audio"} <= set(rows[0])
+    assert len({r["id"] for r in rows}) == 3
+
+
+def test_empty_eval_slice_is_a_clear_error(tiny_corpus, tiny_cache_workdir):
+    cfg = tiny_cfg(tiny_corpus)
+    cache, _ = find_cache(cfg, tiny_cache_workdir)
+    with pytest.raises(EvalError, match="eval slice 'eval' .* is empty"):
+        build_eval_slice(_without(cache, "eval"), cfg.eval, 10)
+
+
+def _without(cache, split):
+    class Stub:
+        directory = cache.directory
+
+        def splits(self):
+            return [s for s in cache.splits() if s != split]
+
+        def load_split(self, name):
+            return cache.load_split(name)
+
+    return Stub()
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "harmonica.cli", "evaluate", "--no-progress", *args, *TINY],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_refusals_name_the_fix(eval_workdir, tiny_corpus, tiny_checkpoints, tmp_path):
+    corpus = [f"data.corpus_dir={tiny_corpus}", "data.corpus_format=ljspeech"]
+    missing = _cli("--workdir", str(eval_workdir), "--ar", str(tmp_path / "none"), "--nar",
+                   str(tiny_checkpoints["nar"]), *corpus, cwd=tmp_path)
+    assert missing.returncode != 0 and "not a checkpoint reference" in missing.stderr
+    swapped = _cli("--workdir", str(eval_workdir), "--ar", str(tiny_checkpoints["nar"]), "--nar",
+                   str(tiny_checkpoints["ar"]), *corpus, cwd=tmp_path)
+    assert swapped.returncode != 0 and "kind:" in swapped.stderr
+    asr = _cli("--workdir", str(eval_workdir), "--ar", str(tiny_checkpoints["ar"]), "--nar",
+               str(tiny_checkpoints["nar"]), *corpus, "eval.asr.model=Systran/faster-whisper-large-v3", cwd=tmp_path)
+    assert asr.returncode != 0 and "eval.asr.model" in asr.stderr and "Traceback" not in asr.stderr
