@@ -250,5 +250,31 @@ def evaluate(project: str, ar_ref: str, nar_ref: str, weights: str, workdir: str
     click.echo(f"  mlflow run    {out.run_id} in '{out.experiment}' ({out.tracking_uri})")
 
 
+@main.command()
+@click.option("--project", "-p", default="demo", show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.option("--force", is_flag=True, help="re-run every step even when an identical run already finished")
+@click.option("--no-progress", is_flag=True)
+@click.argument("overrides", nargs=-1)
+def pipeline(project: str, workdir: str, force: bool, no_progress: bool, overrides: tuple[str, ...]) -> None:
+    """preprocess -> train_ar -> train_nar -> evaluate -> promote, each step its own run under one parent."""
+    from harmonica.stages.pipeline import run_pipeline
+
+    try:
+        cfg = _config(project, overrides, [])
+        out = run_pipeline(cfg, Path(workdir), force=force, progress=not no_progress)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("")
+    click.echo(f"pipeline finished: parent run {out.parent_run_id} in '{out.experiment}'")
+    for step in out.steps:
+        click.echo(f"  {step.name:<11} {'reused' if step.skipped else 'ran   '} run {step.run_id}")
+    db = Path(workdir).resolve() / "mlflow.db"
+    if out.tracking_uri.startswith("sqlite:"):
+        click.echo(f"look at it:   mlflow ui --backend-store-uri sqlite:///{db}   (http://127.0.0.1:5000)")
+    else:
+        click.echo(f"look at it:   {out.tracking_uri}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -76,6 +76,7 @@ def run_evaluate(
     weights: str = "ema",
     progress: bool = True,
     parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> EvaluateOutcome:
     tracker = Tracker(cfg, workdir)
     downloads = Path(workdir) / "downloads"
@@ -111,6 +112,7 @@ def run_evaluate(
         "harmonica.weights": weights,
         "harmonica.eval_split": cfg.eval.split,
         "harmonica.cache_fingerprint": cache.fingerprint,
+        **(extra_tags or {}),
     }
     description = (
         f"Evaluation of AR run {ar_run or ar_path} (step {synth.ar_meta.get('step')}) + NAR run "

@@ -74,10 +74,11 @@ def run_preprocess(
     workers: int | None = None,
     progress: bool = True,
     parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> PreprocessOutcome:
     tracker = Tracker(cfg, workdir)
     with tracker.run(
-        "preprocess", f"preprocess-{cfg.project}", parent_run_id=parent_run_id
+        "preprocess", f"preprocess-{cfg.project}", parent_run_id=parent_run_id, tags=extra_tags
     ) as run:
         run.log_config(cfg)
         try:

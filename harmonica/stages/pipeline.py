@@ -1,0 +1,149 @@
+"""`harmonica pipeline`: preprocess -> train_ar -> train_nar -> evaluate -> promote under one parent run.
+
+A step is skipped when a FINISHED run of the same stage has the same step key: a hash of the
+config sections the step depends on, its inputs (token cache fingerprint, upstream run ids) and the
+code version. Re-running the pipeline after changing only `training.nar.*` re-trains only the NAR
+(and what depends on it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harmonica.config.load import flatten
+from harmonica.config.schema import HarmonicaConfig
+from harmonica.data.cache import cache_settings, find_cache
+from harmonica.tracking.adapter import Tracker
+from harmonica.tracking.provenance import code_version
+
+log = logging.getLogger(__name__)
+
+STEPS = ("preprocess", "train_ar", "train_nar", "evaluate", "promote")
+STEP_KEY_TAG = "harmonica.step_key"
+
+# config sections each step's result depends on (besides its upstream inputs)
+STEP_SECTIONS: dict[str, tuple[str, ...]] = {
+    "train_ar": ("model.ar", "training.ar"),
+    "train_nar": ("model.nar", "training.nar"),
+    "evaluate": ("eval",),
+    "promote": ("gates",),
+}
+
+
+@dataclass
+class StepResult:
+    name: str
+    run_id: str
+    skipped: bool
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineOutcome:
+    parent_run_id: str
+    steps: list[StepResult]
+    tracking_uri: str
+    experiment: str
+
+
+def step_key(stage: str, cfg: HarmonicaConfig, inputs: dict[str, Any]) -> str:
+    flat = flatten(cfg.model_dump(mode="json"))
+    sections = STEP_SECTIONS.get(stage, ())
+    relevant = {k: v for k, v in flat.items() if any(k == s or k.startswith(s + ".") for s in sections)}
+    if stage == "preprocess":
+        relevant = cache_settings(cfg)
+    blob = json.dumps({"stage": stage, "config": relevant, "inputs": inputs,
+                       "code": code_version().source_hash}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def find_finished(tracker: Tracker, stage: str, key: str) -> Any | None:
+    runs = tracker.find_runs(
+        f"tags.`harmonica.stage` = '{stage}' and tags.`{STEP_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def run_pipeline(
+    cfg: HarmonicaConfig,
+    workdir: Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    promote: Callable[..., Any] | None = None,
+) -> PipelineOutcome:
+    """promote(evaluation_run_id, cfg, workdir, parent_run_id, extra_tags) -> (run_id, outputs)."""
+    from harmonica.stages.evaluate import run_evaluate
+    from harmonica.stages.preprocess import run_preprocess
+    from harmonica.stages.train import run_train
+
+    workdir = Path(workdir)
+    tracker = Tracker(cfg, workdir)
+    results: list[StepResult] = []
+    description = (
+        f"Pipeline for project '{cfg.project}': preprocess -> train_ar -> train_nar -> evaluate -> promote; "
+        "steps whose identical run already finished are reused (tags pipeline.<step>.*)."
+    )
+    with tracker.run("pipeline", f"pipeline-{cfg.project}", description=description) as parent:
+        parent.log_config(cfg)
+
+        def step(name: str, inputs: dict[str, Any], run: Callable[[dict[str, str]], tuple[str, dict[str, Any]]],
+                 reuse: Callable[[Any], dict[str, Any] | None]) -> StepResult:
+            key = step_key(name, cfg, inputs)
+            previous = None if force else find_finished(tracker, name, key)
+            outputs = reuse(previous) if previous is not None else None
+            if previous is not None and outputs is not None:
+                log.info("pipeline: %s skipped, identical run %s already finished", name, previous.info.run_id)
+                result = StepResult(name, previous.info.run_id, True, outputs)
+            else:
+                log.info("pipeline: running %s", name)
+                run_id, outputs = run({STEP_KEY_TAG: key})
+                result = StepResult(name, run_id, False, outputs)
+            parent.set_tags({f"pipeline.{name}.run_id": result.run_id,
+                             f"pipeline.{name}.skipped": str(result.skipped).lower()})
+            results.append(result)
+            return result
+
+        # preprocess: the local cache must exist too (a finished run elsewhere is not enough)
+        def reuse_cache(_: Any) -> dict[str, Any] | None:
+            try:
+                cache, _ = find_cache(cfg, workdir)
+            except (FileNotFoundError, ValueError):
+                return None
+            return {"fingerprint": cache.fingerprint}
+
+        def do_preprocess(tags: dict[str, str]) -> tuple[str, dict[str, Any]]:
+            out = run_preprocess(cfg, workdir, progress=progress, parent_run_id=parent.run_id, extra_tags=tags)
+            return out.run_id, {"fingerprint": out.result.cache.fingerprint}
+
+        pre = step("preprocess", {}, do_preprocess, reuse_cache)
+        trained: dict[str, StepResult] = {}
+        for kind in ("ar", "nar"):
+            def do_train(tags: dict[str, str], kind: str = kind) -> tuple[str, dict[str, Any]]:
+                out = run_train(cfg, kind, workdir, parent_run_id=parent.run_id, extra_tags=tags)
+                return out.run_id, {"best": str(out.result.best_checkpoint or out.result.last_checkpoint)}
+
+            def reuse_run(run: Any) -> dict[str, Any]:
+                return {"best": run.info.run_id}  # a run id resolves to its logged best checkpoint
+
+            trained[kind] = step(f"train_{kind}", {"cache": pre.outputs["fingerprint"]}, do_train, reuse_run)
+
+        def do_evaluate(tags: dict[str, str]) -> tuple[str, dict[str, Any]]:
+            out = run_evaluate(cfg, workdir, trained["ar"].outputs["best"], trained["nar"].outputs["best"],
+                               progress=progress, parent_run_id=parent.run_id, extra_tags=tags)
+            return out.run_id, {"metrics": out.result.metrics}
+
+        evaluation = step("evaluate", {"ar": trained["ar"].run_id, "nar": trained["nar"].run_id},
+                          do_evaluate, lambda run: {"metrics": dict(run.data.metrics)})
+        if promote is not None:
+            step("promote", {"evaluation": evaluation.run_id},
+                 lambda tags: promote(evaluation.run_id, cfg, workdir, parent.run_id, tags),
+                 lambda run: {"tags": dict(run.data.tags)})
+        return PipelineOutcome(parent.run_id, results, tracker.tracking_uri, tracker.experiment_name)

@@ -1,0 +1,35 @@
+"""The pipeline: one parent run, a child run per step, identical steps reused."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harmonica.stages.pipeline import run_pipeline
+from tests.tiny import tiny_cfg, tiny_steps
+
+
+@pytest.mark.slow
+def test_pipeline_runs_steps_as_children_and_reuses_identical_ones(tmp_path, tiny_corpus, tiny_cache_workdir):
+    work = tmp_path / "work"
+    shutil.copytree(tiny_cache_workdir, work)
+    cfg = tiny_cfg(tiny_corpus, *tiny_steps("ar"), *tiny_steps("nar"), "eval.split=val")
+    first = run_pipeline(cfg, work, progress=False)
+    assert [s.name for s in first.steps] == ["preprocess", "train_ar", "train_nar", "evaluate"]
+    assert not any(s.skipped for s in first.steps)
+    client = MlflowClient(first.tracking_uri)
+    for s in first.steps:
+        assert client.get_run(s.run_id).data.tags["mlflow.parentRunId"] == first.parent_run_id
+
+    again = run_pipeline(cfg, work, progress=False)
+    assert all(s.skipped for s in again.steps)
+    assert [s.run_id for s in again.steps] == [s.run_id for s in first.steps]
+    parent = client.get_run(again.parent_run_id).data.tags
+    assert parent["pipeline.train_nar.skipped"] == "true"
+
+    changed = tiny_cfg(tiny_corpus, *tiny_steps("ar"), *tiny_steps("nar"), "eval.split=val", "training.nar.lr=2e-4")
+    third = run_pipeline(changed, work, progress=False)
+    assert {s.name: s.skipped for s in third.steps} == {
+        "preprocess": True, "train_ar": True, "train_nar": False, "evaluate": False,
+    }
