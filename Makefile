@@ -19,9 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/harmonica preprocess --project demo
-	$(VENV)/bin/harmonica train --model-type ar --project demo
-	$(VENV)/bin/harmonica train --model-type nar --project demo
+	$(VENV)/bin/harmonica pipeline --project demo
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -p no:cacheprovider
