@@ -19,6 +19,9 @@ F0_MAX = 400.0
 YIN_WIN = 400  # 25 ms integration window at 16 kHz
 YIN_THRESHOLD = 0.2  # CMNDF dip below this = periodic (YIN paper: 0.1-0.2); 0.15 left the rough
 # espeak male voices only 21-33 % voiced, 0.3 starts adding F0 outliers (std of en_gb_x_rp_m7 +50 %)
+# F0 statistics need this many voiced frames (0.1 s); fewer (e.g. Griffin-Lim resynthesis of the
+# low espeak male voices, often 1-3 voiced frames) gave f0_std ratios of 0.02..6.6: report NaN.
+MIN_VOICED_FRAMES = 10
 VOICED_DB = 35.0  # frames more than this below the loudest are never voiced (breath, noise floor)
 
 
@@ -80,17 +83,19 @@ def f0_track(wav: np.ndarray, sr: int) -> np.ndarray:
 
 
 def prosody_stats(wav: np.ndarray, sr: int) -> dict[str, float]:
-    """duration (s), f0_mean and f0_std (Hz, NaN if unvoiced), voiced_ratio (voiced / all frames)."""
+    """duration (s), f0_mean and f0_std (Hz; NaN with < MIN_VOICED_FRAMES voiced frames),
+    voiced_ratio (voiced / all 10 ms frames)."""
     x16 = to_16k(wav, sr)
     duration = np.asarray(wav).size / sr if sr > 0 else 0.0
     if x16.size == 0:
         return {"duration": duration, "f0_mean": math.nan, "f0_std": math.nan, "voiced_ratio": 0.0}
     f0 = _f0_frames(x16)
     voiced = f0[np.isfinite(f0)]
+    enough = voiced.size >= MIN_VOICED_FRAMES
     return {
         "duration": float(duration),
-        "f0_mean": float(voiced.mean()) if voiced.size else math.nan,
-        "f0_std": float(voiced.std()) if voiced.size > 1 else math.nan,
+        "f0_mean": float(voiced.mean()) if enough else math.nan,
+        "f0_std": float(voiced.std()) if enough else math.nan,
         "voiced_ratio": float(voiced.size / f0.size),
     }
 

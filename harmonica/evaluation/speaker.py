@@ -111,7 +111,8 @@ class ResemblyzerEncoder(SpeakerEncoder):
                 f"audio too short for a speaker embedding ({x.size / SPEAKER_SAMPLE_RATE:.3f} s)")
         if float(np.abs(x).max()) < SILENT_PEAK:  # resemblyzer's volume normalisation divides by 0
             raise EmptyAudioError("silent audio (peak < -80 dBFS) has no speaker embedding")
-        x = preprocess_wav(x)  # volume normalisation + VAD trimming of long silences
+        # Its VAD packs samples as int16: values past full scale (an over-driven generation) would wrap.
+        x = preprocess_wav(np.clip(x, -1.0, 1.0))  # volume normalisation + VAD trimming of long silences
         if x.size < MIN_VOICED_SEC * SPEAKER_SAMPLE_RATE:
             raise EmptyAudioError(f"only {x.size / SPEAKER_SAMPLE_RATE:.3f} s of voiced audio "
                                   f"(< {MIN_VOICED_SEC} s) for a speaker embedding")
