@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/harmonica pipeline --project demo
 
 test: $(STAMP)
+	bash scripts/install_system_deps.sh
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)

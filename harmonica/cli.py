@@ -276,5 +276,57 @@ def pipeline(project: str, workdir: str, force: bool, no_progress: bool, overrid
         click.echo(f"look at it:   {out.tracking_uri}")
 
 
+@main.command()
+@click.argument("run_id")
+@click.option("--baseline", "baseline_run_id", default=None,
+              help="run to diff the config against (default: the previous finished run of the same stage)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="output directory (default: <workdir>/outputs/reports/<run id>)")
+@click.option("--no-log", is_flag=True, help="do not log report/report.md and report/report.html to the run")
+@click.option("--project", "-p", default="demo", show_default=True, help="for tracking settings")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
+def report(run_id: str, baseline_run_id: str | None, out_dir: str | None, no_log: bool, project: str,
+           workdir: str) -> None:
+    """Markdown + self-contained HTML report of a run: config diff vs a baseline, key curves, best
+    checkpoint, eval summary with audio, collapse events and failure reasons; logged to the run."""
+    from harmonica.reports import ReportError, build_report
+    from harmonica.tracking.adapter import resolve_tracking_uri
+
+    try:
+        cfg = _config(project, (), [])
+        uri = resolve_tracking_uri(cfg.tracking, Path(workdir))
+        out = Path(out_dir) if out_dir else Path(workdir) / "outputs" / "reports" / run_id
+        paths = build_report(run_id, tracking_uri=uri, baseline_run_id=baseline_run_id, out_dir=out,
+                             log_to_run=not no_log)
+    except (*_user_errors(), ReportError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"report of run {run_id}" + (f" (baseline {paths.baseline_run_id})" if paths.baseline_run_id else ""))
+    click.echo(f"  markdown  {paths.markdown}")
+    click.echo(f"  html      {paths.html}")
+    if paths.logged:
+        click.echo(f"  logged    runs:/{run_id}/report/ ({uri})")
+
+
+@main.command()
+@click.argument("run_ids", nargs=-1, required=True)
+@click.option("--project", "-p", default="demo", show_default=True, help="for tracking settings")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.option("--width", type=click.IntRange(8, 200), default=24, show_default=True,
+              help="column width; longer values are cut with …")
+def compare(run_ids: tuple[str, ...], project: str, workdir: str, width: int) -> None:
+    """The params (identical ones hidden), key metrics and code-version tags of two or more runs, side by side."""
+    from harmonica.reports import ReportError, compare_runs, format_table
+    from harmonica.tracking.adapter import resolve_tracking_uri
+
+    if len(run_ids) < 2:
+        raise click.UsageError("compare needs at least two run ids")
+    try:
+        cfg = _config(project, (), [])
+        result = compare_runs(list(run_ids), tracking_uri=resolve_tracking_uri(cfg.tracking, Path(workdir)))
+    except (*_user_errors(), ReportError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_table(result, col_width=width), nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

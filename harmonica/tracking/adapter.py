@@ -184,8 +184,10 @@ class Tracker:
         location = self.cfg.tracking.artifact_location
         if location is None and self.embedded:
             location = (self.workdir / "mlartifacts").resolve().as_uri()
+        # without it the MLflow 3 UI opens the experiment on its GenAI (traces) view, not the runs
+        tags = {"mlflow.experimentKind": "custom_model_development"}
         try:
-            return self.client.create_experiment(self.experiment_name, artifact_location=location)
+            return self.client.create_experiment(self.experiment_name, artifact_location=location, tags=tags)
         except mlflow.exceptions.MlflowException:
             # another process created it between our lookup and create
             return self.client.get_experiment_by_name(self.experiment_name).experiment_id

@@ -1,0 +1,121 @@
+"""`harmonica compare RUN_A RUN_B ...`: what differs between runs, as a fixed-width terminal table.
+
+Rows: the tags that matter (stage, status, config hash, git commit, dirty flag), every param whose
+value is not the same in all runs (identical ones are counted, not shown; a param a run lacks shows as
+"—"), and the final values of the key metrics any of the runs has (training loss, val/val_ema loss,
+predicted-utilisation median, eval WER/CER/SIM/failure rate, collapse and instability events), the
+best of each row marked with `*`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harmonica.reports.common import (
+    CONFIG_HASH, GIT_COMMIT, GIT_DIRTY, STAGE, better_is_higher, client_for, fmt_num, get_run, key_metric_names,
+    run_name, truncate,
+)
+
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class ComparedRun:
+    run_id: str
+    name: str
+    stage: str
+    status: str
+
+
+@dataclass
+class CompareResult:
+    runs: list[ComparedRun]
+    tags: list[tuple[str, list[str]]] = field(default_factory=list)
+    params: list[tuple[str, list[str | None]]] = field(default_factory=list)  # only those that differ
+    identical_params: int = 0
+    metrics: list[tuple[str, list[float | None]]] = field(default_factory=list)
+
+    def param(self, key: str) -> list[str | None] | None:
+        return dict(self.params).get(key)
+
+    def metric(self, key: str) -> list[float | None] | None:
+        return dict(self.metrics).get(key)
+
+
+def compare_runs(run_ids: Sequence[str], *, tracking_uri: str) -> CompareResult:
+    if len(run_ids) < 2:
+        raise ValueError("compare needs at least two run ids")
+    client = client_for(tracking_uri)
+    runs = [get_run(client, rid) for rid in run_ids]
+    out = CompareResult([ComparedRun(r.info.run_id, run_name(r), r.data.tags.get(STAGE, "?"), r.info.status)
+                         for r in runs])
+    out.tags = [
+        ("stage", [r.data.tags.get(STAGE, MISSING) for r in runs]),
+        ("status", [r.info.status for r in runs]),
+        ("config_hash", [r.data.tags.get(CONFIG_HASH, MISSING) for r in runs]),
+        ("git_commit", [r.data.tags.get(GIT_COMMIT, MISSING)[:8] for r in runs]),
+        ("dirty", [r.data.tags.get(GIT_DIRTY, MISSING) for r in runs]),
+    ]
+    keys = sorted(set().union(*(r.data.params for r in runs)))
+    for key in keys:
+        values = [r.data.params.get(key) for r in runs]
+        if len(set(values)) > 1:
+            out.params.append((key, values))
+        else:
+            out.identical_params += 1
+    metric_keys = key_metric_names(set().union(*(r.data.metrics for r in runs)))
+    out.metrics = [(k, [r.data.metrics.get(k) for r in runs]) for k in metric_keys]
+    return out
+
+
+def _best(metric: str, values: list[float | None]) -> int | None:
+    finite = [(v, i) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if len(finite) < 2 or len({v for v, _ in finite}) == 1:
+        return None
+    return (max if better_is_higher(metric) else min)(finite)[1]
+
+
+def format_table(result: CompareResult, *, col_width: int = 24, key_width: int = 48) -> str:
+    """The comparison as fixed-width text: one column per run, long values truncated with "…"."""
+    n = len(result.runs)
+    all_keys = ["run", "run id"] + [k for k, _ in result.tags] + [k for k, _ in result.params] + \
+        [k for k, _ in result.metrics]
+    kw = min(max(len(k) for k in all_keys) + 2, key_width)
+    cw = col_width
+
+    def row(key: str, cells: Sequence[Any]) -> str:
+        line = truncate(key, kw - 2).ljust(kw)
+        line += "".join(truncate(MISSING if c is None else str(c), cw - 2).ljust(cw) for c in cells)
+        return line.rstrip()
+
+    def rule(title: str) -> str:
+        text = f"-- {title} "
+        return text + "-" * max(kw + cw * n - len(text), 3)
+
+    lines = [row("", [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(n)]),
+             row("run", [r.name for r in result.runs]),
+             row("run id", [r.run_id[:12] for r in result.runs]),
+             rule("tags")]
+    lines += [row(k, v) for k, v in result.tags]
+    total = len(result.params) + result.identical_params
+    lines.append(rule(f"params that differ ({len(result.params)} of {total}; "
+                      f"{result.identical_params} identical hidden)"))
+    if result.params:
+        lines += [row(k, v) for k, v in result.params]
+    else:
+        lines.append("(no param differs)")
+    lines.append(rule("key metrics (final value; * best)"))
+    if result.metrics:
+        for key, values in result.metrics:
+            best = _best(key, values)
+            cells = [MISSING if v is None else fmt_num(v) + (" *" if i == best else "") for i, v in enumerate(values)]
+            lines.append(row(key, cells))
+    else:
+        lines.append("(none of the key metrics logged)")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["CompareResult", "ComparedRun", "compare_runs", "format_table"]

@@ -1,0 +1,48 @@
+"""`harmonica compare`: differing params shown, identical ones hidden, key metrics and tags."""
+
+import pytest
+
+from harmonica.reports import compare_runs, format_table
+from tests.reports.store import DIFFERING_PARAM
+
+
+def test_compare_shows_the_differing_param_and_hides_identical_ones(report_store):
+    s = report_store
+    result = compare_runs([s.nar_a, s.nar_b], tracking_uri=s.tracking_uri)
+    assert [k for k, _ in result.params] == [DIFFERING_PARAM]
+    assert result.param(DIFFERING_PARAM) == ["0.1", "0.99"]
+    assert result.identical_params > 100
+    assert dict(result.tags)["stage"] == ["train_nar", "train_nar"]
+    key_metrics = {"nar/loss", "val/loss", "val_ema/loss", "nar/util_pred_median", "collapse/events"}
+    assert key_metrics <= dict(result.metrics).keys()
+    assert result.metric("collapse/events")[0] == 0 and result.metric("collapse/events")[1] > 0
+
+    table = format_table(result)
+    lines = table.splitlines()
+    assert lines[1].split()[1:] == ["nar-baseline", "nar-collapsing"]
+    row = next(line for line in lines if line.startswith(DIFFERING_PARAM))
+    assert row.split() == [DIFFERING_PARAM, "0.1", "0.99"]
+    n = result.identical_params
+    assert f"params that differ (1 of {n + 1}; {n} identical hidden)" in table
+    for hidden in ("training.nar.lr", "model.nar.d_model", "project "):
+        assert hidden not in table
+    collapse = next(line for line in lines if line.startswith("collapse/events")).split()
+    assert collapse[1:3] == ["0", "*"]  # fewer events is better
+    for tag in ("stage", "config_hash", "git_commit", "dirty"):
+        assert any(line.startswith(tag + " ") for line in lines), tag
+
+
+def test_compare_mixed_stages_and_truncation(report_store):
+    s = report_store
+    result = compare_runs([s.nar_b, s.evaluate], tracking_uri=s.tracking_uri)
+    assert "eval.split" in dict(result.params)
+    metrics = dict(result.metrics)
+    assert metrics["eval/wer"][0] is None and metrics["eval/wer"][1] is not None
+    table = format_table(result, col_width=12)
+    assert "evaluate-…" in table  # long run names are truncated to the column
+    assert max(len(line) for line in table.splitlines()) <= 48 + 2 * 12
+
+
+def test_compare_needs_two_runs(report_store):
+    with pytest.raises(ValueError, match="at least two"):
+        compare_runs([report_store.nar_a], tracking_uri=report_store.tracking_uri)
