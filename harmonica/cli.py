@@ -49,7 +49,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("alembic", "urllib3", "git", "numba", "matplotlib"):
+    for noisy in ("alembic", "urllib3", "git", "numba", "matplotlib", "faster_whisper"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -254,21 +254,44 @@ def evaluate(project: str, ar_ref: str, nar_ref: str, weights: str, workdir: str
 @click.option("--project", "-p", default="demo", show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
 @click.option("--force", is_flag=True, help="re-run every step even when an identical run already finished")
+@click.option("--allow-dirty", is_flag=True, help="let promote register models trained from a dirty/unknown tree")
 @click.option("--no-progress", is_flag=True)
 @click.argument("overrides", nargs=-1)
-def pipeline(project: str, workdir: str, force: bool, no_progress: bool, overrides: tuple[str, ...]) -> None:
+def pipeline(project: str, workdir: str, force: bool, allow_dirty: bool, no_progress: bool,
+             overrides: tuple[str, ...]) -> None:
     """preprocess -> train_ar -> train_nar -> evaluate -> promote, each step its own run under one parent."""
+    from harmonica.registry.promote import PromotionRefused
     from harmonica.stages.pipeline import run_pipeline
+    from harmonica.stages.promote import run_promote
+
+    decisions = []
+
+    def promote_step(evaluation_run_id: str, cfg: HarmonicaConfig, wd: Path, parent_run_id: str,
+                     tags: dict[str, str]) -> tuple[str, dict]:
+        try:
+            d = run_promote(evaluation_run_id, wd, allow_dirty=allow_dirty, project=cfg.project,
+                            overrides=split_overrides(overrides), extra_tags=tags)
+        except PromotionRefused as exc:
+            d = exc.decision
+        decisions.append(d)
+        return d.promote_run_id or "", {"decision": d.decision, "version": d.version}
 
     try:
         cfg = _config(project, overrides, [])
-        out = run_pipeline(cfg, Path(workdir), force=force, progress=not no_progress)
-    except _user_errors() as exc:
+        out = run_pipeline(cfg, Path(workdir), force=force, progress=not no_progress, promote=promote_step)
+    except _registry_errors() as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("")
     click.echo(f"pipeline finished: parent run {out.parent_run_id} in '{out.experiment}'")
     for step in out.steps:
         click.echo(f"  {step.name:<11} {'reused' if step.skipped else 'ran   '} run {step.run_id}")
+    for d in decisions:
+        click.echo("")
+        click.echo(d.text())
+    champion = next((d.champion_version for d in decisions if d.champion_version), None)
+    click.echo("")
+    click.echo(f"champion:     {f'harmonica-tts v{champion} (models:/harmonica-tts@champion)' if champion else 'none yet'}")
+    click.echo(f"report:       {out.report}   (logged as report/report.html on the evaluate and pipeline runs)")
     db = Path(workdir).resolve() / "mlflow.db"
     if out.tracking_uri.startswith("sqlite:"):
         click.echo(f"look at it:   mlflow ui --backend-store-uri sqlite:///{db}   (http://127.0.0.1:5000)")
@@ -326,6 +349,132 @@ def compare(run_ids: tuple[str, ...], project: str, workdir: str, width: int) ->
     except (*_user_errors(), ReportError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_table(result, col_width=width), nl=False)
+
+
+def _registry_errors() -> tuple[type[BaseException], ...]:
+    from harmonica.registry.cli_ops import RegistryError
+    from harmonica.registry.lock import LockTimeout
+    from harmonica.registry.promote import PromotionError
+
+    return (*_user_errors(), PromotionError, RegistryError, LockTimeout)
+
+
+@main.command()
+@click.option("--evaluation", "evaluation_run_id", required=True, help="run id of a `harmonica evaluate` run")
+@click.option("--allow-dirty", is_flag=True,
+              help="promote although the training/evaluate runs come from a dirty or unknown git tree (recorded)")
+@click.option("--allow-dirty-if", default="false", hidden=True)  # MLproject parameters are strings
+@click.option("--model-name", default="harmonica-tts", show_default=True, help="registered model name")
+@click.option("--project", "-p", default=None, help="config whose gates apply (default: the evaluate run's project)")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.argument("overrides", nargs=-1)
+def promote(evaluation_run_id: str, allow_dirty: bool, allow_dirty_if: str, model_name: str, project: str | None,
+            workdir: str, overrides: tuple[str, ...]) -> None:
+    """Check the AR/NAR contract and code provenance of an evaluated pair, apply the gates of
+    mlruns_config/gates.yaml and register it (alias `candidate`); `champion` moves only when every
+    gate passes and the primary metric beats the current champion.
+
+    OVERRIDES are key.path=value pairs, e.g. gates.max_wer.threshold=0.3. Exit status 1 = refused
+    (contract, provenance); a candidate that fails gates is registered and exits 0.
+    """
+    from harmonica.registry.promote import PromotionRefused
+    from harmonica.stages.promote import run_promote
+
+    try:
+        decision = run_promote(evaluation_run_id, Path(workdir), allow_dirty=allow_dirty or _flag(allow_dirty_if),
+                               model_name=model_name, project=project, overrides=split_overrides(overrides))
+    except PromotionRefused as exc:
+        d = exc.decision
+        raise click.ClickException(f"{d.text()}\n(recorded on promote run {d.promote_run_id})") from None
+    except _registry_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("")
+    click.echo(decision.text())
+    run = f"; promote run {decision.promote_run_id}" if decision.promote_run_id else ""
+    champion = f"v{decision.champion_version}" if decision.champion_version else "none"
+    click.echo(f"  registry      {decision.model_name} v{decision.version}, champion {champion}{run} "
+               f"({decision.tracking_uri})")
+
+
+@main.group()
+def registry() -> None:
+    """List, inspect and roll back versions of the registered TTS model."""
+
+
+def _registry_uri(workdir: str, project: str | None) -> str:
+    from harmonica.stages.promote import registry_uri
+
+    return registry_uri(Path(workdir), project)
+
+
+_registry_opts = [
+    click.option("--model-name", default="harmonica-tts", show_default=True),
+    click.option("--project", "-p", default=None, help="only for tracking settings (tracking.yaml / project yaml)"),
+    click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True),
+]
+
+
+def _with_registry_opts(fn):  # noqa: ANN001,ANN202
+    for opt in reversed(_registry_opts):
+        fn = opt(fn)
+    return fn
+
+
+@registry.command("list")
+@_with_registry_opts
+def registry_list(model_name: str, project: str | None, workdir: str) -> None:
+    """All versions, newest first: aliases, decision, gates, primary metric, code."""
+    from harmonica.registry.cli_ops import list_versions
+
+    try:
+        rows = list_versions(model_name, tracking_uri=_registry_uri(workdir, project))
+    except _registry_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{'version':>7}  {'aliases':<20} {'decision':<14} {'gates':<26} {'primary':<16} {'code':<26} created")
+    for r in rows:
+        gates = "pass" if r["gates_passed"] == "true" else f"FAIL {r['failing_gates']}"
+        primary = f"{r['primary_metric'].split('/')[-1]}={r['primary_value'][:8]}"
+        decision = r["decision"] + (f"->v{r['superseded_by']}" if r["superseded_by"] else "")
+        click.echo(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<20} {decision:<14} {gates:<26} "
+                   f"{primary:<16} {r['code']:<26} {r['created']}")
+
+
+@registry.command("show")
+@click.argument("version")
+@_with_registry_opts
+def registry_show(version: str, model_name: str, project: str | None, workdir: str) -> None:
+    """One version (a number or an alias such as champion): decision, gates, provenance, tags."""
+    from harmonica.registry.cli_ops import show_version
+
+    try:
+        info = show_version(model_name, version, tracking_uri=_registry_uri(workdir, project))
+    except _registry_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{info['name']} v{info['version']}  aliases: {', '.join(info['aliases']) or '-'}  ({info['uri']})")
+    click.echo(f"  created {info['created']}  status {info['status']}  run {info['run_id']}")
+    click.echo("")
+    click.echo(info["description"])
+    click.echo("")
+    for key, value in info["tags"].items():
+        if not key.startswith("gate.") and key != "harmonica.decision_reasons":
+            click.echo(f"  {key:<34} {value}")
+
+
+@registry.command("rollback")
+@click.option("--to", "to_version", required=True, help="the earlier version (number or alias) to serve again")
+@click.option("--reason", required=True, help="why (recorded on the version and in the champion history)")
+@click.option("--force", is_flag=True, help="also to a version that failed its gates or is not earlier")
+@_with_registry_opts
+def registry_rollback(to_version: str, reason: str, force: bool, model_name: str, project: str | None,
+                      workdir: str) -> None:
+    """Move the `champion` alias back to an earlier version and record why."""
+    from harmonica.registry.cli_ops import rollback
+
+    try:
+        result = rollback(model_name, to_version, reason, tracking_uri=_registry_uri(workdir, project), force=force)
+    except _registry_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.message)
 
 
 if __name__ == "__main__":  # pragma: no cover

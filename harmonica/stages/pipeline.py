@@ -50,6 +50,7 @@ class PipelineOutcome:
     steps: list[StepResult]
     tracking_uri: str
     experiment: str
+    report: Path | None = None
 
 
 def step_key(stage: str, cfg: HarmonicaConfig, inputs: dict[str, Any]) -> str:
@@ -80,6 +81,7 @@ def run_pipeline(
     promote: Callable[..., Any] | None = None,
 ) -> PipelineOutcome:
     """promote(evaluation_run_id, cfg, workdir, parent_run_id, extra_tags) -> (run_id, outputs)."""
+    from harmonica.reports import build_report
     from harmonica.stages.evaluate import run_evaluate
     from harmonica.stages.preprocess import run_preprocess
     from harmonica.stages.train import run_train
@@ -146,4 +148,8 @@ def run_pipeline(
             step("promote", {"evaluation": evaluation.run_id},
                  lambda tags: promote(evaluation.run_id, cfg, workdir, parent.run_id, tags),
                  lambda run: {"tags": dict(run.data.tags)})
-        return PipelineOutcome(parent.run_id, results, tracker.tracking_uri, tracker.experiment_name)
+        report = build_report(evaluation.run_id, tracking_uri=tracker.tracking_uri,
+                              out_dir=workdir / "outputs" / "reports" / evaluation.run_id)
+        parent.log_artifact(report.html, "report")
+        parent.log_artifact(report.markdown, "report")
+        return PipelineOutcome(parent.run_id, results, tracker.tracking_uri, tracker.experiment_name, report.html)

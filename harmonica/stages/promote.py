@@ -8,12 +8,11 @@ sqlite:///<workdir>/mlflow.db).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-
 from harmonica.config import load_config
-from harmonica.registry.promote import Decision, PromotionError, promote
+from harmonica.registry.promote import Decision, evaluation_project, promote
 from harmonica.registry.pyfunc import MODEL_NAME
 from harmonica.tracking.adapter import resolve_tracking_uri
 
@@ -25,17 +24,12 @@ def registry_uri(workdir: Path | str, project: str | None = None, overrides: lis
 
 def run_promote(evaluation_run_id: str, workdir: Path | str, *, allow_dirty: bool = False,
                 model_name: str = MODEL_NAME, project: str | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> Decision:
+                overrides: list[str] | tuple[str, ...] = (), extra_tags: dict[str, str] | None = None) -> Decision:
     """Resolve the store and the evaluate run's project config, then `promote`."""
-    from mlflow.tracking import MlflowClient
-
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # CLI output stays readable
     workdir = Path(workdir)
     uri = registry_uri(workdir, project, overrides)
-    try:
-        run = MlflowClient(uri).get_run(evaluation_run_id)
-    except MlflowException:
-        raise PromotionError(f"evaluate run {evaluation_run_id} not found on {uri} (--workdir / MLFLOW_TRACKING_URI)") from None
-    cfg = load_config(project or run.data.tags.get("harmonica.project", "demo"), list(overrides))
+    cfg = load_config(project or evaluation_project(uri, evaluation_run_id) or "demo", list(overrides))
     uri = resolve_tracking_uri(cfg.tracking, workdir)
     return promote(evaluation_run_id, tracking_uri=uri, workdir=workdir, allow_dirty=allow_dirty,
-                   model_name=model_name, cfg=cfg)
+                   model_name=model_name, cfg=cfg, extra_tags=extra_tags)

@@ -1,0 +1,179 @@
+"""`harmonica registry list|show|rollback`: read the registry and move `champion` back by hand.
+
+Rollback runs under the same registry lock as promotion, so it never interleaves with a
+concurrent champion move. It refuses a version that is not earlier than the current champion or
+that failed its gates unless `force`; every rollback is recorded on the target version
+(harmonica.rollback_reason, harmonica.rolled_back_from, ...), on the version it replaces
+(harmonica.rolled_back_to) and in the registered model's champion history (tag + description).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from harmonica.registry.lock import RegistryLock, lock_name
+from harmonica.registry.promote import (
+    CHAMPION,
+    HISTORY_TAG,
+    _registered,
+    actor,
+    now_iso,
+    read_history,
+    record_champion_event,
+)
+from harmonica.registry.pyfunc import MODEL_NAME
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be served; the message says what exists."""
+
+
+def _model(client: MlflowClient, name: str) -> Any:
+    rm = _registered(client, name)
+    if rm is None:
+        raise RegistryError(f"no registered model '{name}' on {client.tracking_uri}: promote an evaluation first "
+                            "(`harmonica promote --evaluation RUN_ID`)")
+    return rm
+
+
+def _aliases_by_version(rm: Any) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for alias, version in (rm.aliases or {}).items():
+        out.setdefault(str(version), []).append(alias)
+    return out
+
+
+def _when(millis: int | None) -> str:
+    if not millis:
+        return ""
+    return datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _row(mv: Any, aliases: dict[str, list[str]]) -> dict[str, Any]:
+    t = mv.tags
+    return {
+        "version": str(mv.version),
+        "aliases": sorted(aliases.get(str(mv.version), [])),
+        "decision": t.get("harmonica.decision", "?"),
+        "gates_passed": t.get("harmonica.gates_passed", "?"),
+        "failing_gates": t.get("harmonica.failing_gates", ""),
+        "primary_metric": t.get("harmonica.primary_metric", ""),
+        "primary_value": t.get("harmonica.primary_value", ""),
+        "evaluation_run_id": t.get("harmonica.evaluation_run_id", ""),
+        "code": f"{t.get('harmonica.git_commit', 'unknown')[:12]} dirty={t.get('harmonica.git_dirty', '?')}",
+        "created": _when(mv.creation_timestamp),
+        "rollback_reason": t.get("harmonica.rollback_reason", ""),
+        "superseded_by": t.get("harmonica.superseded_by", ""),
+    }
+
+
+def list_versions(name: str = MODEL_NAME, *, tracking_uri: str) -> list[dict[str, Any]]:
+    """All versions, newest first, with aliases, decision, gates, primary metric and code."""
+    client = MlflowClient(tracking_uri)
+    rm = _model(client, name)
+    aliases = _aliases_by_version(rm)
+    versions = list(client.search_model_versions(f"name='{name}'"))
+    return [_row(mv, aliases) for mv in sorted(versions, key=lambda v: -int(v.version))]
+
+
+def resolve_version(client: MlflowClient, name: str, ref: str) -> Any:
+    """A version number or an alias (champion, candidate, ...)."""
+    ref = str(ref).lstrip("v") if str(ref).lstrip("v").isdigit() else str(ref)
+    try:
+        if ref.isdigit():
+            return client.get_model_version(name, ref)
+        return client.get_model_version_by_alias(name, ref)
+    except MlflowException:
+        rm = _model(client, name)
+        raise RegistryError(f"'{name}' has no version or alias {ref!r} (aliases: "
+                            f"{', '.join(f'{a}=v{v}' for a, v in (rm.aliases or {}).items()) or 'none'})") from None
+
+
+def show_version(name: str, ref: str, *, tracking_uri: str) -> dict[str, Any]:
+    """Everything about one version: tags (gates, provenance, decision), description, aliases, source."""
+    client = MlflowClient(tracking_uri)
+    mv = resolve_version(client, name, ref)
+    rm = _model(client, name)
+    return {
+        "name": name,
+        "version": str(mv.version),
+        "aliases": sorted(_aliases_by_version(rm).get(str(mv.version), [])),
+        "status": mv.status,
+        "source": mv.source,
+        "run_id": mv.run_id,
+        "created": _when(mv.creation_timestamp),
+        "description": mv.description or "",
+        "tags": dict(sorted(mv.tags.items())),
+        "gates": {k: v for k, v in sorted(mv.tags.items()) if k.startswith("gate.")},
+        "uri": f"models:/{name}/{mv.version}",
+    }
+
+
+@dataclass
+class RollbackResult:
+    name: str
+    from_version: str | None
+    to_version: str
+    reason: str
+    forced: bool
+    message: str
+
+
+def rollback(name: str, to_version: str, reason: str, *, tracking_uri: str, force: bool = False,
+             lock_timeout: float = 120.0) -> RollbackResult:
+    """Move `champion` to an earlier version and record why."""
+    if not reason or not reason.strip():
+        raise RegistryError("a rollback needs a reason (--reason): it is recorded on the version and in the history")
+    client = MlflowClient(tracking_uri)
+    _model(client, name)
+    target = resolve_version(client, name, to_version)
+    version = str(target.version)
+    with RegistryLock(client, lock_name(name), purpose=f"rollback to v{version}", timeout=lock_timeout):
+        current = (_model(client, name).aliases or {}).get(CHAMPION)
+        current = str(current) if current is not None else None
+        problems = []
+        if current == version:
+            raise RegistryError(f"v{version} already is the champion of '{name}'")
+        if current is not None and int(version) > int(current):
+            problems.append(f"v{version} is not earlier than the champion v{current} (rollback goes back)")
+        if target.tags.get("harmonica.gates_passed") != "true":
+            failing = target.tags.get("harmonica.failing_gates", "unknown")
+            problems.append(f"v{version} did not pass its gates (failing: {failing})")
+        if target.tags.get("harmonica.promotion_complete") not in (None, "true"):
+            problems.append(f"v{version} is an incomplete promotion")
+        if problems and not force:
+            raise RegistryError("refusing the rollback: " + "; ".join(problems) + " — pass --force to do it anyway")
+        client.set_registered_model_alias(name, CHAMPION, version)
+        at = now_iso()
+        tags = {
+            "harmonica.rollback_reason": reason.strip()[:4900],
+            "harmonica.rolled_back_from": current or "none",
+            "harmonica.rolled_back_at": at,
+            "harmonica.rolled_back_by": actor(),
+            "harmonica.rollback_forced": str(bool(problems)).lower(),
+        }
+        for k, v in tags.items():
+            client.set_model_version_tag(name, version, k, v)
+        if current is not None:
+            client.set_model_version_tag(name, current, "harmonica.rolled_back_to", f"v{version} at {at}: {reason.strip()}"[:4900])
+        record_champion_event(client, name, {"at": at, "to": version, "from": current, "via": "rollback",
+                                             "by": actor(), "reason": reason.strip()[:500],
+                                             "forced": bool(problems)})
+    message = (f"{name}: champion v{current or '-'} -> v{version} (rollback{', forced: ' + '; '.join(problems) if problems else ''}); "
+               f"reason: {reason.strip()}")
+    return RollbackResult(name, current, version, reason.strip(), bool(problems), message)
+
+
+def champion_history(name: str = MODEL_NAME, *, tracking_uri: str) -> list[dict[str, Any]]:
+    client = MlflowClient(tracking_uri)
+    _model(client, name)
+    return read_history(client, name)
+
+
+__all__ = ["HISTORY_TAG", "RegistryError", "RollbackResult", "champion_history", "list_versions", "rollback",
+           "show_version"]
