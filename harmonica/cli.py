@@ -477,5 +477,37 @@ def registry_rollback(to_version: str, reason: str, force: bool, model_name: str
     click.echo(result.message)
 
 
+@main.command()
+@click.option("--project", "-p", default="demo", show_default=True)
+@click.option("--space", "space_path", required=True, help="projects/sweeps/FILE.yaml: knobs, ranges, objective")
+@click.option("--n-trials", type=int, default=None, help="the study's total trials (all workers, all launches)")
+@click.option("--study", "study_name", default=None, help="study name (default: derived from project + space)")
+@click.option("--storage", default=None, help="Optuna RDB URL (default: sqlite:///<workdir>/optuna.db)")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.argument("overrides", nargs=-1)
+def sweep(project: str, space_path: str, n_trials: int | None, study_name: str | None, storage: str | None,
+          workdir: str, overrides: tuple[str, ...]) -> None:
+    """Optuna study over the anti-collapse knobs: one nested MLflow run per trial, pruning at
+    validation steps, plots and the best trial's config on the parent run. Several workers (on
+    several machines) join one study through the same --study and --storage."""
+    from harmonica.stages.sweep import run_sweep
+
+    try:
+        cfg = _config(project, overrides, [])
+        out = run_sweep(cfg, Path(workdir), space_path, n_trials, study_name, storage)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("")
+    click.echo(f"sweep '{out.study_name}' ({out.storage}): {out.counts}")
+    if out.best_trial is not None:
+        click.echo(f"  best trial    #{out.best_trial} values {out.best_values} (feasible: {out.best_feasible}) "
+                   f"run {out.best_run_id}")
+    if out.best_config:
+        click.echo(f"  best config   {out.best_config}")
+    for note in out.notes:
+        click.echo(f"  note          {note}")
+    click.echo(f"  mlflow run    {out.parent_run_id} in '{out.experiment}' ({out.tracking_uri})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,306 @@
+"""`harmonica sweep`: an Optuna study over the anti-collapse knobs, one MLflow child run per trial.
+
+One worker = one call of `run_sweep`; any number of workers on any number of machines may run the same
+study (same --study and --storage, and the same MLflow tracking store): see harmonica/sweep/study.py for
+the trial budget, the locking and resuming. MLflow layout:
+
+* a parent run per study (tag `harmonica.sweep_study`), created by the first worker and recorded in the
+  study (user attr `harmonica.mlflow_parent_run_id`); later workers and relaunches attach to it. Under
+  `mlflow run` the launcher's run *is* the parent when it is the study's first launch in the project's
+  experiment; otherwise the launcher's run is tagged with the parent's id and gets the same summary.
+* a child run per trial (`trial-<n>`, tags `optuna.study`, `optuna.trial`, `optuna.state`), opened by the
+  trainer; a pruned trial's run ends KILLED with `optuna.pruned=true`, never FINISHED.
+* on the parent after each worker: `trials.csv` (+ an MLflow table), `plots/*.html` (self-contained
+  plotly), `sweep/*` metrics, and the best trial's ready config `projects/<project>_best.yaml`
+  (also under `best/`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harmonica.config.load import ConfigError, find_root, flatten
+from harmonica.config.schema import HarmonicaConfig
+from harmonica.sweep import report as rep
+from harmonica.sweep import study as st
+from harmonica.sweep.space import SweepSpace, apply_overrides, format_value, load_space
+from harmonica.tracking.adapter import Run, Tracker
+
+log = logging.getLogger(__name__)
+
+PARENT_ATTR = "harmonica.mlflow_parent_run_id"
+
+
+@dataclass
+class SweepOutcome:
+    study_name: str
+    storage: str  # password redacted
+    n_total: int
+    parent_run_id: str
+    tracking_uri: str
+    experiment: str
+    trials: list[st.TrialReport]  # the ones this worker ran
+    counts: dict[str, int]
+    best_trial: int | None
+    best_values: list[float] | None
+    best_feasible: bool
+    best_run_id: str | None
+    best_config: Path | None
+    plots: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    launcher_run_id: str | None = None
+
+
+def default_study_name(cfg: HarmonicaConfig, space_path: Path) -> str:
+    return f"{cfg.project}-{space_path.stem}"
+
+
+def run_sweep(
+    cfg: HarmonicaConfig,
+    workdir: Path,
+    space_path: Path | str,
+    n_trials: int | None = None,
+    study_name: str | None = None,
+    storage: str | None = None,
+    *,
+    pruner: Any = None,
+    best_config_dir: Path | None = None,
+    train_fn: Callable[..., Any] | None = None,
+) -> SweepOutcome:
+    """Run this worker's share of the study until its total of `n_trials` trials is reached.
+
+    `pruner` (an optuna pruner) replaces the space file's/config's one (tests, benchmarks);
+    `best_config_dir` defaults to the checkout's projects/; `train_fn` defaults to run_train.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    space_path = _space_file(Path(space_path))
+    space = load_space(space_path, cfg)
+    n_total = n_trials if n_trials is not None else space.trials_default
+    if n_total is None or n_total < 1:
+        raise ConfigError(f"--n-trials must be >= 1 (or set trials_default in {space_path})")
+    name = study_name or cfg.sweep.study_name or default_study_name(cfg, space_path)
+    url = storage or cfg.sweep.storage or st.default_storage(workdir)
+    base = apply_overrides(cfg, space.fixed, f"{space_path}: fixed")
+    if base.sweep.storage:  # trials and the parent log their config as params: no database password there
+        base = base.model_copy(update={"sweep": base.sweep.model_copy(update={"storage": st.redact(base.sweep.storage)})})
+    tcfg = getattr(base.training, space.kind)
+    if train_fn is None:
+        from harmonica.stages.train import run_train as train_fn
+
+    with _without_env("MLFLOW_RUN_ID") as launcher:  # trial runs must not adopt the launcher's run
+        _ensure_cache(base, workdir)
+        storage_obj = st.open_storage(url)
+        the_pruner = pruner if pruner is not None else st.make_pruner(st.pruner_spec(space, cfg), tcfg)
+        with st.storage_lock(storage_obj, name):
+            # first touch of the MLflow store under the lock: two workers must not create a fresh
+            # SQLite store's tables at the same time
+            tracker = Tracker(cfg, workdir)
+            study = st.open_study(storage_obj, name, space, space.digest(), cfg.project, the_pruner,
+                                  st.make_sampler(space, cfg.sweep.sampler_seed))
+            st.fail_stale_trials(study)
+            parent_id, created = _parent_run(study, tracker, launcher, name)
+            enqueued = st.top_up(study, n_total)
+        log.info("study '%s' (%s): total %d trials, %d newly enqueued; parent run %s",
+                 name, st.redact(url), n_total, enqueued, parent_id)
+
+        reports: list[st.TrialReport] = []
+        files = workdir / "sweeps" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        with tracker.run("sweep", f"sweep-{name}", description=_describe(cfg, space, space_path, name, url, study),
+                         tags=_parent_tags(space, space_path, name, url), run_id=parent_id) as parent:
+            if created:
+                parent.log_config(base)
+                parent.log_params(_sweep_params(space, space_path, name, url, cfg, the_pruner))
+            parent.log_artifact(space_path, "space")
+            parent.log_metrics({"sweep/budget": float(n_total)}, step=n_total)
+            while (trial_id := st.pop_trial(study, storage_obj, n_total)) is not None:
+                reports.append(st.run_one_trial(
+                    study, storage_obj, trial_id, space=space, base_cfg=base, workdir=workdir,
+                    seed=cfg.sweep.sampler_seed, parent_run_id=parent_id, tracker=tracker, train_fn=train_fn,
+                    study_name=name,
+                ))
+            summary = _summarise(study, space, space_path, cfg, name, url, files, best_config_dir, tracker)
+            _publish(parent, summary)
+        _settle_parent(tracker, study, parent_id)
+        if launcher and launcher != parent_id:
+            pointer = Run(tracker.client, launcher, async_logging=False)
+            pointer.set_tags({"harmonica.stage": "sweep", "harmonica.sweep_worker_of": name,
+                              "harmonica.sweep_parent_run_id": parent_id,
+                              "mlflow.note.content": f"Worker of sweep study '{name}': the study's parent run "
+                                                     f"is {parent_id} in experiment '{tracker.experiment_name}'."})
+            _publish(pointer, summary)
+
+    best = summary["best"]
+    return SweepOutcome(
+        study_name=name, storage=st.redact(url), n_total=n_total, parent_run_id=parent_id,
+        tracking_uri=tracker.tracking_uri, experiment=tracker.experiment_name, trials=reports,
+        counts=st.state_counts(study),
+        best_trial=best.trial.number if best.trial else None,
+        best_values=list(best.trial.values) if best.trial else None, best_feasible=best.feasible,
+        best_run_id=best.trial.user_attrs.get("harmonica.mlflow_run_id") if best.trial else None,
+        best_config=summary["best_config"], plots=[p.name for p in summary["plots"]], notes=summary["notes"],
+        launcher_run_id=launcher if launcher != parent_id else None,
+    )
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+@contextlib.contextmanager
+def _without_env(key: str) -> Iterator[str | None]:
+    value = os.environ.pop(key, None)
+    try:
+        yield value
+    finally:
+        if value is not None:
+            os.environ[key] = value
+
+
+def _space_file(path: Path) -> Path:
+    """A relative space path that is not found from the current directory is looked up in the checkout."""
+    if path.is_file() or path.is_absolute():
+        return path
+    with contextlib.suppress(ConfigError):
+        candidate = find_root() / path
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def _ensure_cache(cfg: HarmonicaConfig, workdir: Path) -> None:
+    """Trials train on the project's token cache; a first sweep in a fresh workdir builds it."""
+    from harmonica.data.cache import find_cache
+
+    try:
+        find_cache(cfg, workdir)
+    except FileNotFoundError:
+        from harmonica.stages.preprocess import run_preprocess
+
+        log.info("no token cache for project '%s' under %s: running preprocess first", cfg.project, workdir)
+        run_preprocess(cfg, workdir, progress=False)
+
+
+def _parent_run(study: Any, tracker: Tracker, launcher: str | None, name: str) -> tuple[str, bool]:
+    """The study's parent run in this tracking store (found via the study, else created); call under the lock."""
+    existing = study.user_attrs.get(PARENT_ATTR)
+    if existing:
+        try:
+            run = tracker.client.get_run(existing)
+            if run.info.lifecycle_stage == "active":
+                return existing, False
+            log.warning("the study's parent run %s was deleted; starting a new one", existing)
+        except Exception:  # noqa: BLE001 - not in this store: the worker logs to another tracking store
+            log.warning("the study's parent run %s is not in %s; this worker gets its own parent run",
+                        existing, tracker.tracking_uri)
+            existing = "elsewhere"
+    exp_id = tracker.experiment_id()
+    parent_id = None
+    if launcher:
+        with contextlib.suppress(Exception):
+            if tracker.client.get_run(launcher).info.experiment_id == exp_id:
+                parent_id = launcher  # `mlflow run --experiment-name <the project's experiment>`
+    if parent_id is None:
+        parent_id = tracker.client.create_run(exp_id, run_name=f"sweep-{name}",
+                                              tags={"harmonica.sweep_study": name}).info.run_id
+    if existing != "elsewhere":
+        study.set_user_attr(PARENT_ATTR, parent_id)
+        study.set_user_attr("harmonica.mlflow_tracking_uri", tracker.tracking_uri)
+    return parent_id, True
+
+
+def _parent_tags(space: SweepSpace, space_path: Path, name: str, url: str) -> dict[str, str]:
+    return {
+        "harmonica.sweep_study": name, "optuna.study": name, "optuna.storage": st.redact(url),
+        "harmonica.sweep_space": space_path.name, "harmonica.model_kind": space.kind,
+        "harmonica.sweep_objective": "; ".join(f"{m.direction} {m.name}" for m in space.metrics),
+    }
+
+
+def _sweep_params(space: SweepSpace, space_path: Path, name: str, url: str, cfg: HarmonicaConfig,
+                  pruner: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "sweep.study": name, "sweep.storage": st.redact(url), "sweep.space": str(space_path),
+        "sweep.kind": space.kind, "sweep.objective": space.objective.model_dump(mode="json"),
+        "sweep.sampler": st.make_sampler(space, cfg.sweep.sampler_seed).__class__.__name__,
+        "sweep.sampler_seed": cfg.sweep.sampler_seed, "sweep.pruner": pruner.__class__.__name__,
+    }
+    for key, spec in space.params.items():
+        params[f"space.{key}"] = spec.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {"type": spec.type}
+    for key, value in flatten(space.fixed).items():
+        params[f"fixed.{key}"] = format_value(value)
+    return params
+
+
+def _describe(cfg: HarmonicaConfig, space: SweepSpace, space_path: Path, name: str, url: str, study: Any) -> str:
+    obj = " vs ".join(f"{m.direction} {m.name}" for m in space.metrics)
+    c = space.objective.constraint
+    return (
+        f"Optuna sweep of the {space.kind.upper()} on project '{cfg.project}' ({space_path.name}): "
+        f"{'multi-objective ' if space.multi else ''}{obj}"
+        + (f" subject to {c.key}" if c else "")
+        + f"; searching {', '.join(space.params)}. Study '{name}' in {st.redact(url)}, "
+        f"{study.sampler.__class__.__name__} (seed {cfg.sweep.sampler_seed}), {study.pruner.__class__.__name__}. "
+        "Each trial is a child run."
+    )
+
+
+def _summarise(study: Any, space: SweepSpace, space_path: Path, cfg: HarmonicaConfig, name: str, url: str,
+               files: Path, best_config_dir: Path | None, tracker: Tracker) -> dict[str, Any]:
+    rows = rep.trial_rows(study, space)
+    csv_path = rep.write_csv(rows, files / "trials.csv")
+    plots, notes = rep.study_plots(study, space, files / "plots")
+    best = rep.select_best(study, space)
+    if best.note:
+        notes.append(f"best trial: {best.note}")
+    try:
+        written = rep.best_config(cfg, space, space_path, best, name, st.redact(url), out_dir=best_config_dir)
+    except (ConfigError, OSError) as exc:  # the sweep's results are still worth publishing
+        log.error("could not write the best config: %s", exc)
+        notes.append(f"best config: not written ({exc})")
+        written = None
+    metrics = rep.summary_metrics(study, space, best)
+    counts = st.state_counts(study)
+    finished = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
+    log.info("study '%s': %d complete, %d pruned, %d failed; best %s", name, counts["COMPLETE"], counts["PRUNED"],
+             counts["FAIL"], f"trial {best.trial.number} ({rep.describe_values(best.trial, space)})" if best.trial else "none")
+    return {"rows": rows, "csv": csv_path, "plots": plots, "notes": notes, "best": best,
+            "best_config": written[0] if written else None, "metrics": metrics, "step": finished}
+
+
+def _publish(run: Run, summary: dict[str, Any]) -> None:
+    run.log_artifact(summary["csv"])
+    if summary["rows"]:
+        run.log_table(rep.as_table(summary["rows"]), "trials.json")
+    for path in summary["plots"]:
+        run.log_artifact(path, "plots")
+    if summary["notes"]:
+        run.log_text("\n".join(summary["notes"]) + "\n", "plots/NOTES.txt")
+    if summary["best_config"] is not None:
+        run.log_artifact(summary["best_config"], "best")
+    run.log_metrics(summary["metrics"], step=summary["step"])
+    best = summary["best"]
+    tags = {"harmonica.sweep_n_finished": summary["step"]}
+    if best.trial is not None:
+        tags.update({"harmonica.sweep_best_trial": best.trial.number,
+                     "harmonica.sweep_best_feasible": str(best.feasible).lower(),
+                     "harmonica.sweep_best_run_id": best.trial.user_attrs.get("harmonica.mlflow_run_id", "")})
+    if summary["best_config"] is not None:
+        tags["harmonica.sweep_best_config"] = str(summary["best_config"])
+    run.set_tags(tags)
+
+
+def _settle_parent(tracker: Tracker, study: Any, parent_id: str) -> None:
+    """Our exit marked the parent FINISHED; while other workers still run trials it is RUNNING again.
+    Set-then-recheck, so the last worker's FINISHED wins whichever order the two exits happen in."""
+    if st.state_counts(study)["RUNNING"] == 0:
+        return
+    tracker.client.update_run(parent_id, status="RUNNING")
+    if st.state_counts(study)["RUNNING"] == 0:
+        tracker.client.set_terminated(parent_id, status="FINISHED")

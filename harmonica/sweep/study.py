@@ -1,0 +1,487 @@
+"""Optuna side of `harmonica sweep`: storage, the study, its trial budget, and one trial = one training.
+
+Budget semantics (`--n-trials N`): N is the study's *total*, over every worker and every launch. At
+launch, under a short storage-wide lock, a worker tops the study up to N live trials by enqueueing
+WAITING trials (live = COMPLETE, PRUNED, RUNNING or WAITING; FAIL trials do not count, so a failed
+trial is replaced at the next launch but never within one, and a crashing objective cannot loop).
+Workers then only *pop* WAITING trials - Optuna's WAITING -> RUNNING transition is atomic in the RDB
+storage (a row lock on PostgreSQL) - and never create trials, so two workers asked for N run exactly N
+trials between them, none twice and none lost. Rerunning the same command resumes: finished trials are
+kept, nothing new is enqueued unless N grew. (`optuna.study.MaxTrialsCallback` counts finished trials
+only and lets concurrent workers overshoot, hence this.)
+
+The lock is a marker study `<study>::harmonica-lock` (study names are unique in the storage, so creating
+it succeeds for one process at a time); it is deleted on release and broken when older than
+LOCK_STALE_SECONDS (a worker that died inside it).
+
+Heartbeats (RDB storages): a RUNNING trial whose worker died is failed after HEARTBEAT_GRACE seconds
+(at the next launch), then replaced by the top-up.
+
+Trials are seeded: trial n samples with `sweep.sampler_seed + n`, so a study resumed or spread over
+workers draws the same parameters as one uninterrupted run given the same history, and two workers
+never draw from the same random stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import mlflow
+import optuna
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from harmonica.config.load import ConfigError
+from harmonica.config.schema import HarmonicaConfig, TrainingConfig
+from harmonica.sweep.space import PrunerSpec, SweepSpace, apply_overrides
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 20  # seconds
+HEARTBEAT_GRACE = 120
+LOCK_STALE_SECONDS = 300.0
+LOCK_SUFFIX = "::harmonica-lock"
+LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+ATTR_PREFIX = "harmonica."
+
+
+class TrialPrunedRun(optuna.TrialPruned):
+    """Raised from the trainer's validation hook: ends the MLflow child run as KILLED, the trial as PRUNED."""
+
+    run_status = "KILLED"
+
+
+class StudyMismatchError(ConfigError):
+    """The named study exists but was made for another search (other space, project or objectives)."""
+
+
+# ------------------------------------------------------------------------------------------ storage
+
+
+def default_storage(workdir: Path) -> str:
+    return f"sqlite:///{(Path(workdir) / 'optuna.db').resolve()}"
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password (for tags and logs)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def open_storage(url: str, heartbeat: bool = True, attempts: int = 5) -> RDBStorage:
+    """An Optuna RDB storage (sqlite:///..., postgresql://user:pw@host/db, mysql://...).
+
+    SQLite waits up to 60 s for a lock (several local workers); creating the schema is retried because
+    two workers opening a fresh database at once may both try to create it.
+    """
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"engine_kwargs": engine_kwargs}
+    if heartbeat:
+        kwargs.update(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE)
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                storage = RDBStorage(url, **kwargs)
+            if url.startswith("sqlite"):
+                _serialise_sqlite(storage)
+            return storage
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"the Optuna storage {redact(url)} needs the database driver '{exc.name}' "
+                "(PostgreSQL: pip install psycopg2-binary)"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - schema-creation races surface as assorted DB errors
+            if attempt == attempts:
+                raise ConfigError(f"cannot open the Optuna storage {redact(url)}: {exc}") from exc
+            log.warning("opening the Optuna storage failed (%s); retrying", exc.__class__.__name__)
+            time.sleep(0.5 + random.random() * 2)
+    raise AssertionError("unreachable")
+
+
+def _serialise_sqlite(storage: RDBStorage) -> None:
+    """Make every SQLite transaction take the write lock up front (BEGIN IMMEDIATE).
+
+    pysqlite starts a transaction only at the first write, so Optuna's read-check-write of
+    WAITING -> RUNNING is not atomic between processes: two local workers could pop the same trial.
+    (SQLAlchemy's documented recipe; PostgreSQL/MySQL use a row lock instead.)
+    """
+    from sqlalchemy import event
+
+    engine = storage.engine
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # pooled connections from the schema check predate the hooks
+
+
+@contextlib.contextmanager
+def storage_lock(storage: RDBStorage, study_name: str, timeout: float = 600.0) -> Iterator[None]:
+    """A storage-wide mutex for `study_name` (see the module doc)."""
+    name = study_name + LOCK_SUFFIX
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lock_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
+            storage.set_study_user_attr(lock_id, "acquired_at", time.time())
+            storage.set_study_user_attr(lock_id, "holder", worker_id())
+            break
+        except DuplicatedStudyError:
+            _break_if_stale(storage, name)
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the sweep lock '{name}' is still held after {timeout:.0f} s; if no other worker is "
+                    f"starting, delete it: optuna delete-study --study-name '{name}' --storage <url>"
+                ) from None
+            time.sleep(0.2 + random.random() * 0.5)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(KeyError):
+            storage.delete_study(lock_id)
+
+
+def _break_if_stale(storage: RDBStorage, name: str) -> None:
+    try:
+        lock_id = storage.get_study_id_from_name(name)
+        acquired = storage.get_study_user_attrs(lock_id).get("acquired_at")
+    except KeyError:
+        return  # released meanwhile
+    if acquired is not None and time.time() - float(acquired) > LOCK_STALE_SECONDS:
+        log.warning("breaking the stale sweep lock '%s' (held for %.0f s)", name, time.time() - float(acquired))
+        with contextlib.suppress(KeyError):
+            storage.delete_study(lock_id)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ------------------------------------------------------------------------------ sampler and pruner
+
+
+def make_sampler(space: SweepSpace, seed: int) -> optuna.samplers.BaseSampler:
+    kind = space.sampler.type or ("nsga2" if space.multi else "tpe")
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        kwargs = {"population_size": space.sampler.population_size} if space.sampler.population_size else {}
+        return optuna.samplers.NSGAIISampler(seed=seed, **kwargs)
+    # constant_liar: trials running on other workers count as bad, so parallel workers spread out
+    kwargs: dict[str, Any] = {"seed": seed, "multivariate": True, "constant_liar": True}
+    if space.sampler.n_startup_trials is not None:
+        kwargs["n_startup_trials"] = space.sampler.n_startup_trials
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # multivariate TPE is "experimental" since 2.2
+        return optuna.samplers.TPESampler(**kwargs)
+
+
+def pruner_spec(space: SweepSpace, cfg: HarmonicaConfig) -> PrunerSpec:
+    """The space file's pruner, else `sweep.pruner` of the config; multi-objective: never prunes."""
+    if space.multi:
+        return PrunerSpec(type="none")
+    return space.pruner or PrunerSpec(type=cfg.sweep.pruner)
+
+
+def make_pruner(spec: PrunerSpec, tcfg: TrainingConfig) -> optuna.pruners.BasePruner:
+    """Reports happen at validation steps (multiples of val_every, and the last step)."""
+    if spec.type == "median":
+        warmup = spec.n_warmup_steps if spec.n_warmup_steps is not None else tcfg.val_every
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials, n_warmup_steps=warmup)
+    if spec.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=tcfg.val_every, max_resource=tcfg.total_steps, reduction_factor=spec.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
+
+
+# ------------------------------------------------------------------------------------------- study
+
+
+def open_study(
+    storage: RDBStorage, name: str, space: SweepSpace, space_digest: str, project: str, pruner: optuna.pruners.BasePruner,
+    sampler: optuna.samplers.BaseSampler,
+) -> optuna.Study:
+    """Create the study or load it; an existing study must have been made for the same search."""
+    directions = space.directions
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        raise StudyMismatchError(
+            f"study '{name}' exists with directions {have}, the space file asks for {directions}: "
+            "use another --study name"
+        )
+    attrs = study.user_attrs
+    expected = {f"{ATTR_PREFIX}space_digest": space_digest, f"{ATTR_PREFIX}project": project,
+                f"{ATTR_PREFIX}kind": space.kind}
+    if not any(k in attrs for k in expected):
+        for key, value in expected.items():
+            study.set_user_attr(key, value)
+        study.set_user_attr(f"{ATTR_PREFIX}objectives", [m.name for m in space.metrics])
+    else:
+        diff = [f"{k.removeprefix(ATTR_PREFIX)}: study has {attrs.get(k)!r}, this launch {v!r}"
+                for k, v in expected.items() if attrs.get(k) != v]
+        if diff:
+            raise StudyMismatchError(
+                f"study '{name}' was made for another search ({'; '.join(diff)}); a study resumes only with "
+                "the same project, space file and fixed overrides: use another --study name"
+            )
+    return study
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    counts = {s.name: 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] += 1
+    return counts
+
+
+def top_up(study: optuna.Study, n_total: int) -> int:
+    """Enqueue WAITING trials until the study has n_total live trials; call under storage_lock."""
+    live = sum(1 for t in study.get_trials(deepcopy=False) if t.state in LIVE_STATES)
+    missing = max(0, n_total - live)
+    for _ in range(missing):
+        study.enqueue_trial({}, user_attrs={f"{ATTR_PREFIX}budget": n_total})
+    return missing
+
+
+def pop_trial(study: optuna.Study, storage: RDBStorage, n_total: int) -> int | None:
+    """Claim one WAITING trial (atomic); None when the budget is used up or nothing is waiting."""
+    trials = study.get_trials(deepcopy=False)
+    started = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    if started >= n_total:
+        return None
+    for t in sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number):
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return t._trial_id
+        except UpdateFinishedTrialError:
+            continue
+    return None
+
+
+@contextlib.contextmanager
+def heartbeat(storage: RDBStorage, trial_id: int) -> Iterator[None]:
+    interval = storage.get_heartbeat_interval()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is not worth killing a trial
+                log.debug("heartbeat of trial %s failed: %s", trial_id, exc)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"optuna-heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# ------------------------------------------------------------------------------------------- trial
+
+
+@dataclass
+class TrialReport:
+    number: int
+    state: str
+    values: list[float] | None
+    steps: int
+    run_id: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class ValidationReporter:
+    """The trainer's `on_validation` hook: report the objective to Optuna and prune.
+
+    A pruned run is tagged `optuna.pruned=true` (and the step) *before* the exception ends it, so the
+    child run never looks like a success even if the process dies right after.
+    """
+
+    def __init__(self, trial: optuna.Trial, space: SweepSpace, client: Any, prune: bool) -> None:
+        self.trial = trial
+        self.space = space
+        self.client = client
+        self.prune = prune
+        self.run_id: str | None = None
+        self.last_step = 0
+        self.last_metrics: dict[str, float] = {}
+        self.pruned_step: int | None = None
+        self.final_step: int | None = None  # the trial's total_steps: no pruning decision there (it is done)
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        if self.run_id is None:
+            active = mlflow.active_run()  # the trial's child run, opened by run_train
+            self.run_id = active.info.run_id if active is not None else None
+        self.last_step, self.last_metrics = step, dict(metrics)
+        if self.space.multi:
+            return  # Optuna prunes single-objective studies only
+        name = self.space.objective.metric
+        if name not in metrics:
+            raise ConfigError(f"objective metric '{name}' is not among the validation metrics ({', '.join(sorted(metrics))})")
+        value = float(metrics[name])
+        self.trial.report(value, step)
+        if self.prune and (self.final_step is None or step < self.final_step) and self.trial.should_prune():
+            self.pruned_step = step
+            if self.run_id and self.client is not None:
+                for key, val in (("optuna.pruned", "true"), ("optuna.pruned_step", str(step)), ("optuna.state", "PRUNED")):
+                    self.client.set_tag(self.run_id, key, val)
+            raise TrialPrunedRun(f"pruned at step {step}: {name}={value:.4f}")
+
+
+def objective_values(space: SweepSpace, metrics: dict[str, float]) -> list[float]:
+    missing = [m.name for m in space.metrics if m.name not in metrics]
+    if missing:
+        raise ConfigError(f"objective metric(s) {missing} missing from the trial's final metrics "
+                          f"(validation metrics: {sorted(k for k in metrics if k.startswith('val'))})")
+    return [float(metrics[m.name]) for m in space.metrics]
+
+
+def set_constraint(trial: optuna.Trial, space: SweepSpace, metrics: dict[str, float]) -> float | None:
+    c = space.objective.constraint
+    if c is None:
+        return None
+    value = metrics.get(c.metric)
+    violation = c.violation(float(value)) if value is not None and math.isfinite(value) else 1.0
+    trial.set_constraint(c.key, violation)
+    return violation
+
+
+TrainFn = Callable[..., Any]
+
+
+def run_one_trial(
+    study: optuna.Study,
+    storage: RDBStorage,
+    trial_id: int,
+    *,
+    space: SweepSpace,
+    base_cfg: HarmonicaConfig,
+    workdir: Path,
+    seed: int,
+    parent_run_id: str,
+    tracker: Any,
+    train_fn: TrainFn,
+    study_name: str,
+) -> TrialReport:
+    """Sample, build the trial's config, train it as a child run, tell Optuna how it ended."""
+    number = storage.get_trial(trial_id).number
+    study.sampler = make_sampler(space, seed + number)
+    trial = optuna.Trial(study, trial_id)
+    trial.set_user_attr(f"{ATTR_PREFIX}worker", worker_id())
+    prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
+    reporter = ValidationReporter(trial, space, tracker.client, prune)
+    tags = {"optuna.study": study_name, "optuna.trial": str(number), "harmonica.sweep_worker": worker_id()}
+    state, values, steps, error, run_id = TrialState.FAIL, None, 0, None, None
+    params: dict[str, Any] = {}
+    with heartbeat(storage, trial_id):
+        try:
+            params = space.suggest(trial)
+            log.info("trial %d: %s", number, json.dumps(params))
+            tags["optuna.params"] = json.dumps(params)[:5000]
+            trial_cfg = apply_overrides(base_cfg, params, f"trial {number}")
+            reporter.final_step = getattr(trial_cfg.training, space.kind).total_steps
+            out = train_fn(trial_cfg, space.kind, workdir, parent_run_id=parent_run_id, on_validation=reporter,
+                           run_name=f"trial-{number}", extra_tags=tags)
+            run_id, steps = out.run_id, out.result.state.step
+            values = objective_values(space, out.result.final_metrics)
+            set_constraint(trial, space, out.result.final_metrics)
+            state = TrialState.COMPLETE
+        except TrialPrunedRun as exc:
+            state, steps, error = TrialState.PRUNED, reporter.last_step, str(exc)
+            set_constraint(trial, space, reporter.last_metrics)
+        except KeyboardInterrupt:
+            _tell(study, trial, TrialState.FAIL, None)
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failed trial must not end the sweep
+            log.exception("trial %d failed", number)
+            state, steps, error = TrialState.FAIL, reporter.last_step, f"{exc.__class__.__name__}: {exc}"
+        run_id = run_id or reporter.run_id or _find_child(tracker, study_name, number)
+        trial.set_user_attr(f"{ATTR_PREFIX}steps", steps)
+        if run_id:
+            trial.set_user_attr(f"{ATTR_PREFIX}mlflow_run_id", run_id)
+        if error:
+            trial.set_user_attr(f"{ATTR_PREFIX}error", error[:2000])
+        frozen = _tell(study, trial, state, values)
+    report = TrialReport(number, frozen.state.name, frozen.values, steps, run_id, params, error)
+    if run_id:
+        _annotate_child(tracker, run_id, report, space)
+    log.info("trial %d %s after %d steps%s", number, report.state, steps,
+             f": {report.values}" if report.values else (f" ({error})" if error else ""))
+    return report
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: list[float] | None) -> Any:
+    if state == TrialState.COMPLETE:
+        if values is not None and not all(math.isfinite(v) for v in values):
+            log.warning("trial %d: non-finite objective %s; recorded as FAIL", trial.number, values)
+            return study.tell(trial, state=TrialState.FAIL)
+        return study.tell(trial, values)
+    return study.tell(trial, state=state)
+
+
+def _find_child(tracker: Any, study_name: str, number: int) -> str | None:
+    try:
+        runs = tracker.find_runs(f"tags.`optuna.study` = '{study_name}' and tags.`optuna.trial` = '{number}'", 1)
+    except Exception:  # noqa: BLE001
+        return None
+    return runs[0].info.run_id if runs else None
+
+
+def _annotate_child(tracker: Any, run_id: str, report: TrialReport, space: SweepSpace) -> None:
+    from harmonica.tracking.adapter import Run
+
+    run = Run(tracker.client, run_id, async_logging=False)
+    run.set_tags({"optuna.state": report.state, "optuna.pruned": str(report.state == "PRUNED").lower()})
+    metrics: dict[str, float] = {"optuna/steps": float(report.steps)}
+    if report.values:
+        for m, v in zip(space.metrics, report.values, strict=True):
+            metrics[f"optuna/value/{m.name}"] = v
+    run.log_metrics(metrics, step=report.steps)
