@@ -7,6 +7,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,14 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from harmonica.config.load import ConfigError, deep_merge, find_root, flatten, load_config, project_path
+from harmonica.config.load import (
+    ConfigError,
+    deep_merge,
+    find_root,
+    flatten,
+    load_config,
+    project_path,
+)
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.sweep.space import SweepSpace, apply_overrides, nest
 from harmonica.sweep.study import ATTR_PREFIX
@@ -140,21 +148,26 @@ def study_plots(study: optuna.Study, space: SweepSpace, out_dir: Path) -> tuple[
 
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [m.name for m in space.metrics]
-    first = lambda t: t.values[0]  # noqa: E731
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+
+    def value(i: int) -> Any:
+        return lambda t: t.values[i]
+
     plots: list[tuple[str, Any]] = []
     if space.multi:
         plots.append(("pareto_front", lambda: vis.plot_pareto_front(study, target_names=names)))
         for i, name in enumerate(names):
-            target = (lambda i: (lambda t: t.values[i]))(i)
-            plots.append((f"optimization_history_{i}", lambda t=target, n=name: vis.plot_optimization_history(study, target=t, target_name=n)))
-        plots.append(("parallel_coordinate", lambda: vis.plot_parallel_coordinate(study, target=first, target_name=names[0])))
-        plots.append(("param_importances", lambda: vis.plot_param_importances(study, target=first, target_name=names[0])))
+            plots.append((f"optimization_history_{i}", partial(vis.plot_optimization_history, study,
+                                                               target=value(i), target_name=name)))
+        plots.append(("parallel_coordinate", partial(vis.plot_parallel_coordinate, study, target=value(0),
+                                                     target_name=names[0])))
+        plots.append(("param_importances", partial(vis.plot_param_importances, study, target=value(0),
+                                                   target_name=names[0])))
     else:
-        plots.append(("optimization_history", lambda: vis.plot_optimization_history(study, target_name=names[0])))
-        plots.append(("intermediate_values", lambda: vis.plot_intermediate_values(study)))
-        plots.append(("parallel_coordinate", lambda: vis.plot_parallel_coordinate(study, target_name=names[0])))
-        plots.append(("param_importances", lambda: vis.plot_param_importances(study, target_name=names[0])))
+        plots.append(("optimization_history", partial(vis.plot_optimization_history, study, target_name=names[0])))
+        plots.append(("intermediate_values", partial(vis.plot_intermediate_values, study)))
+        plots.append(("parallel_coordinate", partial(vis.plot_parallel_coordinate, study, target_name=names[0])))
+        plots.append(("param_importances", partial(vis.plot_param_importances, study, target_name=names[0])))
     files, notes = [], []
     for name, make in plots:
         if name.startswith("param_importances") and len(complete) < 2:

@@ -40,10 +40,17 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harmonica.config.load import ConfigError, check_keys, deep_merge
 from harmonica.config.schema import HarmonicaConfig
@@ -208,7 +215,7 @@ class SamplerSpec(_Strict):
 class SweepSpace(_Strict):
     kind: Literal["ar", "nar"]
     description: str = ""
-    objective: Annotated[Union[SingleObjective, MultiObjective], Field(discriminator="type")]
+    objective: Annotated[SingleObjective | MultiObjective, Field(discriminator="type")]
     params: dict[str, ParamSpec] = Field(min_length=1)
     fixed: dict[str, Any] = Field(default_factory=dict)
     pruner: PrunerSpec | None = None

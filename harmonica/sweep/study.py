@@ -42,7 +42,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import optuna
-from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateFinishedTrialError
+from optuna.exceptions import (
+    DuplicatedStudyError,
+    ExperimentalWarning,
+    UpdateFinishedTrialError,
+)
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
@@ -116,7 +120,7 @@ def open_storage(url: str, heartbeat: bool = True, attempts: int = 5) -> RDBStor
                 f"the Optuna storage {redact(url)} needs the database driver '{exc.name}' "
                 "(PostgreSQL: pip install psycopg2-binary)"
             ) from None
-        except Exception as exc:  # noqa: BLE001 - schema-creation races surface as assorted DB errors
+        except Exception as exc:
             if attempt == attempts:
                 raise ConfigError(f"cannot open the Optuna storage {redact(url)}: {exc}") from exc
             log.warning("opening the Optuna storage failed (%s); retrying", exc.__class__.__name__)
@@ -440,7 +444,7 @@ def run_one_trial(
         except KeyboardInterrupt:
             _tell(study, trial, TrialState.FAIL, None)
             raise
-        except Exception as exc:  # noqa: BLE001 - one failed trial must not end the sweep
+        except Exception as exc:
             log.exception("trial %d failed", number)
             state, steps, error = TrialState.FAIL, reporter.last_step, f"{exc.__class__.__name__}: {exc}"
         run_id = run_id or reporter.run_id or _find_child(tracker, study_name, number)

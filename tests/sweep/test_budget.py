@@ -100,9 +100,8 @@ def test_storage_lock_is_exclusive_and_stale_locks_are_broken(tmp_path, monkeypa
         pass
     monkeypatch.setattr(st, "LOCK_STALE_SECONDS", 3600.0)
     storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "z" + st.LOCK_SUFFIX)
-    with pytest.raises(TimeoutError, match="optuna delete-study"):
-        with st.storage_lock(storage, "z", timeout=0.5):
-            pass
+    with pytest.raises(TimeoutError, match="optuna delete-study"), st.storage_lock(storage, "z", timeout=0.5):
+        pass
 
 
 POPPER = """
@@ -150,3 +149,23 @@ def test_hyperband_pruner_from_the_space_file(tmp_path, sweep_workdir, tiny_swee
     study = optuna.load_study(study_name="hb", storage=st.default_storage(sweep_workdir))
     assert out.counts["COMPLETE"] + out.counts["PRUNED"] == 4 and out.counts["FAIL"] == 0
     assert all(t.intermediate_values for t in study.trials)
+
+
+def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_replaced(tmp_path, sweep_workdir, tiny_sweep_cfg, monkeypatch):
+    monkeypatch.setattr(st, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(st, "HEARTBEAT_GRACE", 1)
+    space = write_space(tmp_path, pruner="none")
+    run_sweep(tiny_sweep_cfg, sweep_workdir, space, n_trials=1, study_name="dead", train_fn=fake_train(),
+              best_config_dir=tmp_path / "p")
+    storage = st.open_storage(st.default_storage(sweep_workdir))
+    study = optuna.load_study(study_name="dead", storage=storage)
+    with st.storage_lock(storage, "dead"):
+        st.top_up(study, 2)
+    claimed = st.pop_trial(study, storage, 2)  # a worker claims trial 1, beats once, dies
+    storage.record_heartbeat(claimed)
+    time.sleep(2.5)
+    out = run_sweep(tiny_sweep_cfg, sweep_workdir, space, n_trials=2, study_name="dead", train_fn=fake_train(),
+                    best_config_dir=tmp_path / "p")
+    states = {t.number: t.state.name for t in optuna.load_study(study_name="dead", storage=storage).trials}
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE"}
+    assert [r.number for r in out.trials] == [2]
