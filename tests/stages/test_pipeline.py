@@ -1,7 +1,6 @@
 """The pipeline: one parent run, a child run per step, identical steps reused."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
