@@ -495,7 +495,7 @@ def sweep(project: str, space_path: str, n_trials: int | None, study_name: str |
     try:
         cfg = _config(project, overrides, [])
         out = run_sweep(cfg, Path(workdir), space_path, n_trials, study_name, storage)
-    except _user_errors() as exc:
+    except (*_user_errors(), TimeoutError) as exc:  # e.g. the study's storage lock was never released
         raise click.ClickException(str(exc)) from None
     click.echo("")
     click.echo(f"sweep '{out.study_name}' ({out.storage}): {out.counts}")
