@@ -73,7 +73,7 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -157,14 +157,14 @@ def resolve_layers(project: str, overrides: list[str] | tuple[str, ...] = (), ro
     layers: list[tuple[str, dict[str, Any]]] = []
     tracking_file = root / "mlruns_config" / "tracking.yaml"
     if tracking_file.is_file():
-        layers.append((str(tracking_file), {"tracking": _read_yaml(tracking_file)}))
+        layers.append((str(tracking_file), {"tracking": read_yaml(tracking_file)}))
     gates_file = root / "mlruns_config" / "gates.yaml"
     if gates_file.is_file():
-        layers.append((str(gates_file), {"gates": _read_yaml(gates_file)}))
-    layers.append((str(root / "projects" / "base.yaml"), _read_yaml(root / "projects" / "base.yaml")))
+        layers.append((str(gates_file), {"gates": read_yaml(gates_file)}))
+    layers.append((str(root / "projects" / "base.yaml"), read_yaml(root / "projects" / "base.yaml")))
     path = project_path(project, root)
     if path.stem != "base":
-        layers.append((str(path), _read_yaml(path)))
+        layers.append((str(path), read_yaml(path)))
     for text in overrides:
         parts, value = parse_override(text)
         layers.append((f"override '{text}'", _nest(parts, value)))

@@ -52,7 +52,7 @@ from pydantic import (
     model_validator,
 )
 
-from harmonica.config.load import ConfigError, check_keys, deep_merge
+from harmonica.config.load import ConfigError, check_keys, deep_merge, read_yaml
 from harmonica.config.schema import HarmonicaConfig
 
 ANTI_COLLAPSE_KNOBS: tuple[str, ...] = (
@@ -320,12 +320,7 @@ def read_space(path: Path | str) -> SweepSpace:
         close = difflib.get_close_matches(path.name, names, n=1)
         hint = f"; did you mean '{path.parent / close[0]}'?" if close else ""
         raise ConfigError(f"sweep space file {path} does not exist{hint}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    data = read_yaml(path)
     try:
         return SweepSpace.model_validate(data)
     except ValidationError as exc:
