@@ -118,8 +118,11 @@ class CodecConfig(Strict):
 
 
 class TextConfig(Strict):
-    frontend: Literal["chars"] = "chars"
-    lowercase: bool = True
+    frontend: Literal["chars", "phonemes"] = Field(
+        "chars", description="chars, or phonemes = espeak-ng IPA (fixed inventory, harmonica/data/phonemes.py)"
+    )
+    phoneme_voice: str = Field("en-us", description="phonemes: espeak-ng voice/language that reads the text")
+    lowercase: bool = Field(True, description="chars only")
     max_text_len: int = Field(256, ge=8)
 
 

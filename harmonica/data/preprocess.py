@@ -77,12 +77,14 @@ def process_utterance(utt: Utterance, cfg: HarmonicaConfig, codec: Codec) -> dic
         return {**out, "status": "rejected", "reasons": ["too_long_for_model"], "detail": detail}
     wav = normalize(wav, cfg.data.normalize, cfg.data.normalize_level_db)
     codes = codec.encode(wav)  # [n_q, T]
+    text_ids, unknown = build_frontend(cfg.text).encode_counted(utt.text)
     return {
         **out,
         "status": "kept",
         "split": utt.split,
         "text": utt.text,
-        "text_ids": build_frontend(cfg.text).encode(utt.text),
+        "text_ids": text_ids,
+        "text_unknown": unknown,
         "codes": codes,
         "duration": len(wav) / sr,
     }
@@ -260,6 +262,8 @@ def build_token_cache(
         "contract": _contract(cfg, codec, codec_fp),
         "splits": splits,
         "quality_counts": counts,
+        "text": {**build_frontend(cfg.text).describe(),
+                 "unknown_symbols": sum(r["text_unknown"] for items in kept.values() for r in items)},
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

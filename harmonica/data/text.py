@@ -1,4 +1,8 @@
-"""Character text frontend: normalisation, a fixed vocabulary and its hash for the AR/NAR contract."""
+"""Text frontends: normalisation, a fixed vocabulary and its hash for the AR/NAR contract.
+
+`chars` (this module) tokenises normalised characters; `phonemes` (harmonica.data.phonemes) tokenises
+espeak-ng IPA. `build_frontend(cfg.text)` picks one; preprocessing, training and inference all use it.
+"""
 
 from __future__ import annotations
 
@@ -53,10 +57,15 @@ class TextFrontend:
 
     def encode(self, text: str) -> list[int]:
         """BOS + symbol ids + EOS, truncated to max_text_len."""
+        return self.encode_counted(text)[0]
+
+    def encode_counted(self, text: str) -> tuple[list[int], int]:
+        """(`encode(text)`, how many symbols of the normalised text were outside the vocabulary)."""
         index = {s: i for i, s in enumerate(self.symbols)}
         ids = [index.get(c, self.unk_id) for c in self.normalize(text)]
+        unknown = sum(i == self.unk_id for i in ids)
         ids = ids[: self.max_text_len - 2]
-        return [self.bos_id, *ids, self.eos_id]
+        return [self.bos_id, *ids, self.eos_id], unknown
 
     def vocab_hash(self) -> str:
         blob = "\n".join(self.symbols).encode() + f"|lower={self.lowercase}".encode()
@@ -72,4 +81,9 @@ class TextFrontend:
 
 
 def build_frontend(cfg: TextConfig) -> TextFrontend:
+    if cfg.frontend == "phonemes":
+        from harmonica.data.phonemes import PhonemeFrontend
+
+        # espeak reads case (acronyms), so the text reaches it un-lowercased
+        return PhonemeFrontend(lowercase=False, max_text_len=cfg.max_text_len, voice=cfg.phoneme_voice)
     return TextFrontend(lowercase=cfg.lowercase, max_text_len=cfg.max_text_len)

@@ -53,6 +53,8 @@ def log_result(run: Run, cfg: HarmonicaConfig, result: PreprocessResult) -> None
     if timings.get("encode_sec"):
         metrics["preprocess/encode_realtime_factor"] = timings["audio_sec"] / timings["encode_sec"]
     metrics["preprocess/cache_reused"] = float(result.reused)
+    if "text" in cache.meta:  # symbols outside the frontend's fixed inventory, encoded as <unk>
+        metrics["preprocess/text/unknown_symbols"] = cache.meta["text"]["unknown_symbols"]
     run.log_metrics(metrics, step=0)
     run.log_dataset(
         name=f"{cfg.project}-tokens",

@@ -149,3 +149,25 @@ def test_mlflow_run_preprocess_entry_point_on_the_demo_corpus(root: Path, workdi
     assert run.data.metrics["preprocess/train/utterances"] == 160
     assert run.data.metrics["preprocess/quality/kept"] == 224
     assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags["harmonica.cache_fingerprint"]
+
+
+def test_phoneme_frontend_ids_are_in_the_cache_key_and_contract(tmp_path: Path, workdir: Path):
+    from harmonica.data.text import build_frontend
+
+    corpus = make_ljspeech_corpus(tmp_path, n=10)
+    chars = run_preprocess(_cfg(corpus.root), workdir, progress=False).result
+    cfg = _cfg(corpus.root, "text.frontend=phonemes")
+    out = run_preprocess(cfg, workdir, progress=False)
+    ph = out.result
+    assert not ph.reused and ph.cache.directory != chars.cache.directory
+    frontend = build_frontend(cfg.text)
+    assert ph.cache.contract["text_vocab_hash"] == frontend.vocab_hash() != chars.cache.contract["text_vocab_hash"]
+    assert ph.cache.contract["text_vocab_size"] == frontend.vocab_size
+    assert ph.cache.meta["text"]["text.frontend"] == "phonemes"
+    train = ph.cache.load_split("train")
+    text, _, row = train.item(0)
+    assert text.tolist() == frontend.encode(row["text"])  # phonemised once, at preprocess
+    metrics = MlflowClient(out.tracking_uri).get_run(out.run_id).data.metrics
+    assert metrics["preprocess/text/unknown_symbols"] == ph.cache.meta["text"]["unknown_symbols"] == 0
+    found, _ = find_cache(cfg, workdir)
+    assert found.directory == ph.cache.directory
