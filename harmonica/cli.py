@@ -84,7 +84,7 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("--project", "-p", default="demo", show_default=True, help="projects/<name>.yaml or a yaml path")
 @click.option("--corpus", "corpus_dir", type=click.Path(), default=None, help="corpus root (default: data.corpus_dir)")
-@click.option("--format", "corpus_format", type=click.Choice(["demo", "ljspeech", "vctk"]), default=None)
+@click.option("--format", "corpus_format", type=click.Choice(["demo", "demo_generated", "ljspeech", "vctk"]), default=None)
 @click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="holds mlflow.db, mlartifacts/ and cache/ on the embedded default")
 @click.option("--workers", type=int, default=None, help="parallel encoding processes (data.workers)")

@@ -44,8 +44,23 @@ class QualityConfig(Strict):
         return self
 
 
+class GeneratedCorpusConfig(Strict):
+    """data.corpus_format=demo_generated: grammar sentences x espeak-ng voices, synthesised at
+    preprocess and cached under <workdir>/corpora (harmonica/data/generated.py). Sentences come from
+    a seeded grammar (data.split_seed); all distinct, so held-out sentences never reach train."""
+
+    sentences: int = Field(3000, ge=8, description="distinct sentences (= train + val + eval + prompts)")
+    voices: list[str] = Field(
+        default_factory=lambda: ["en-us+m3:172:40", "en+m1:182:52", "en-gb-x-rp+m7:166:35",
+                                 "en-us+f2:176:60", "en+f3:186:55", "en+f4:168:68"],
+        min_length=2, description="espeak-ng 'voice[:words per minute[:pitch 0-99]]'")
+    eval_sentences: int = Field(20, ge=1, description="held out, each spoken by two voices")
+    val_sentences: int = Field(24, ge=1)
+    prompts_per_speaker: int = Field(2, ge=1)
+
+
 class DataConfig(Strict):
-    corpus_format: Literal["demo", "ljspeech", "vctk"] = "demo"
+    corpus_format: Literal["demo", "demo_generated", "ljspeech", "vctk"] = "demo"
     corpus_dir: str | None = Field(None, description="None = the bundled demo corpus")
     min_duration: float = Field(0.5, ge=0)
     max_duration: float = Field(10.0, gt=0)
@@ -59,6 +74,7 @@ class DataConfig(Strict):
     split_seed: int = 1234
     workers: int = Field(1, ge=1)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    generated: GeneratedCorpusConfig = Field(default_factory=GeneratedCorpusConfig)
 
     @model_validator(mode="after")
     def _durations(self) -> DataConfig:

@@ -58,6 +58,8 @@ def cache_settings(cfg: HarmonicaConfig) -> dict[str, Any]:
         "data.corpus_format": data.corpus_format,
         # which corpus: two corpora with equal settings must never share a cache
         "data.corpus_dir": str(Path(data.corpus_dir).resolve()) if data.corpus_dir else "bundled",
+        # a generated corpus is identified by its generator settings (it has no corpus_dir)
+        **({"data.generated": data.generated.model_dump(mode="json")} if data.corpus_format == "demo_generated" else {}),
         "data.split": [data.val_fraction, data.eval_fraction, sorted(data.eval_speakers), data.split_seed],
         **{f"data.quality.{k}": v for k, v in sorted(data.quality.model_dump(mode="json").items())},
         "text.frontend": cfg.text.frontend,

@@ -325,13 +325,15 @@ def prepare_demo(corpus_dir: str | Path | None = None) -> CorpusManifests:
 
 # ------------------------------------------------------------------------------------------ dispatch
 
-CORPUS_FORMATS: tuple[str, ...] = ("demo", "ljspeech", "vctk")
+CORPUS_FORMATS: tuple[str, ...] = ("demo", "demo_generated", "ljspeech", "vctk")
 
 
 def prepare_corpus(fmt: str, corpus_dir: str | Path | None, data_cfg: DataConfig) -> CorpusManifests:
     """Run the recipe for `fmt` with the split settings of `data_cfg`."""
     if fmt == "demo":
         return prepare_demo(corpus_dir)
+    if fmt == "demo_generated":  # a demo-layout directory; generated.ensure_generated_corpus makes it
+        return prepare_demo(_check_dir(corpus_dir, fmt, "a generated corpus (metadata.csv, wavs/)"))
     if fmt == "ljspeech":
         return prepare_ljspeech(corpus_dir, val_fraction=data_cfg.val_fraction,  # type: ignore[arg-type]
                                 eval_fraction=data_cfg.eval_fraction, seed=data_cfg.split_seed)

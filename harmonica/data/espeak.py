@@ -126,30 +126,33 @@ def _synth_in_process(text: str, voice: str, rate: int, pitch: int, volume: int)
     return pcm.astype(np.float32) / 32768.0
 
 
-def synthesize(text: str, voice: str, rate: int = 175, pitch: int = 50, volume: int = 70) -> tuple[np.ndarray, int]:
-    """float32 mono waveform in [-1, 1] and its sample rate (22050 Hz).
+Request = tuple[str, str, int, int, int]  # text, voice, rate, pitch, volume
 
-    rate: words per minute; pitch 0-99; volume (amplitude) 0-200, 100 is espeak's default, which
-    hard-clips some loud vowels: 70 keeps every sample in range.
+
+def synthesize_many(requests: list[Request]) -> list[np.ndarray]:
+    """float32 mono waveforms in [-1, 1] at `sample_rate()` (22050 Hz), one per request, in order.
 
     libespeak-ng's wave generator keeps state from one utterance to the next (the same text comes out
     a few samples longer or shorter, with other sample values, depending on what was said before), and
-    neither re-initialising nor reseeding resets it. So each utterance is synthesised in a forked child
-    of this process, which starts from the same post-initialisation state every time: the output
-    depends only on the arguments. Call it from a light process (the corpus generator's spawned
-    workers), not from one running torch threads.
+    neither re-initialising nor reseeding resets it. So each call runs its requests, in order, in a
+    forked child of this process, which starts from the same post-initialisation state every time:
+    equal request lists give equal audio, whatever ran before. Batching amortises the fork (~20 ms).
+    Call it from a light process (the corpus generator's spawned workers), not one running torch
+    threads.
     """
     with _LOCK:
-        _, sample_rate = _library()
+        _library()
         read_fd, write_fd = os.pipe()
         pid = os.fork()
-        if pid == 0:  # child: synthesise, send the samples, exit without running parent cleanup
+        if pid == 0:  # child: synthesise, send lengths + samples, exit without parent cleanup
             status = 0
             try:
                 os.close(read_fd)
-                wav = _synth_in_process(text, voice, rate, pitch, volume)
+                wavs = [_synth_in_process(*req) for req in requests]
                 with os.fdopen(write_fd, "wb") as fh:
-                    fh.write(wav.tobytes())
+                    fh.write(np.asarray([len(w) for w in wavs], dtype=np.int64).tobytes())
+                    for w in wavs:
+                        fh.write(w.tobytes())
             except BaseException:  # noqa: BLE001 - any failure is reported through the exit status
                 status = 1
             os._exit(status)
@@ -158,6 +161,23 @@ def synthesize(text: str, voice: str, rate: int = 175, pitch: int = 50, volume: 
             data = fh.read()
         _, status = os.waitpid(pid, 0)
     if status != 0:
-        raise EspeakError(f"espeak-ng synthesis failed for voice {voice!r}, text {text[:40]!r} "
-                          "(check the voice name, e.g. 'en-us+f3')")
-    return np.frombuffer(data, dtype=np.float32).copy(), sample_rate
+        voices = sorted({r[1] for r in requests})
+        raise EspeakError(f"espeak-ng synthesis failed (voices {voices}, first text {requests[0][0][:40]!r}); "
+                          "check the voice names, e.g. 'en-us+f3'")
+    n = len(requests)
+    lengths = np.frombuffer(data[: 8 * n], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    samples = np.frombuffer(data[8 * n:], dtype=np.float32)
+    return [samples[e - k:e].copy() for k, e in zip(lengths, ends, strict=True)]
+
+
+def synthesize(text: str, voice: str, rate: int = 175, pitch: int = 50, volume: int = 70) -> tuple[np.ndarray, int]:
+    """One utterance: (float32 waveform, 22050). rate: words per minute; pitch 0-99; volume 0-200
+    (espeak's default 100 hard-clips some loud vowels: 70 keeps every sample in range). Deterministic
+    in its arguments (see `synthesize_many`)."""
+    return synthesize_many([(text, voice, rate, pitch, volume)])[0], sample_rate()
+
+
+def sample_rate() -> int:
+    with _LOCK:
+        return _library()[1]

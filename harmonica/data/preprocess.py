@@ -171,7 +171,17 @@ def _contract(cfg: HarmonicaConfig, codec: Codec, codec_fp: str) -> dict[str, An
     }
 
 
-def load_manifests(cfg: HarmonicaConfig, corpus_dir: str | Path | None) -> CorpusManifests:
+def load_manifests(
+    cfg: HarmonicaConfig, corpus_dir: str | Path | None, workdir: Path | None = None, workers: int = 1
+) -> CorpusManifests:
+    if cfg.data.corpus_format == "demo_generated":  # synthesised (or reused) under the workdir
+        if workdir is None:
+            raise PreprocessError("the demo_generated corpus is built under a workdir; none was given")
+        from harmonica.data.generated import ensure_generated_corpus
+
+        generated = ensure_generated_corpus(cfg.data.generated, cfg.data.split_seed, cfg.codec.sample_rate,
+                                            workdir, workers)
+        return prepare_corpus("demo", generated, cfg.data)
     return prepare_corpus(cfg.data.corpus_format, corpus_dir or cfg.data.corpus_dir, cfg.data)
 
 
@@ -186,7 +196,7 @@ def build_token_cache(
     workers = workers or cfg.data.workers
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    manifests = load_manifests(cfg, corpus_dir)
+    manifests = load_manifests(cfg, corpus_dir, workdir, workers)
     timings["scan_sec"] = time.perf_counter() - t0
     if not manifests.by_split("train"):
         reasons: dict[str, int] = {}

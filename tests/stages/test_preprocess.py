@@ -171,3 +171,17 @@ def test_phoneme_frontend_ids_are_in_the_cache_key_and_contract(tmp_path: Path, 
     assert metrics["preprocess/text/unknown_symbols"] == ph.cache.meta["text"]["unknown_symbols"] == 0
     found, _ = find_cache(cfg, workdir)
     assert found.directory == ph.cache.directory
+
+
+def test_demo_generated_corpus_is_synthesised_at_preprocess_and_keyed(workdir: Path):
+    gen = ["data.corpus_format=demo_generated", "data.generated.sentences=20", "data.generated.eval_sentences=2",
+           "data.generated.val_sentences=2", "data.generated.prompts_per_speaker=1",
+           "data.generated.voices=[en-us+m3, en+f3]"]
+    cfg = load_config("demo", [*FAST, *gen])
+    res = run_preprocess(cfg, workdir, progress=False).result
+    assert res.counts["kept"] == 22 and set(res.cache.splits()) == {"train", "val", "eval", "prompt"}
+    assert len(list((workdir / "corpora").glob("demo_generated-*/wavs/*/*.flac"))) == 22
+    assert find_cache(cfg, workdir)[0].directory == res.cache.directory
+    # another generator setting is another corpus: the old cache must not be taken for it
+    with pytest.raises(StaleCacheError, match="data.generated"):
+        find_cache(load_config("demo", [*FAST, *gen, "data.generated.sentences=21"]), workdir)
