@@ -46,6 +46,7 @@ from harmonica.training.monitor import CollapseMonitor, EarlyStopper, Instabilit
 from harmonica.training.optim import build_optimizer, build_scheduler
 from harmonica.training.samples import SampleRenderer
 from harmonica.training.steps import StepOutput, build_task
+from harmonica.training.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class Trainer:
         self.meta = meta or {}
         self.on_validation = on_validation  # e.g. a sweep's pruning report; may raise to end the run
         contract = cache.contract
+        self.sink.set_tags({"harmonica.threads": str(apply_threads(self.tcfg.threads))})  # the count in effect
         torch.manual_seed(self.tcfg.seed)
         self.core: nn.Module = build_model(kind, self.mcfg, contract).to(device)
         self.model: nn.Module = self.core
