@@ -211,6 +211,7 @@ class TrainingConfig(Strict):
     scheduled_sampling_ratio_end: float = Field(0.7, ge=0, le=1)
     token_noise: float = Field(0.0, ge=0, lt=1)
     nar_refine_train: bool = Field(False, description="NAR: 2-pass self-conditioned refinement")
+    nar_stages_per_step: int = Field(0, ge=0, description="NAR stages trained per micro-batch; 0 = all")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     log_every: int = Field(10, ge=1)
     val_every: int = Field(100, ge=1)
