@@ -212,6 +212,12 @@ class TrainingConfig(Strict):
     token_noise: float = Field(0.0, ge=0, lt=1)
     nar_refine_train: bool = Field(False, description="NAR: 2-pass self-conditioned refinement")
     nar_stages_per_step: int = Field(0, ge=0, description="NAR stages trained per micro-batch; 0 = all")
+    # AR guided attention (DCTTS): penalise audio->text attention far from the diagonal
+    guided_attention_weight: float = Field(0.0, ge=0, description="AR; 0 = off (fused attention kernel)")
+    guided_attention_sigma: float = Field(0.2, gt=0, description="width g of the diagonal band")
+    guided_attention_decay_steps: int = Field(0, ge=0, description="linear decay to 0 over these steps; 0 = constant")
+    guided_attention_layers: list[int] = Field(default_factory=list, description="AR blocks guided; [] = all")
+    guided_attention_heads: int = Field(0, ge=0, description="first n heads of each guided layer; 0 = all")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     log_every: int = Field(10, ge=1)
     val_every: int = Field(100, ge=1)

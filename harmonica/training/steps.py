@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from harmonica.config.schema import TrainingConfig
 from harmonica.models.layers import masked_mean_ce
+from harmonica.training.guided import guided_layers, guided_loss_from_probs, guided_weight_at
 from harmonica.training.objectives import compute_objective, scheduled_sampling_mix, token_noise
 from harmonica.training.schedules import scheduled_sampling_ratio_at
 
@@ -76,10 +77,17 @@ class ARTask:
         if self.cfg.token_noise > 0:
             base = override if override is not None else inputs
             override = token_noise(base, self.cfg.token_noise, self.codebook_size, generator=generator, mask=input_mask)
+        w_guided = guided_weight_at(step, self.cfg)
+        layers = guided_layers(self.cfg, len(core.blocks)) if w_guided > 0 else []
         logits, _, aux = model(
-            text, text_lens, audio, audio_lens, collect_attn=collect_attn, input_override=override
+            text, text_lens, audio, audio_lens, collect_attn=collect_attn, input_override=override, attn_layers=layers,
         )  # [B, T+1, V+1]
         loss, terms = compute_objective(logits, aux["targets"], aux["mask"], step, self.cfg, codebook_index=0, n_q=self.n_q)
+        if layers:
+            guided = guided_loss_from_probs(aux["attn_probs"], layers, self.cfg.guided_attention_heads, text_lens,
+                                            aux["mask"], text.size(1), self.cfg.guided_attention_sigma)
+            loss = loss + w_guided * guided
+            terms["guided_attn"], terms["guided_attn_weight"] = guided.detach(), torch.tensor(w_guided)
         terms["teacher_forcing_ratio"] = torch.tensor(ratio)
         return StepOutput(
             loss=loss,
@@ -155,7 +163,8 @@ class NARTask:
             tgt, mask = aux["targets"][rows], aux["mask"][rows]  # [B, T]
             loss, terms = compute_objective(logits[rows], tgt, mask, step, self.cfg, codebook_index=k, n_q=self.n_q)
             if "logits1" in aux:  # refinement: the first (unconditioned) pass is what inference starts from
-                loss1, _ = compute_objective(aux["logits1"][rows], tgt, mask, step, self.cfg, codebook_index=k, n_q=self.n_q)
+                loss1, _ = compute_objective(aux["logits1"][rows], tgt, mask, step, self.cfg,
+                                             codebook_index=k, n_q=self.n_q)
                 loss = 0.5 * (loss + loss1)
             losses.append(loss)
             all_terms.append(terms)
