@@ -230,6 +230,13 @@ class TrainingConfig(Strict):
     scheduled_sampling_ratio_end: float = Field(0.7, ge=0, le=1)
     token_noise: float = Field(0.0, ge=0, lt=1)
     nar_refine_train: bool = Field(False, description="NAR: 2-pass self-conditioned refinement")
+    nar_stages_per_step: int = Field(0, ge=0, description="NAR stages trained per micro-batch; 0 = all")
+    # AR guided attention (DCTTS): penalise audio->text attention far from the diagonal
+    guided_attention_weight: float = Field(0.0, ge=0, description="AR; 0 = off (fused attention kernel)")
+    guided_attention_sigma: float = Field(0.2, gt=0, description="width g of the diagonal band")
+    guided_attention_decay_steps: int = Field(0, ge=0, description="linear decay to 0 over these steps; 0 = constant")
+    guided_attention_layers: list[int] = Field(default_factory=list, description="AR blocks guided; [] = all")
+    guided_attention_heads: int = Field(0, ge=0, description="first n heads of each guided layer; 0 = all")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     log_every: int = Field(10, ge=1)
     val_every: int = Field(100, ge=1)
@@ -241,6 +248,9 @@ class TrainingConfig(Strict):
     collapse: CollapseConfig = Field(default_factory=CollapseConfig)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # 1 by default: on 2 shared cores a second thread fighting another process made the demo AR step
+    # 2.5x slower (0.70 s vs 0.28 s); on a quiet machine 2 threads gain only ~6%. 0 = torch's default.
+    threads: int = Field(1, ge=0, description="intra-op CPU threads (torch.set_num_threads); 0 = torch default")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     @model_validator(mode="after")

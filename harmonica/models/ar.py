@@ -14,6 +14,7 @@ is T+1 inputs); longer audio is a ValueError, `ARModel.cap_audio` truncates.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -120,15 +121,17 @@ class ARModel(nn.Module):
     # ----------------------------------------------------------------------------------- forward
 
     def forward(self, text: Tensor, text_lens: Tensor, audio: Tensor, audio_lens: Tensor, *,
-                collect_attn: bool = False,
-                input_override: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+                collect_attn: bool = False, input_override: Tensor | None = None,
+                attn_layers: Collection[int] = ()) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """text [B, L], text_lens [B], audio [B, T] codebook-0 ids (padded), audio_lens [B].
 
         Returns logits [B, T+1, codebook_size+1], loss (masked mean CE vs targets) and aux with
         inputs/targets/mask [B, T+1], input_mask [B, T+1] (real audio inputs, excludes BOS: the
         positions noise / scheduled sampling may touch) and attn_entropy [text_layers + n_layers, H]
         (text encoder first) when collect_attn. input_override [B, T+1] replaces the teacher-forced
-        inputs (keep BOS at index 0); its padding is ignored."""
+        inputs (keep BOS at index 0); its padding is ignored. attn_layers: decoder blocks whose
+        attention probabilities aux["attn_probs"][i] [B, H, L+T+1, L+T+1] are returned (with
+        gradients, e.g. for a guided-attention loss); empty = the fused attention kernel everywhere."""
         B, T = audio.shape
         self._check_lengths(text, T)
         inputs, targets, mask = self.teacher_inputs(audio, audio_lens)
@@ -142,13 +145,16 @@ class ARModel(nn.Module):
         x_audio = self.drop(self._embed_audio(inputs, torch.arange(T + 1, device=audio.device)))  # [B, T+1, D]
         x = torch.cat([h_text, x_audio], dim=1)  # [B, L+T+1, D]
         query_mask = torch.cat([text_mask, mask], dim=1)  # [B, L+T+1]
+        probs: dict[int, Tensor] = {}
         x, _, ents_dec = run_blocks(self.blocks, x, prefix_lm_mask(text_mask, mask), query_mask=query_mask,
-                                    collect_attn=collect_attn)  # [B, L+T+1, D]
+                                    collect_attn=collect_attn, keep_probs=attn_layers, probs_out=probs)  # [B, L+T+1, D]
         logits = self.head(self.ln_f(x[:, text.size(1):]))  # [B, T+1, V+1]
         loss = masked_mean_ce(logits, targets, mask)
         aux: dict[str, Any] = {"inputs": inputs, "targets": targets, "mask": mask, "input_mask": input_mask}
         if collect_attn:
             aux["attn_entropy"] = torch.stack(ents + ents_dec)  # [n_blocks_total, H]
+        if attn_layers:
+            aux["attn_probs"] = probs
         return logits, loss, aux
 
     # -------------------------------------------------------------------------------- generation

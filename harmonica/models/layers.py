@@ -8,6 +8,7 @@ parameter-group partition both models use. Masks are boolean "allowed" masks: Tr
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 import torch.nn as nn
@@ -109,9 +110,10 @@ class SelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, allowed: Tensor, *, query_mask: Tensor | None = None,
-                collect_attn: bool = False, past: KV | None = None,
-                use_cache: bool = False) -> tuple[Tensor, KV | None, Tensor | None]:
-        """x [B, Tq, D]; allowed [B|1, 1, Tq|1, Tk] bool where Tk = past length + Tq."""
+                collect_attn: bool = False, past: KV | None = None, use_cache: bool = False,
+                probs_out: list[Tensor] | None = None) -> tuple[Tensor, KV | None, Tensor | None]:
+        """x [B, Tq, D]; allowed [B|1, 1, Tq|1, Tk] bool where Tk = past length + Tq. probs_out: a
+        list that receives the attention probabilities [B, H, Tq, Tk] (explicit, differentiable path)."""
         B, T, D = x.shape
         hd = D // self.n_heads
         q, k, v = self.qkv(x).split(D, dim=2)  # [B, T, D] each
@@ -127,10 +129,13 @@ class SelfAttention(nn.Module):
         allowed = allowed | ~allowed.any(dim=-1, keepdim=True)  # [B|1, 1, Tq|1, Tk]
         p_drop = self.dropout if self.training else 0.0
         entropy = None
-        if collect_attn:
+        if collect_attn or probs_out is not None:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, H, Tq, Tk]
             probs = att.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # [B, H, Tq, Tk]
-            entropy = attention_entropy(probs, query_mask)  # [H]
+            if collect_attn:
+                entropy = attention_entropy(probs, query_mask)  # [H]
+            if probs_out is not None:
+                probs_out.append(probs)
             y = F.dropout(probs, p_drop, self.training) @ v  # [B, H, Tq, hd]
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p_drop)  # [B, H, Tq, hd]
@@ -170,9 +175,10 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, allowed: Tensor, *, cond: Tensor | None = None,
                 query_mask: Tensor | None = None, collect_attn: bool = False, past: KV | None = None,
-                use_cache: bool = False) -> tuple[Tensor, KV | None, Tensor | None]:
+                use_cache: bool = False,
+                probs_out: list[Tensor] | None = None) -> tuple[Tensor, KV | None, Tensor | None]:
         a, present, ent = self.attn(self._norm(self.ln1, x, cond), allowed, query_mask=query_mask,
-                                    collect_attn=collect_attn, past=past, use_cache=use_cache)
+                                    collect_attn=collect_attn, past=past, use_cache=use_cache, probs_out=probs_out)
         x = x + a  # [B, T, D]
         x = x + self.mlp(self._norm(self.ln2, x, cond))  # [B, T, D]
         return x, present, ent
@@ -180,14 +186,19 @@ class Block(nn.Module):
 
 def run_blocks(blocks: nn.ModuleList, x: Tensor, allowed: Tensor, *, cond: Tensor | None = None,
                query_mask: Tensor | None = None, collect_attn: bool = False,
-               past: list[KV] | None = None,
-               use_cache: bool = False) -> tuple[Tensor, list[KV], list[Tensor]]:
-    """Run a stack of blocks; returns (x [B, T, D], per-layer KV caches, per-layer entropies [H])."""
+               past: list[KV] | None = None, use_cache: bool = False, keep_probs: Collection[int] = (),
+               probs_out: dict[int, Tensor] | None = None) -> tuple[Tensor, list[KV], list[Tensor]]:
+    """Run a stack of blocks; returns (x [B, T, D], per-layer KV caches, per-layer entropies [H]).
+    keep_probs: layer indices whose attention probabilities [B, H, T, S] go into probs_out (the
+    explicit attention path for those layers; the others keep the fused kernel)."""
     presents: list[KV] = []
     entropies: list[Tensor] = []
     for i, block in enumerate(blocks):
+        probs: list[Tensor] | None = [] if i in keep_probs and probs_out is not None else None
         x, present, ent = block(x, allowed, cond=cond, query_mask=query_mask, collect_attn=collect_attn,
-                                past=None if past is None else past[i], use_cache=use_cache)
+                                past=None if past is None else past[i], use_cache=use_cache, probs_out=probs)
+        if probs:
+            probs_out[i] = probs[0]
         if present is not None:
             presents.append(present)
         if ent is not None:

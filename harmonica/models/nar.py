@@ -40,6 +40,15 @@ class Context:
     mask: Tensor  # [B, C] bool
     entropies: list[Tensor]  # text-encoder layers, [H] each
 
+    def tile(self, repeats: int, rows: int) -> Context:
+        """The context of B items repeated stage-major for `rows` = repeats * B audio rows."""
+        if repeats < 1 or self.x.size(0) * repeats != rows:
+            raise ValueError(f"context of {self.x.size(0)} items x context_repeats={repeats} does not match "
+                             f"{rows} audio rows (codes must hold context_repeats * B rows, stage-major)")
+        if repeats == 1:
+            return self
+        return Context(self.x.repeat(repeats, 1, 1), self.mask.repeat(repeats, 1), self.entropies)  # [R*B, C, D]
+
 
 class NARModel(nn.Module):
     def __init__(self, cfg: NARModelConfig, *, text_vocab_size: int, codebook_size: int, n_q: int,
@@ -196,24 +205,30 @@ class NARModel(nn.Module):
                 stage: int | Tensor, *, prompt: Tensor | None = None, prompt_lens: Tensor | None = None,
                 speaker: Tensor | None = None, self_cond: Tensor | None = None,
                 collect_attn: bool = False, refine: bool = False, refine_gt_fraction: float | Tensor = 0.5,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+                generator: torch.Generator | None = None,
+                context_repeats: int = 1) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """Predict codebook `stage` (int, or LongTensor [B] per sample) of codes [B, n_q, T].
 
         Returns logits [B, T, codebook_size], loss (masked mean CE vs codes[b, stage_b]) and aux:
         targets [B, T], mask [B, T], stage [B], attn_entropy [text_layers + n_layers, H] (text
         encoder first) when collect_attn. refine=True runs `forward_refine` (through forward, so a
-        DistributedDataParallel wrapper sees it) and returns pass-2 logits, aux["logits1"] = pass 1."""
+        DistributedDataParallel wrapper sees it) and returns pass-2 logits, aux["logits1"] = pass 1.
+
+        context_repeats R > 1: several stages of one batch in one pass. codes/audio_lens/stage hold
+        R * B rows, stage-major (row r * B + b is item b), while text/prompt/speaker hold the B items:
+        the text encoder and the speaker context run once and are shared by the R copies."""
         if refine:
             logits1, logits2, loss, aux = self.forward_refine(
                 text, text_lens, codes, audio_lens, stage, prompt=prompt, prompt_lens=prompt_lens,
-                speaker=speaker, gt_fraction=refine_gt_fraction, generator=generator, collect_attn=collect_attn)
+                speaker=speaker, gt_fraction=refine_gt_fraction, generator=generator, collect_attn=collect_attn,
+                context_repeats=context_repeats)
             aux["logits1"] = logits1
             return logits2, loss, aux
         B, _, T = codes.shape
         self._check(text, T)
         st = self._stages(stage, B, codes.device)  # [B]
         ctx = self.encode_context(text, text_lens, prompt=prompt, prompt_lens=prompt_lens, speaker=speaker,
-                                  collect_attn=collect_attn)
+                                  collect_attn=collect_attn).tile(context_repeats, B)
         logits, ents = self.decode(ctx, codes, audio_lens, stage, self_cond=self_cond,
                                    collect_attn=collect_attn)
         targets, mask = self._targets(codes, audio_lens, st)
@@ -226,8 +241,8 @@ class NARModel(nn.Module):
     def forward_refine(self, text: Tensor, text_lens: Tensor, codes: Tensor, audio_lens: Tensor,
                        stage: int | Tensor, *, prompt: Tensor | None = None, prompt_lens: Tensor | None = None,
                        speaker: Tensor | None = None, gt_fraction: float | Tensor = 0.5,
-                       generator: torch.Generator | None = None,
-                       collect_attn: bool = False) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+                       generator: torch.Generator | None = None, collect_attn: bool = False,
+                       context_repeats: int = 1) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
         """Two-pass refinement training. Pass 1: no estimate (teacher-forced lower codebooks). Pass 2:
         self_cond = pass-1 argmax (detached) with each valid position replaced by the ground truth
         with probability gt_fraction (float or [B]). Text/context is encoded once and shared.
@@ -238,7 +253,7 @@ class NARModel(nn.Module):
         self._check(text, T)
         st = self._stages(stage, B, codes.device)  # [B]
         ctx = self.encode_context(text, text_lens, prompt=prompt, prompt_lens=prompt_lens, speaker=speaker,
-                                  collect_attn=collect_attn)
+                                  collect_attn=collect_attn).tile(context_repeats, B)
         targets, mask = self._targets(codes, audio_lens, st)
         logits1, _ = self.decode(ctx, codes, audio_lens, stage)  # [B, T, V]
         estimate = logits1.detach().argmax(dim=-1)  # [B, T]

@@ -46,6 +46,8 @@ from harmonica.training.monitor import CollapseMonitor, EarlyStopper, Instabilit
 from harmonica.training.optim import build_optimizer, build_scheduler
 from harmonica.training.samples import SampleRenderer
 from harmonica.training.steps import StepOutput, build_task
+from harmonica.training.threads import apply_threads
+from harmonica.training.validation import ValidationExtras
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,7 @@ class Trainer:
         self.meta = meta or {}
         self.on_validation = on_validation  # e.g. a sweep's pruning report; may raise to end the run
         contract = cache.contract
+        self.sink.set_tags({"harmonica.threads": str(apply_threads(self.tcfg.threads))})  # the count in effect
         torch.manual_seed(self.tcfg.seed)
         self.core: nn.Module = build_model(kind, self.mcfg, contract).to(device)
         self.model: nn.Module = self.core
@@ -167,6 +170,7 @@ class Trainer:
             self.tcfg.batch_size, self.tcfg.seed, rank=dist_info.rank, world_size=dist_info.world_size,
         )
         self.stream = BatchStream(self.train_examples, sampler, self._collate, seed=self.tcfg.seed + 7 + dist_info.rank)
+        self.extras = ValidationExtras(kind, self.tcfg, self.train_examples, self.val_examples, contract)
         self.renderer = None
         if codec is not None and dist_info.is_main:
             self.renderer = SampleRenderer(
@@ -349,6 +353,7 @@ class Trainer:
         with self.ema.swap(self.core):
             metrics.update(self._evaluate(self.core, "val_ema", batches))
         step = self.state.step
+        metrics.update(self.extras(self.core, self.ema, batches, metrics, step))
         self.sink.log_metrics(metrics, step=step)
         self.scheduler.on_validation(metrics["val/loss"])
         value = metrics.get(self.tcfg.best_metric)

@@ -194,3 +194,19 @@ def test_overfit_two_sequences_then_greedy_reproduces_them() -> None:
     assert loss.item() < 0.05 * first
     out = m.eval().generate(text, tl, max_new_tokens=20, temperature=0.0)
     assert out[0].tolist() == audio[0].tolist() and out[1].tolist() == audio[1, :6].tolist()
+
+
+def test_attention_probabilities_on_request_leave_the_output_unchanged() -> None:
+    m = ar_model()
+    b = batch()
+    text, text_lens, audio, audio_lens = b["text"], b["text_lens"], b["codes"][:, 0].clamp_min(0), b["audio_lens"]
+    fused, _, aux0 = m(text, text_lens, audio, audio_lens)
+    explicit, _, aux = m(text, text_lens, audio, audio_lens, attn_layers=[1])
+    assert "attn_probs" not in aux0 and set(aux["attn_probs"]) == {1}
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
+    probs = aux["attn_probs"][1]  # [B, H, S, S]
+    S = text.size(1) + audio.size(1) + 1
+    assert probs.shape == (3, 4, S, S)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3, 4, S))
+    L = text.size(1)
+    assert float(probs[1, :, :, int(text_lens[1]):L].abs().max()) == 0.0  # padded text keys get nothing

@@ -208,3 +208,26 @@ def test_overfit_two_sequences_all_stages() -> None:
                        prompt=b["prompt"], prompt_lens=b["prompt_lens"], refine_steps=2)
     mask = torch.arange(8)[None] < b["audio_lens"][:, None]
     assert torch.equal(codes.transpose(1, 2)[mask], b["codes"].transpose(1, 2)[mask])
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_context_repeats_shares_the_context_across_stages(refine: bool) -> None:
+    """R stages of one batch in one pass (context encoded once, tiled) = R separate passes."""
+    m = nar_model()
+    b = batch()
+    B = b["codes"].size(0)
+    stages = [1, 3]
+    tiled = {**b, "codes": b["codes"].repeat(2, 1, 1), "audio_lens": b["audio_lens"].repeat(2)}
+    stage = torch.tensor(stages).repeat_interleave(B)
+    kw = {"refine": True, "generator": torch.Generator().manual_seed(0)} if refine else {}
+    logits, _, aux = _run(m, tiled, stage, context_repeats=2, **kw)
+    for i, k in enumerate(stages):
+        kw1 = {"refine": True, "generator": torch.Generator().manual_seed(0)} if refine else {}
+        one, _, aux1 = _run(m, b, k, **kw1)
+        if not refine:  # refinement draws its ground-truth mix over all rows at once
+            torch.testing.assert_close(logits[i * B:(i + 1) * B], one, atol=1e-5, rtol=0)
+        torch.testing.assert_close(aux["targets"][i * B:(i + 1) * B], aux1["targets"])
+    if refine:
+        torch.testing.assert_close(aux["logits1"][:B], _run(m, b, 1, refine=True)[2]["logits1"], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="context_repeats"):
+        _run(m, tiled, stage, context_repeats=3)
