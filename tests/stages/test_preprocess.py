@@ -185,3 +185,11 @@ def test_demo_generated_corpus_is_synthesised_at_preprocess_and_keyed(workdir: P
     # another generator setting is another corpus: the old cache must not be taken for it
     with pytest.raises(StaleCacheError, match="data.generated"):
         find_cache(load_config("demo", [*FAST, *gen, "data.generated.sentences=21"]), workdir)
+
+
+def test_per_stage_codebook_sizes_reach_the_contract(tmp_path: Path, workdir: Path):
+    corpus = make_ljspeech_corpus(tmp_path, n=10)
+    res = run_preprocess(_cfg(corpus.root, "codec.codebook_sizes=[16,4]"), workdir, progress=False).result
+    assert res.cache.contract["codebook_size"] == 16 and res.cache.contract["codebook_sizes"] == [16, 4]
+    codes = res.cache.load_split("train").codes
+    assert int(codes[1].max()) < 4 and int(codes[0].max()) < 16
