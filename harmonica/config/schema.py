@@ -109,6 +109,9 @@ class CodecConfig(Strict):
     bandwidth: float = Field(6.0, description="kbps; 1.5, 3, 6, 12 or 24")
     pretrained: bool = Field(True, description="encodec: try the published weights")
     weights_path: str | None = Field(None, description="encodec: local state-dict file")
+    ladder_utterances: int = Field(
+        0, ge=0, description="preprocess: resynthesis WER/CER of the first k stages, each k, on this "
+        "many held-out utterances (codec/ladder/*); 0 = off. Needs the eval ASR; not a token setting")
 
     @model_validator(mode="after")
     def _codec_shape(self) -> CodecConfig:
