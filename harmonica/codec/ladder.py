@@ -23,8 +23,8 @@ from harmonica.codec import load_codec
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.audio import load_audio, normalize, trim_silence
 from harmonica.data.cache import TokenCache
-from harmonica.data.manifest import read_manifest
 from harmonica.evaluation.asr import get_asr
+from harmonica.evaluation.suite import _split_items as split_items
 from harmonica.evaluation.text import cer, corpus_wer
 
 log = logging.getLogger(__name__)
@@ -52,14 +52,7 @@ class Ladder:
 def ladder_slice(cache: TokenCache, n: int) -> list[tuple[dict[str, Any], np.ndarray, str]]:
     """(index row, codes [n_q, T], audio path) of the first n ids of the eval split (else val)."""
     split = "eval" if "eval" in cache.splits() else "val"
-    if split not in cache.splits():
-        return []
-    tokens = cache.load_split(split)
-    paths = {u.id: u.path for u in read_manifest(cache.directory / "manifests" / f"manifest_{split}.jsonl")}
-    items = []
-    for i in range(len(tokens)):
-        _, codes, row = tokens.item(i)
-        items.append((row, codes.numpy(), paths[row["id"]]))
+    items = [(row, codes.numpy(), path) for row, codes, path in split_items(cache, split)]
     return sorted(items, key=lambda it: it[0]["id"])[:n]
 
 
