@@ -82,6 +82,11 @@ class Codec(abc.ABC):
     # ------------------------------------------------------------------ properties
 
     @property
+    def stage_sizes(self) -> list[int]:
+        """Entries per stage; `codebook_size` is the largest (stage 0's)."""
+        return [self.codebook_size] * self.n_q
+
+    @property
     @abc.abstractmethod
     def hop_length(self) -> int:
         """Samples per frame."""
@@ -178,6 +183,9 @@ class Codec(abc.ABC):
             raise TypeError(f"{self.name}: codes must be integers, got {arr.dtype}")
         if arr.min() < 0 or arr.max() >= self.codebook_size:
             raise ValueError(f"{self.name}: codes outside [0, {self.codebook_size})")
+        for stage, (row, size) in enumerate(zip(arr, self.stage_sizes, strict=False)):
+            if row.max() >= size:
+                raise ValueError(f"{self.name}: stage {stage} codes outside [0, {size})")
         return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
 
     def _require_fitted(self) -> None:

@@ -81,29 +81,35 @@ def kmeans(
 
 
 def residual_kmeans(
-    x: torch.Tensor, n_q: int, k: int, iters: int, seed: int
+    x: torch.Tensor, n_q: int, k: int | list[int], iters: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit ``n_q`` stages, each on the residual left by the previous ones.
+    """Fit ``n_q`` stages, each on the residual left by the previous ones; ``k`` entries per stage
+    (an int, or one size per stage).
 
-    x ``[N, D]`` -> (codebooks ``[n_q, k, D]``, counts ``[n_q, k]``).
+    x ``[N, D]`` -> (codebooks ``[n_q, K, D]``, counts ``[n_q, K]``), K = max size; a stage with fewer
+    entries has zero rows (and zero counts) after its own size.
     """
+    sizes = [k] * n_q if isinstance(k, int) else list(k)
+    K = max(sizes)
     gen = torch.Generator().manual_seed(int(seed))
     residual = x.float().clone()  # [N, D]
-    books, counts = [], []
-    for _ in range(n_q):
-        cent, cnt = kmeans(residual, k, iters, gen)
+    books = torch.zeros(n_q, K, x.shape[1])  # [n_q, K, D]
+    counts = torch.zeros(n_q, K)  # [n_q, K]
+    for stage, size in enumerate(sizes):
+        cent, cnt = kmeans(residual, size, iters, gen)
         idx, _ = nearest(residual, cent)
         residual -= cent[idx]
-        books.append(cent)
-        counts.append(cnt)
-    return torch.stack(books), torch.stack(counts)
+        books[stage, :size], counts[stage, :size] = cent, cnt
+    return books, counts
 
 
-def residual_quantize(x: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
-    """x ``[N, D]``, codebooks ``[n_q, K, D]`` -> codes ``[n_q, N]`` int64."""
+def residual_quantize(x: torch.Tensor, codebooks: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """x ``[N, D]``, codebooks ``[n_q, K, D]`` (stage s uses its first sizes[s] rows) -> codes ``[n_q, N]``."""
     residual = x.float().clone()  # [N, D]
     codes = []
-    for book in codebooks:
+    for stage, book in enumerate(codebooks):
+        if sizes is not None:
+            book = book[: sizes[stage]]  # [K_s, D]
         idx, _ = nearest(residual, book)
         residual -= book[idx]
         codes.append(idx)

@@ -51,7 +51,8 @@ class MelRVQCodec(Codec):
         self.cfg = cfg
         self.sample_rate = cfg.sample_rate
         self.n_q = cfg.n_q
-        self.codebook_size = cfg.codebook_size
+        self.sizes = cfg.stage_sizes
+        self.codebook_size = self.sizes[0]  # the largest; stage s uses entries [0, sizes[s])
         self.mel = MelAnalyzer(cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels)
         self.codebooks: torch.Tensor | None = None  # [n_q, K, n_mels]
         self.counts: torch.Tensor | None = None  # [n_q, K] fit-time usage, for diagnostics
@@ -62,6 +63,10 @@ class MelRVQCodec(Codec):
     @property
     def hop_length(self) -> int:
         return self.cfg.hop_length
+
+    @property
+    def stage_sizes(self) -> list[int]:
+        return list(self.sizes)
 
     @property
     def pretrained(self) -> bool:
@@ -83,13 +88,13 @@ class MelRVQCodec(Codec):
         for wav in wavs:
             pool.add(self.features(wav).numpy())
         frames = pool.sample()  # [N, n_mels]
-        if frames.shape[0] < self.codebook_size:
+        if frames.shape[0] < self.codebook_size:  # [N, n_mels]
             log.warning(
                 "mel_rvq: fitting %d centroids on only %d frames; many entries will repeat",
                 self.codebook_size, frames.shape[0],
             )
         self.codebooks, self.counts = residual_kmeans(
-            frames, self.n_q, self.codebook_size, self.cfg.kmeans_iters, self.cfg.seed
+            frames, self.n_q, self.sizes, self.cfg.kmeans_iters, self.cfg.seed
         )
         self._fingerprint = None
 
@@ -97,7 +102,7 @@ class MelRVQCodec(Codec):
 
     def encode(self, wav: np.ndarray) -> np.ndarray:
         self._require_fitted()
-        codes = residual_quantize(self.features(wav), self.codebooks)  # [n_q, T]
+        codes = residual_quantize(self.features(wav), self.codebooks, self.sizes)  # [n_q, T]
         return codes.numpy().astype(np.int64, copy=False)
 
     def quantized_log_mel(self, codes: np.ndarray) -> torch.Tensor:
@@ -122,7 +127,9 @@ class MelRVQCodec(Codec):
             "name": self.name,
             "sample_rate": c.sample_rate,
             "n_q": c.n_q,
-            "codebook_size": c.codebook_size,
+            "codebook_size": self.codebook_size,
+            # only when sizes differ per stage, so uniform codecs keep their fingerprints
+            **({"codebook_sizes": self.sizes} if c.codebook_sizes else {}),
             "n_mels": c.n_mels,
             "n_fft": c.n_fft,
             "hop_length": c.hop_length,
@@ -175,6 +182,7 @@ class MelRVQCodec(Codec):
         c = self.cfg
         return {
             **super().describe(),
+            **({"codec.codebook_sizes": ",".join(map(str, self.sizes))} if c.codebook_sizes else {}),
             "codec.n_mels": c.n_mels,
             "codec.n_fft": c.n_fft,
             "codec.mel_scale": "slaney",

@@ -94,6 +94,10 @@ class CodecConfig(Strict):
     # mel_rvq
     n_q: int = Field(8, ge=1, le=32, description="mel_rvq stages; encodec derives it from bandwidth")
     codebook_size: int = Field(256, ge=2, description="mel_rvq entries per stage; encodec is 1024")
+    codebook_sizes: list[int] | None = Field(
+        None, description="mel_rvq: entries per stage (n_q values, stage 0 the largest), e.g. "
+        "[1024, 256, ...]; overrides codebook_size. The AR predicts stage 0 (vocab = its size); the NAR's "
+        "tables and heads are stage 0's size, entries beyond a stage's own size are never produced")
     n_mels: int = Field(100, ge=8)
     n_fft: int = Field(1280, ge=64)
     hop_length: int = Field(320, ge=1)
@@ -105,6 +109,9 @@ class CodecConfig(Strict):
     bandwidth: float = Field(6.0, description="kbps; 1.5, 3, 6, 12 or 24")
     pretrained: bool = Field(True, description="encodec: try the published weights")
     weights_path: str | None = Field(None, description="encodec: local state-dict file")
+    ladder_utterances: int = Field(
+        0, ge=0, description="preprocess: resynthesis WER/CER of the first k stages, each k, on this "
+        "many held-out utterances (codec/ladder/*); 0 = off. Needs the eval ASR; not a token setting")
 
     @model_validator(mode="after")
     def _codec_shape(self) -> CodecConfig:
@@ -113,6 +120,13 @@ class CodecConfig(Strict):
                 raise ValueError(f"bandwidth must be one of {sorted(ENCODEC_BANDWIDTH_TO_NQ)}")
             if self.sample_rate != ENCODEC_SAMPLE_RATE:
                 raise ValueError(f"encodec 24 kHz needs sample_rate={ENCODEC_SAMPLE_RATE}")
+        if self.codebook_sizes is not None:
+            sizes = self.codebook_sizes
+            if self.name != "mel_rvq":
+                raise ValueError("codebook_sizes is a mel_rvq setting (encodec has 1024 entries per stage)")
+            if len(sizes) != self.n_q or min(sizes) < 2 or sizes[0] != max(sizes):
+                raise ValueError(f"codebook_sizes={sizes} needs n_q={self.n_q} values >= 2 with stage 0 the "
+                                 "largest (it sets the AR vocabulary and the NAR's table size)")
         if self.name == "mel_rvq" and self.hop_length > self.n_fft // 2:
             raise ValueError("mel_rvq needs hop_length <= n_fft // 2 (Griffin-Lim overlap)")
         return self
@@ -123,7 +137,14 @@ class CodecConfig(Strict):
 
     @property
     def effective_codebook_size(self) -> int:
-        return ENCODEC_CODEBOOK_SIZE if self.name == "encodec" else self.codebook_size
+        return self.stage_sizes[0]
+
+    @property
+    def stage_sizes(self) -> list[int]:
+        """Entries per stage (stage 0 first; it is the largest)."""
+        if self.name == "encodec":
+            return [ENCODEC_CODEBOOK_SIZE] * self.effective_n_q
+        return list(self.codebook_sizes) if self.codebook_sizes else [self.codebook_size] * self.n_q
 
     @property
     def frame_rate(self) -> float:

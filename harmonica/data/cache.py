@@ -41,7 +41,9 @@ class StaleCacheError(RuntimeError):
 
 def cache_settings(cfg: HarmonicaConfig) -> dict[str, Any]:
     """Everything that changes the tokens (the fingerprint inputs), as a flat JSON-able dict."""
-    codec = cfg.codec.model_dump(mode="json", exclude={"weights_path"})
+    # codebook_sizes only when set, so caches of uniform codecs keep their keys
+    codec = cfg.codec.model_dump(mode="json", exclude={"weights_path", "ladder_utterances"}
+                                 | ({"codebook_sizes"} if cfg.codec.codebook_sizes is None else set()))
     frontend = build_frontend(cfg.text)
     data = cfg.data
     return {

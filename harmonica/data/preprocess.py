@@ -158,6 +158,7 @@ def _contract(cfg: HarmonicaConfig, codec: Codec, codec_fp: str) -> dict[str, An
         "codec_fingerprint": codec_fp,
         "n_q": codec.n_q,
         "codebook_size": codec.codebook_size,
+        "codebook_sizes": codec.stage_sizes,
         "frame_rate": codec.frame_rate,
         "sample_rate": codec.sample_rate,
         "text_vocab_hash": frontend.vocab_hash(),

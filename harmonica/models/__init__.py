@@ -42,4 +42,5 @@ def build_model(kind: Literal["ar", "nar"], cfg: ModelConfig | ARModelConfig | N
                   max_text_len=int(contract["max_text_len"]))
     if kind == "ar":
         return ARModel(section, **common)
-    return NARModel(section, n_q=int(contract["n_q"]), **common)
+    sizes = contract.get("codebook_sizes")  # absent in contracts written before per-stage sizes
+    return NARModel(section, n_q=int(contract["n_q"]), codebook_sizes=sizes, **common)

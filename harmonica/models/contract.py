@@ -16,6 +16,7 @@ SHARED_FIELDS: dict[str, str] = {
     "codec_name": "the two models were trained on tokens of different codecs",
     "n_q": "the number of codebooks differs",
     "codebook_size": "the codebook size differs",
+    "codebook_sizes": "the per-stage codebook sizes differ",
     "frame_rate": "the token frame rate differs",
     "sample_rate": "the codec sample rate differs",
     "text_vocab_hash": "the text frontends (vocabularies) differ",

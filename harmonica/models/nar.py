@@ -52,12 +52,17 @@ class Context:
 
 class NARModel(nn.Module):
     def __init__(self, cfg: NARModelConfig, *, text_vocab_size: int, codebook_size: int, n_q: int,
-                 max_text_len: int, pos_embedding: str = "learned") -> None:
+                 max_text_len: int, pos_embedding: str = "learned", codebook_sizes: list[int] | None = None) -> None:
         super().__init__()
         if n_q < 2:
             raise ValueError(f"the NAR model needs n_q >= 2 codebooks, got {n_q}")
         self.cfg = cfg
         self.text_vocab_size, self.codebook_size, self.n_q = text_vocab_size, codebook_size, n_q
+        # per-stage sizes (mel_rvq codebook_sizes): tables and heads keep codebook_size (the largest)
+        # entries; generate() never emits an id at or beyond a stage's own size
+        self.codebook_sizes = [int(s) for s in codebook_sizes] if codebook_sizes else [codebook_size] * n_q
+        if len(self.codebook_sizes) != n_q or max(self.codebook_sizes) > codebook_size:
+            raise ValueError(f"codebook_sizes={codebook_sizes} must have n_q={n_q} entries <= {codebook_size}")
         self.max_text_len, self.max_seq_len = max_text_len, cfg.max_seq_len
         self.speaker_condition, self.pos_embedding = cfg.speaker_condition, pos_embedding
         D = cfg.d_model
@@ -298,6 +303,7 @@ class NARModel(nn.Module):
                 estimate: Tensor | None = None
                 for _ in range(refine_steps):
                     logits, _ = self.decode(ctx, codes, audio_lens, k, self_cond=estimate)  # [B, T, V]
+                    logits[..., self.codebook_sizes[k]:] = float("-inf")  # ids beyond stage k's size
                     tok = sample_next(logits.reshape(B * T, -1), per_codebook(temperature, k),
                                       per_codebook(top_k, k), per_codebook(top_p, k), generator)  # [B*T]
                     estimate = tok.view(B, T).masked_fill(~amask, 0)  # [B, T]
@@ -323,6 +329,7 @@ class NARModel(nn.Module):
         return {
             "kind": "nar", "d_model": c.d_model, "n_layers": c.n_layers, "n_heads": c.n_heads,
             "ff_mult": c.ff_mult, "text_layers": c.text_layers, "codebook_size": self.codebook_size,
+            "codebook_sizes": self.codebook_sizes,
             "n_q": self.n_q, "max_seq_len": self.max_seq_len, "max_audio_len": self.max_audio_len,
             "max_text_len": self.max_text_len, "text_vocab_size": self.text_vocab_size,
             "speaker_condition": self.speaker_condition, "prompt_frames": c.prompt_frames,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,24 @@ def log_result(run: Run, cfg: HarmonicaConfig, result: PreprocessResult) -> None
     run.log_artifact(cache.directory / "cache.json", "cache")
 
 
+def log_ladder(run: Run, cfg: HarmonicaConfig, result: PreprocessResult) -> None:
+    """The codec ladder (codec.ladder_utterances > 0): metrics, a per-utterance table, a summary."""
+    if not result.codec_pretrained:  # random EnCodec weights decode to noise: nothing to measure
+        run.set_tags({"codec.ladder": "skipped: the codec has no trained weights"})
+        return
+    from harmonica.codec.ladder import run_ladder, write_table
+
+    ladder = run_ladder(cfg, result.cache, cfg.codec.ladder_utterances)
+    if ladder is None:
+        run.set_tags({"codec.ladder": "skipped: no eval or val utterance in the token cache"})
+        return
+    run.log_metrics(ladder.metrics, step=0)
+    run.log_table(ladder.table(), "codec_ladder/rows.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        run.log_artifact(write_table(ladder, Path(tmp) / "codec_ladder.md"), "codec_ladder")
+    run.set_tags({"codec.ladder": ladder.summary()})
+
+
 def run_preprocess(
     cfg: HarmonicaConfig,
     workdir: Path,
@@ -90,5 +109,7 @@ def run_preprocess(
                 run.log_artifacts(exc.quality_dir, "quality")
             raise
         log_result(run, cfg, result)
+        if cfg.codec.ladder_utterances:
+            log_ladder(run, cfg, result)
         run.set_tags({"mlflow.runName": f"preprocess-{cfg.project}-{result.cache.fingerprint[:8]}"})
         return PreprocessOutcome(result, run.run_id, tracker.tracking_uri, tracker.experiment_name)

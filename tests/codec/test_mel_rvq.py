@@ -164,3 +164,31 @@ def test_real_speech_round_trip(tmp_path: Path) -> None:
     # measured: quantized log-mel MAE 0.26; Griffin-Lim audio vs quantized log-mel 0.21
     assert _mae(c.features(held_out), q) < 0.4
     assert _mae(c.features(c.decode(codes)), q) < 0.3
+
+
+def test_per_stage_codebook_sizes(train_wavs, one_second: np.ndarray, tmp_path: Path) -> None:
+    cfg = CodecConfig(n_q=3, codebook_sizes=[64, 8, 4], kmeans_iters=3, griffin_lim_iters=2)
+    c = build_codec(cfg)
+    c.fit(train_wavs)
+    assert c.codebook_size == 64 and c.stage_sizes == [64, 8, 4]
+    codes = c.encode(one_second)
+    assert [int(row.max()) < s for row, s in zip(codes, [64, 8, 4])] == [True] * 3
+    assert len(np.unique(codes[0])) > 8  # stage 0 really has more entries
+    assert c.decode(codes).shape == (codes.shape[1] * HOP,)
+    bad = codes.copy()
+    bad[1, 0] = 9
+    with pytest.raises(ValueError, match="stage 1 codes outside"):
+        c.decode(bad)
+    c.save_state(tmp_path / "s")
+    back = load_codec(cfg, tmp_path / "s")
+    assert back.fingerprint() == c.fingerprint() and np.array_equal(back.encode(one_second), codes)
+    assert c.describe()["codec.codebook_sizes"] == "64,8,4"
+    # a uniform list is another setting than codebook_size (recorded), but a valid one
+    assert build_codec(CodecConfig(n_q=2, codebook_sizes=[8, 8])).stage_sizes == [8, 8]
+    assert "codebook_sizes" not in build_codec(CodecConfig(n_q=2, codebook_size=8)).settings()
+
+
+@pytest.mark.parametrize("sizes", [[8, 16], [8], [8, 1]])
+def test_codebook_sizes_are_validated(sizes: list[int]) -> None:
+    with pytest.raises(ValueError, match="codebook_sizes"):
+        CodecConfig(n_q=2, codebook_sizes=sizes)

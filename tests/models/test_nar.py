@@ -231,3 +231,26 @@ def test_context_repeats_shares_the_context_across_stages(refine: bool) -> None:
         torch.testing.assert_close(aux["logits1"][:B], _run(m, b, 1, refine=True)[2]["logits1"], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="context_repeats"):
         _run(m, tiled, stage, context_repeats=3)
+
+
+def test_per_stage_codebook_sizes_bound_generated_ids() -> None:
+    from harmonica.config.schema import ModelConfig, NARModelConfig
+    from harmonica.models import build_model
+
+    sizes = [CODEBOOK, 3, 5, 2]
+    contract = {"text_vocab_size": 24, "codebook_size": CODEBOOK, "n_q": N_Q, "max_text_len": 16,
+                "codebook_sizes": sizes}
+    section = NARModelConfig(d_model=32, n_layers=1, n_heads=4, max_seq_len=32, text_layers=1, prompt_frames=6)
+    torch.manual_seed(0)
+    m = build_model("nar", ModelConfig(nar=section), contract)
+    assert m.codebook_sizes == sizes and m.contract()["codebook_sizes"] == sizes
+    assert m.heads[0].out_features == CODEBOOK  # tables/heads: the largest size
+    b = batch()
+    for temperature in (0.0, 1.0):
+        codes = m.generate(b["text"], b["text_lens"], b["codes"][:, 0], b["audio_lens"],
+                           **SPEAKER_KW["prompt"](b), temperature=temperature)
+        for k in range(1, N_Q):
+            assert int(codes[:, k].max()) < sizes[k]
+    with pytest.raises(ValueError, match="codebook_sizes"):
+        NARModel(section, text_vocab_size=24, codebook_size=CODEBOOK, n_q=N_Q, max_text_len=16,
+                 codebook_sizes=[CODEBOOK, 99, 2, 2])

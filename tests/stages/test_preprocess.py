@@ -185,3 +185,35 @@ def test_demo_generated_corpus_is_synthesised_at_preprocess_and_keyed(workdir: P
     # another generator setting is another corpus: the old cache must not be taken for it
     with pytest.raises(StaleCacheError, match="data.generated"):
         find_cache(load_config("demo", [*FAST, *gen, "data.generated.sentences=21"]), workdir)
+
+
+def test_per_stage_codebook_sizes_reach_the_contract(tmp_path: Path, workdir: Path):
+    corpus = make_ljspeech_corpus(tmp_path, n=10)
+    res = run_preprocess(_cfg(corpus.root, "codec.codebook_sizes=[16,4]"), workdir, progress=False).result
+    assert res.cache.contract["codebook_size"] == 16 and res.cache.contract["codebook_sizes"] == [16, 4]
+    codes = res.cache.load_split("train").codes
+    assert int(codes[1].max()) < 4 and int(codes[0].max()) < 16
+
+
+def test_codec_ladder_is_logged_and_reused(tmp_path: Path, workdir: Path):
+    corpus = make_ljspeech_corpus(tmp_path, n=12)
+    cfg = _cfg(corpus.root, "data.eval_fraction=0.2", "codec.ladder_utterances=2")
+    out = run_preprocess(cfg, workdir, progress=False)
+    client = MlflowClient(out.tracking_uri)
+    metrics = client.get_run(out.run_id).data.metrics
+    for level in ("ground_truth", "k1", "k2"):
+        for m in ("wer", "cer"):
+            assert 0.0 <= metrics[f"codec/ladder/{level}/{m}"], (level, m)
+    assert "codec/ladder/k3/wer" not in metrics  # n_q = 2
+    table = (Path(client.download_artifacts(out.run_id, "codec_ladder/codec_ladder.md"))).read_text()
+    assert table.count("\n") == 2 + 3 and "| k2 |" in table
+    rows = json.loads(Path(client.download_artifacts(out.run_id, "codec_ladder/rows.json")).read_text())
+    assert len(rows["data"]) == 2 * 3
+    # a second preprocess reuses the cache and the stored ladder (same figures, no new ASR pass)
+    again = run_preprocess(cfg, workdir, progress=False)
+    m2 = MlflowClient(again.tracking_uri).get_run(again.run_id).data.metrics
+    assert again.result.reused and m2["codec/ladder/k1/cer"] == metrics["codec/ladder/k1/cer"]
+    assert m2["codec/ladder/time_sec"] == metrics["codec/ladder/time_sec"]
+    # the slice size is not a token setting: same cache
+    other = run_preprocess(_cfg(corpus.root, "data.eval_fraction=0.2"), workdir, progress=False)
+    assert other.result.reused

@@ -1,0 +1,117 @@
+"""The codec ladder: what the first k stages of the codec carry, measured as intelligibility.
+
+For a fixed slice of held-out utterances (the first `n` eval-split ids of a token cache, else val), the
+cached codes of stages 0..k-1 are decoded for every k = 1..n_q and transcribed by the evaluation ASR;
+WER (corpus-level, as `eval/wer`) and CER (mean, as `eval/cer`) per k show how much speech the AR's
+target (k = 1) and each NAR stage add, next to the same figures on the recordings themselves. Pure
+computation: the preprocess stage logs the result (`codec/ladder/k{k}/wer` ...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmonica.codec import load_codec
+from harmonica.config.schema import HarmonicaConfig
+from harmonica.data.audio import load_audio, normalize, trim_silence
+from harmonica.data.cache import TokenCache
+from harmonica.evaluation.asr import get_asr
+from harmonica.evaluation.suite import _split_items as split_items
+from harmonica.evaluation.text import cer, corpus_wer
+
+log = logging.getLogger(__name__)
+
+LADDER_FILE = "codec_ladder.json"
+GROUND_TRUTH = "ground_truth"
+
+
+@dataclass
+class Ladder:
+    metrics: dict[str, float]  # codec/ladder/{k<k>|ground_truth}/{wer,cer}, codec/ladder/time_sec
+    rows: list[dict[str, Any]]  # one per (utterance, level): id, level, text, hypothesis, wer, cer
+    settings: dict[str, Any]
+
+    def table(self) -> dict[str, list[Any]]:
+        keys = ("level", "id", "text", "hypothesis", "cer")
+        return {k: [r[k] for r in self.rows] for k in keys}
+
+    def summary(self) -> str:
+        levels = [GROUND_TRUTH] + [f"k{k}" for k in range(1, self.settings["n_q"] + 1)]
+        cells = [f"{lv} {self.metrics[f'codec/ladder/{lv}/wer']:.3f}" for lv in levels]
+        return "codec ladder WER: " + ", ".join(cells)
+
+
+def ladder_slice(cache: TokenCache, n: int) -> list[tuple[dict[str, Any], np.ndarray, str]]:
+    """(index row, codes [n_q, T], audio path) of the first n ids of the eval split (else val)."""
+    split = "eval" if "eval" in cache.splits() else "val"
+    items = [(row, codes.numpy(), path) for row, codes, path in split_items(cache, split)]
+    return sorted(items, key=lambda it: it[0]["id"])[:n]
+
+
+def _settings(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> dict[str, Any]:
+    return {"utterances": n, "asr": cfg.eval.asr.model_dump(mode="json"), "cache": cache.fingerprint,
+            "n_q": int(cache.contract["n_q"])}
+
+
+def _score(level: str, items: list[tuple[dict[str, Any], np.ndarray, str]], wavs: list[np.ndarray], sr: int,
+           asr: Any) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    texts = [row["text"] for row, _, _ in items]
+    hyps = asr.transcribe_many(wavs, sr)
+    rows = [{"level": level, "id": row["id"], "text": text, "hypothesis": hyp, "cer": cer(text, hyp)}
+            for (row, _, _), text, hyp in zip(items, texts, hyps, strict=True)]
+    metrics = {f"codec/ladder/{level}/wer": corpus_wer(texts, hyps),
+               f"codec/ladder/{level}/cer": statistics.fmean(r["cer"] for r in rows)}
+    return metrics, rows
+
+
+def run_ladder(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> Ladder | None:
+    """The ladder on `n` utterances (None when the cache has no eval/val utterance). Reuses the result
+    stored in the cache directory when it was made with the same slice size and ASR."""
+    settings = _settings(cfg, cache, n)
+    stored = cache.directory / LADDER_FILE
+    if stored.is_file():
+        payload = json.loads(stored.read_text(encoding="utf-8"))
+        if payload.get("settings") == settings:
+            return Ladder(payload["metrics"], payload["rows"], settings)
+    items = ladder_slice(cache, n)
+    if not items:
+        return None
+    start = time.perf_counter()
+    codec = load_codec(cfg.codec, cache.codec_dir)
+    sr = codec.sample_rate
+    asr = get_asr(cfg.eval.asr)
+    truth = []
+    for _, _, path in items:  # the recording as the codec saw it: trimmed and normalised
+        wav = load_audio(path, sr)
+        if cfg.data.trim_silence:
+            wav = trim_silence(wav, sr, cfg.data.trim_db)
+        truth.append(normalize(wav, cfg.data.normalize, cfg.data.normalize_level_db))
+    metrics, rows = _score(GROUND_TRUTH, items, truth, sr, asr)
+    for k in range(1, codec.n_q + 1):
+        wavs = [codec.decode(codes[:k]) for _, codes, _ in items]
+        m, r = _score(f"k{k}", items, wavs, sr, asr)
+        metrics.update(m)
+        rows += r
+    metrics["codec/ladder/time_sec"] = time.perf_counter() - start
+    ladder = Ladder(metrics, rows, settings)
+    stored.write_text(json.dumps({"settings": settings, "metrics": metrics, "rows": rows}, indent=1), encoding="utf-8")
+    log.info("%s (%d utterances, %.0f s)", ladder.summary(), len(items), metrics["codec/ladder/time_sec"])
+    return ladder
+
+
+def write_table(ladder: Ladder, path: Path) -> Path:
+    """A small markdown table: one line per level with its WER and CER."""
+    lines = ["| level | WER | CER |", "|---|---|---|"]
+    for level in [GROUND_TRUTH] + [f"k{k}" for k in range(1, ladder.settings["n_q"] + 1)]:
+        m = ladder.metrics
+        lines.append(f"| {level} | {m[f'codec/ladder/{level}/wer']:.3f} | {m[f'codec/ladder/{level}/cer']:.3f} |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
