@@ -264,6 +264,8 @@ class TrainingConfig(Strict):
     sample_every: int = Field(500, ge=1)
     ckpt_every: int = Field(100, ge=1)
     keep_last: int = Field(3, ge=1)
+    val_asr_utterances: int = Field(0, ge=0, description="val utterances synthesised + transcribed; 0 = off")
+    val_asr_every: int = Field(0, ge=0, description="a multiple of val_every; 0 = at every validation")
     best_metric: str = "val_ema/loss"
     best_mode: Literal["min", "max"] = "min"
     collapse: CollapseConfig = Field(default_factory=CollapseConfig)
@@ -290,6 +292,8 @@ class TrainingConfig(Strict):
                 f"scheduled_sampling_start={self.scheduled_sampling_start} must be < total_steps="
                 f"{self.total_steps} (optimizer steps)"
             )
+        if self.val_asr_every % self.val_every:
+            raise ValueError(f"val_asr_every={self.val_asr_every} must be a multiple of val_every={self.val_every}")
         for name in ("log_every", "val_every", "ckpt_every", "sample_every"):
             if getattr(self, name) > self.total_steps:
                 raise ValueError(f"{name} must be <= total_steps={self.total_steps} (optimizer steps)")

@@ -90,47 +90,62 @@ class SampleRenderer:
     def render_reference(self, directory: Path) -> Path:
         """Codec resynthesis of the ground truth: the ceiling the model's samples approach."""
         for spec in self.specs:
-            codes = spec.example.codes if self.kind == "nar" else spec.example.codes[:1]  # [k, T]
-            wav = self.codec.decode(codes.numpy())
-            self._write(wav, directory, spec.example.id, f"reference {spec.example.id}")
+            self._write(self.reference(spec), directory, spec.example.id, f"reference {spec.example.id}")
         return directory
+
+    def reference(self, spec: SampleSpec) -> np.ndarray:
+        """The ground truth through the same decode as the samples (AR: codebook 0 alone)."""
+        codes = spec.example.codes if self.kind == "nar" else spec.example.codes[:1]  # [k, T]
+        return self.codec.decode(codes.numpy())
 
     @torch.no_grad()
     def render(self, model: nn.Module, step: int, directory: Path, device: torch.device) -> Path:
-        model.eval()
         gen = torch.Generator(device="cpu").manual_seed(self.seed + step)  # never the training RNG
-        d = self.decode_cfg
         for spec in self.specs:
-            ex = spec.example
-            text = ex.text[None].to(device)  # [1, L]
-            text_lens = torch.tensor([ex.text.numel()], device=device)  # [1]
-            if self.kind == "ar":
-                budget = int(len(ex.text) * d.max_length_per_char * self.frame_rate)
-                max_new = max(1, min(self.max_audio_frames, budget))
-                [tokens] = model.generate(
-                    text, text_lens, max_new_tokens=max_new, temperature=d.temperature[0],
-                    top_k=d.top_k[0], top_p=d.top_p[0], repetition_penalty=d.repetition_penalty, generator=gen,
-                )  # [T]
-                if tokens.numel() == 0:
-                    continue  # stopped at once; nothing to play (visible as a missing file)
-                codes = tokens[None].cpu()  # [1, T]
-            else:
-                cb0 = ex.codes[0][None].to(device)  # [1, T]
-                lens = torch.tensor([cb0.size(1)], device=device)
-                prompt = spec.prompt[None].to(device) if spec.prompt is not None else None  # [1, n_q, P]
-                prompt_lens = torch.tensor([spec.prompt.size(1)], device=device) if spec.prompt is not None else None
-                speaker = torch.tensor([spec.speaker], device=device)
-                cond = getattr(model, "speaker_condition", None) or model.cfg.speaker_condition
-                out = model.generate(
-                    text, text_lens, cb0, lens,
-                    prompt=prompt if cond == "prompt" else None,
-                    prompt_lens=prompt_lens if cond == "prompt" else None,
-                    speaker=speaker if cond == "embedding" else None,
-                    refine_steps=d.nar_refine_steps, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
-                    generator=gen,
-                )  # [1, n_q, T]
-                codes = out[0].cpu()  # [n_q, T]
-            wav = self.codec.decode(codes.numpy())
-            self._write(wav, directory, ex.id, f"{self.kind} step {step}: {ex.id}")
-        model.train()
+            wav = self.synthesize(model, spec, device, gen)
+            if wav is not None:  # None: stopped at once; nothing to play (visible as a missing file)
+                self._write(wav, directory, spec.example.id, f"{self.kind} step {step}: {spec.example.id}")
         return directory
+
+    @torch.no_grad()
+    def synthesize(self, model: nn.Module, spec: SampleSpec, device: torch.device,
+                   gen: torch.Generator) -> np.ndarray | None:
+        """One sample's waveform: AR -> its free-running codebook 0 decoded alone; NAR -> the
+        ground-truth codebook 0 plus the NAR's codebooks. None when the AR stops at once."""
+        was_training = model.training
+        model.eval()
+        try:
+            codes = self._codes(model, spec, device, gen)
+        finally:
+            model.train(was_training)
+        return None if codes is None else self.codec.decode(codes.numpy())
+
+    def _codes(self, model: nn.Module, spec: SampleSpec, device: torch.device,
+               gen: torch.Generator) -> torch.Tensor | None:
+        d = self.decode_cfg
+        ex = spec.example
+        text = ex.text[None].to(device)  # [1, L]
+        text_lens = torch.tensor([ex.text.numel()], device=device)  # [1]
+        if self.kind == "ar":
+            budget = int(len(ex.text) * d.max_length_per_char * self.frame_rate)
+            max_new = max(1, min(self.max_audio_frames, budget))
+            [tokens] = model.generate(
+                text, text_lens, max_new_tokens=max_new, temperature=d.temperature[0],
+                top_k=d.top_k[0], top_p=d.top_p[0], repetition_penalty=d.repetition_penalty, generator=gen,
+            )  # [T]
+            return tokens[None].cpu() if tokens.numel() else None  # [1, T]
+        cb0 = ex.codes[0][None].to(device)  # [1, T]
+        lens = torch.tensor([cb0.size(1)], device=device)
+        prompt = spec.prompt[None].to(device) if spec.prompt is not None else None  # [1, n_q, P]
+        prompt_lens = torch.tensor([spec.prompt.size(1)], device=device) if spec.prompt is not None else None
+        speaker = torch.tensor([spec.speaker], device=device)
+        cond = getattr(model, "speaker_condition", None) or model.cfg.speaker_condition
+        out = model.generate(
+            text, text_lens, cb0, lens,
+            prompt=prompt if cond == "prompt" else None,
+            prompt_lens=prompt_lens if cond == "prompt" else None,
+            speaker=speaker if cond == "embedding" else None,
+            refine_steps=d.nar_refine_steps, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
+            generator=gen,
+        )  # [1, n_q, T]
+        return out[0].cpu()  # [n_q, T]

@@ -170,7 +170,8 @@ class Trainer:
             self.tcfg.batch_size, self.tcfg.seed, rank=dist_info.rank, world_size=dist_info.world_size,
         )
         self.stream = BatchStream(self.train_examples, sampler, self._collate, seed=self.tcfg.seed + 7 + dist_info.rank)
-        self.extras = ValidationExtras(kind, self.tcfg, self.train_examples, self.val_examples, contract)
+        self.extras = ValidationExtras(cfg, kind, cache, self.train_examples, self.val_examples, self.speakers,
+                                       codec if dist_info.is_main else None, dist_info.world_size)
         self.renderer = None
         if codec is not None and dist_info.is_main:
             self.renderer = SampleRenderer(

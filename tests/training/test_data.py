@@ -207,3 +207,35 @@ def test_batch_stream_resume_includes_prompt_crops():
         assert got["ids"] == want["ids"] and torch.equal(got["prompt"], want["prompt"])
     ar = BatchStream(ex, sampler_for(ex), functools.partial(lambda b, g: collate_ar(b)), seed=0)
     assert next(ar)["audio"].dim() == 2
+
+
+def _epochs(s: LengthBucketSampler, n_epochs: int) -> list[list[list[int]]]:
+    n = s.epoch_batches
+    flat = list(itertools.islice(iter(s), n_epochs * n))
+    return [flat[i * n:(i + 1) * n] for i in range(n_epochs)]
+
+
+def test_consecutive_epochs_share_almost_no_batch():
+    # the whole corpus in one window, as on the demo: a plain length sort repeats most batches
+    ex = make_examples(160, n_speakers=6, max_frames=300)
+    epochs = _epochs(sampler_for(ex, batch_size=8, bucket_batches=50), 4)
+    for a, b in itertools.pairwise(epochs):
+        repeated = {frozenset(x) for x in a} & {frozenset(x) for x in b}
+        assert len(repeated) <= 1, len(repeated)
+    still = _epochs(sampler_for(ex, batch_size=8, bucket_batches=50, length_jitter=0.0), 2)
+    assert len({frozenset(x) for x in still[0]} & {frozenset(x) for x in still[1]}) > len(repeated)
+
+
+def test_batches_mix_speakers_even_when_their_lengths_differ():
+    # 4 speakers of 24 items; speaker k's utterances are about k times longer than speaker 0's
+    ex = [Example(f"u{k}_{i}", f"s{k}", torch.ones(2, dtype=torch.long),
+                  torch.zeros(N_Q, 10 * (k + 1) + i, dtype=torch.long)) for k in range(4) for i in range(24)]
+    s = sampler_for(ex, batch_size=8, bucket_batches=12)
+    for epoch in _epochs(s, 2):
+        for b in epoch:
+            counts = [sum(ex[i].speaker == f"s{k}" for i in b) for k in range(4)]
+            assert counts == [2, 2, 2, 2], counts  # every batch: each speaker's equal share
+    # and within a speaker, a batch holds neighbouring lengths (its items sit at one quantile)
+    s0 = [[ex[i].frames for i in b if ex[i].speaker == "s0"] for b in _epochs(s, 1)[0]]
+    spread = [max(f) - min(f) for f in s0]
+    assert max(spread) <= 7 and sum(spread) / len(spread) <= 3  # two random items: 8 on average
