@@ -16,6 +16,15 @@ from harmonica.tracking.adapter import Tracker
 CLEAN = {"harmonica.git_commit": "0123456789abcdef0123456789abcdef01234567", "harmonica.git_dirty": "false",
          "harmonica.source_hash": "feedfacecafebeef"}
 
+# Explicit gates for tests that need a champion (absolute thresholds, no bound): tests never rely on
+# projects/demo.yaml's gates, which a demo model is meant to be able to miss.
+TEST_GATES = (
+    "gates.max_wer.threshold=0.5", "gates.max_wer.relative_to=absolute", "gates.max_wer.bound=null",
+    "gates.min_sim.threshold=0.5", "gates.min_sim.relative_to=absolute", "gates.min_sim.bound=null",
+    "gates.max_failure_rate.threshold=0.2", "gates.max_failure_rate.relative_to=absolute",
+    "gates.max_failure_rate.bound=null",
+)
+
 GOOD_METRICS: dict[str, float] = {
     "eval/wer": 0.20, "eval/cer": 0.10, "eval/sim": 0.80, "eval/fail/any": 0.05, "eval/fail/too_short": 0.0,
     "baseline/ground_truth/wer": 0.05, "baseline/ground_truth/cer": 0.02, "baseline/ground_truth/sim": 0.90,
