@@ -290,6 +290,8 @@ class EvalConfig(Strict):
     seed: int = 0
     bootstrap_samples: int = Field(1000, ge=0, description="resamples for 95% intervals over utterances; 0 = none")
     oracle: bool = Field(True, description="also score ground-truth codebook 0 + the model's NAR (oracle/gt_coarse)")
+    oracle_stages: list[int] = Field([1], description="also score the resynthesis of the first k codebooks "
+                                     "(oracle/resynthesis_k<k>); [] = none")
 
 
 class GateConfig(Strict):
