@@ -46,6 +46,11 @@ def percentile_interval(stats: np.ndarray, level: float = LEVEL) -> tuple[float,
     return float(lo), float(hi)
 
 
+def _num(value: Any) -> float:
+    """A table cell as float: None (how logged tables store NaN) -> NaN."""
+    return float("nan") if value is None else float(value)
+
+
 def word_counts(text: str, hypothesis: str, wer: float) -> tuple[float, float]:
     """(word errors, reference words) of one utterance from its WER, as corpus WER counts them."""
     n = len(normalize_text(text).split())
@@ -57,15 +62,15 @@ def word_counts(text: str, hypothesis: str, wer: float) -> tuple[float, float]:
 def ratio_terms(rows: Sequence[Mapping[str, Any]], source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """metric suffix -> (numerators [n], denominators [n]) of `source`'s per-utterance values, for
     wer (corpus), cer, sim (finite values only) and every failure rate."""
-    pairs = [word_counts(r["text"], r.get(f"{source}_hypothesis", ""), r[f"{source}_wer"]) for r in rows]
+    pairs = [word_counts(r["text"], r.get(f"{source}_hypothesis") or "", _num(r.get(f"{source}_wer"))) for r in rows]
     errors = np.array([p[0] for p in pairs], dtype=np.float64)
     words = np.array([p[1] for p in pairs], dtype=np.float64)
     ones = np.ones(len(rows), dtype=np.float64)
-    sims = np.array([float(r[f"{source}_sim"]) for r in rows], dtype=np.float64)
+    sims = np.array([_num(r.get(f"{source}_sim")) for r in rows], dtype=np.float64)  # None in logged tables
     finite = np.isfinite(sims)
     out = {
         "wer": (errors, words),
-        "cer": (np.array([float(r[f"{source}_cer"]) for r in rows], dtype=np.float64), ones),
+        "cer": (np.array([_num(r.get(f"{source}_cer")) for r in rows], dtype=np.float64), ones),
         "sim": (np.where(finite, sims, 0.0), finite.astype(np.float64)),
     }
     flags = {k: np.array([float(bool(r.get(f"{source}_fail_{k}", False))) for r in rows]) for k in FAILURE_KINDS}

@@ -44,6 +44,7 @@ from harmonica.reports.common import (
     CONFIG_HASH, FAIL_KINDS, GIT_COMMIT, NOTE, PROJECT, SOURCE_HASH, STAGE, VERSION, ReportError, client_for,
     fmt_duration, fmt_num, fmt_time, get_run, is_dirty, model_kind, previous_run, run_name, runs_tagged, truncate,
 )
+from harmonica.reports.common import table_rows as _table_rows
 
 log = logging.getLogger(__name__)
 
@@ -532,15 +533,6 @@ def _worst(rows: list[dict[str, Any]], n: int = WORST_N) -> list[dict[str, Any]]
         return (-wer_v, -fails, sim_v)
 
     return sorted(rows, key=key)[:n]
-
-
-def _table_rows(table: Any) -> list[dict[str, Any]]:
-    if not isinstance(table, dict):
-        return []
-    cols, data = table.get("columns"), table.get("data")
-    if not isinstance(cols, list) or not isinstance(data, list):
-        return []
-    return [dict(zip(cols, row)) for row in data if isinstance(row, list)]
 
 
 def section_eval_summary(r: _RunData) -> Section:
