@@ -99,7 +99,8 @@ def key_metric_names(metrics: Iterable[str]) -> list[str]:
     names = set(metrics)
     out = [k for k in ("ar/loss", "nar/loss", "val/loss", "val_ema/loss",
                        "ar/util_pred_median", "nar/util_pred_median", "val/util_pred_median",
-                       "eval/wer", "eval/cer", "eval/sim", "eval/fail/any", "collapse/events",
+                       "eval/wer", "eval/cer", "eval/sim", "eval/fail/any", "baseline/resynthesis/wer",
+                       "oracle/gt_coarse/wer", "collapse/events",
                        "instability/events") if k in names]
     return out
 
