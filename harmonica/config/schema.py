@@ -342,12 +342,18 @@ class EvalConfig(Strict):
     speaker: SpeakerSimConfig = Field(default_factory=SpeakerSimConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     seed: int = 0
+    bootstrap_samples: int = Field(1000, ge=0, description="resamples for 95% intervals over utterances; 0 = none")
+    oracle: bool = Field(True, description="also score ground-truth codebook 0 + the model's NAR (oracle/gt_coarse)")
+    oracle_stages: list[int] = Field([1], description="also score the resynthesis of the first k codebooks "
+                                     "(oracle/resynthesis_k<k>); [] = none")
 
 
 class GateConfig(Strict):
     threshold: float
     relative_to: Literal["absolute", "ground_truth", "resynthesis"] = "absolute"
     enabled: bool = True
+    bound: float | None = Field(None, description="loosest effective threshold a relative gate may reach "
+                                "(max gates: min(relative, bound); min gates: max(relative, bound))")
 
 
 class GatesConfig(Strict):
@@ -357,6 +363,8 @@ class GatesConfig(Strict):
     collapse_free_tail: float = Field(0.2, ge=0, le=1, description="last share of training")
     primary_metric: str = "eval/wer"
     primary_mode: Literal["min", "max"] = "min"
+    champion_confidence: float = Field(0.95, ge=0, lt=1, description="paired-bootstrap confidence that a "
+                                       "candidate beats the champion; 0 = compare point estimates")
 
 
 # ------------------------------------------------------------------------------------- sweep/tracking

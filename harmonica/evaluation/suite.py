@@ -2,14 +2,18 @@
 
 Pure in the tracking sense: it returns rows and aggregates; the evaluate stage logs them. The same
 scoring runs on three sources per utterance so their gaps are comparable: the model, the codec
-resynthesis of the ground-truth tokens, and the ground-truth recording itself.
+resynthesis of the ground-truth tokens, and the ground-truth recording itself -- plus optional
+oracle sources (`oracle/<name>/*`) that say which half of the model is broken: the ground-truth
+first codebook completed by the model's NAR (a perfect AR), the resynthesis of the first k
+codebooks (what the AR's target alone carries). Every aggregate carries a bootstrap interval over
+utterances (`<prefix>/<metric>_ci_low|_ci_high`, harmonica.evaluation.bootstrap).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +26,19 @@ from harmonica.data.audio import load_audio
 from harmonica.data.cache import TokenCache
 from harmonica.data.manifest import read_manifest
 from harmonica.evaluation.asr import get_asr
+from harmonica.evaluation.bootstrap import interval_metrics, resample_indices
 from harmonica.evaluation.failures import FAILURE_KINDS, detect_failures
 from harmonica.evaluation.prosody import prosody_compare
 from harmonica.evaluation.speaker import build_speaker_encoder, speaker_similarity
 from harmonica.evaluation.text import cer, corpus_wer, normalize_text, wer
 
 SOURCES = ("model", "resynthesis", "ground_truth")
+PREFIXES = {"model": "eval", "resynthesis": "baseline/resynthesis", "ground_truth": "baseline/ground_truth"}
+
+
+def source_prefix(source: str) -> str:
+    """Metric namespace of a source: eval, baseline/<name>, or oracle/<name> for an oracle source."""
+    return PREFIXES.get(source, f"oracle/{source}")
 
 
 class EvalError(ValueError):
@@ -155,8 +166,17 @@ def run_suite(
     audio_dir: Path,
     write_wav: Callable[[Path, np.ndarray, int], Any],
     progress: Callable[[list[EvalItem]], Any] = lambda xs: xs,
+    oracles: Mapping[str, Callable[[EvalItem], np.ndarray]] | None = None,
+    bootstrap_samples: int = 0,
+    seed: int = 0,
 ) -> EvalResult:
-    """Score the model and both baselines on every item; write the model's wavs to audio_dir."""
+    """Score the model, both baselines and the oracle sources on every item; write the model's wavs
+    to audio_dir. oracles: source name (row keys `<name>_wer`..., metrics `oracle/<name>/...`) ->
+    the audio of that source for an item."""
+    oracles = dict(oracles or {})
+    clash = set(oracles) & set(SOURCES)
+    if clash:
+        raise ValueError(f"oracle source names {sorted(clash)} collide with {SOURCES}")
     start = time.perf_counter()
     audio_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -167,7 +187,8 @@ def run_suite(
         path = audio_dir / f"{item.id}.wav"
         if wav.size:
             write_wav(path, wav, sample_rate)
-        sources = {"model": wav, "resynthesis": decode_codes(item.codes.numpy()), "ground_truth": gt}
+        sources = {"model": wav, "resynthesis": decode_codes(item.codes.numpy()), "ground_truth": gt,
+                   **{name: make(item) for name, make in oracles.items()}}
         row: dict[str, Any] = {"id": item.id, "speaker": item.speaker, "text": item.text,
                                "normalized_text": normalize_text(item.text), "prompt_id": item.prompt_id,
                                "audio": f"audio/{item.id}.wav" if wav.size else ""}
@@ -180,14 +201,17 @@ def run_suite(
                 row.update(s.extra)
         row.update({k: v for k, v in info.items() if k != "codes"})
         rows.append(row)
-    metrics = _aggregate(rows, "model", "eval")
-    metrics.update(_aggregate(rows, "resynthesis", "baseline/resynthesis"))
-    metrics.update(_aggregate(rows, "ground_truth", "baseline/ground_truth"))
+    idx = resample_indices(len(rows), bootstrap_samples, seed)  # shared by every source: comparable intervals
+    metrics: dict[str, float] = {}
+    for source in (*SOURCES, *oracles):
+        metrics.update(_aggregate(rows, source, source_prefix(source)))
+        metrics.update(interval_metrics(rows, source, source_prefix(source), idx))
     for key in ("prosody_duration_ratio", "prosody_f0_mean_ratio", "prosody_f0_std_ratio"):
         vals = [r[key] for r in rows if key in r and np.isfinite(r[key])]
         if vals:
             metrics[f"eval/{key.replace('prosody_', 'prosody/')}"] = statistics.median(vals)
     metrics["eval/utterances"] = float(len(rows))
+    metrics["eval/bootstrap_samples"] = float(idx.shape[0])
     metrics["eval/loop_cut_rate"] = statistics.fmean(r.get("ar_loop_cut", 0.0) for r in rows)
     metrics["eval/length_bound_rate"] = statistics.fmean(r.get("ar_hit_length_bound", 0.0) for r in rows)
     return EvalResult(rows, metrics, audio_dir, scorer.model_seconds, time.perf_counter() - start)

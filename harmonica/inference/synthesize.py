@@ -121,10 +121,23 @@ class Synthesizer:
         self.timings.add("ar", t)
         if cb0.numel() == 0:
             return np.zeros(0, dtype=np.float32), {**info, "codes": None}
+        wav, codes = self._complete(ids, cb0, prompt, speaker, gen)
+        return wav, {**info, "codes": codes}
+
+    def complete(self, text: str, cb0: torch.Tensor, *, prompt: torch.Tensor | None = None,
+                 speaker: int | None = None, seed: int = 0) -> np.ndarray:
+        """The NAR and the codec on a given first codebook cb0 [T] (e.g. the ground truth's, to
+        score the NAR with a perfect AR) -> waveform float32 at sample_rate."""
+        ids = torch.tensor(self.frontend.encode(text), dtype=torch.long)  # [L]
+        wav, _ = self._complete(ids, cb0.long(), prompt, speaker, torch.Generator().manual_seed(seed))
+        return wav
+
+    def _complete(self, ids: torch.Tensor, cb0: torch.Tensor, prompt: torch.Tensor | None, speaker: int | None,
+                  gen: torch.Generator) -> tuple[np.ndarray, torch.Tensor]:
         t = time.perf_counter()
-        codes = decode_nar(self.nar, ids, cb0, self.decode, prompt=prompt, speaker=speaker, generator=gen)
+        codes = decode_nar(self.nar, ids, cb0, self.decode, prompt=prompt, speaker=speaker, generator=gen)  # [n_q, T]
         self.timings.add("nar", t)
         t = time.perf_counter()
         wav = self.codec.decode(codes.numpy())
         self.timings.add("codec_decode", t)
-        return wav, {**info, "codes": codes}
+        return wav, codes

@@ -9,6 +9,12 @@ Semantics (kept in sync with mlruns_config/gates.yaml):
   ``baseline/<relative_to>/wer`` resp. ``.../fail/any`` of the *same* evaluate run).
 * ``min_sim``: ``eval/sim`` must be ``>= effective``; absolute: effective = threshold; relative:
   effective = baseline * threshold (``baseline/<relative_to>/sim``).
+* ``bound`` (optional): the loosest effective threshold a gate may reach, whatever its baseline:
+  max gates use ``min(effective, bound)``, min gates ``max(effective, bound)``. A relative gate
+  follows the codec / recordings but can never be looser than the bound (e.g. a broken ASR that
+  inflates the resynthesis WER cannot lift the WER gate past it).
+* Every metric gate reports its ``margin``: ``effective - value`` for max gates, ``value - effective``
+  for min gates; >= 0 passes, < 0 says by how much the gate was missed.
 * ``collapse_free_tail``: no collapse in the last ``collapse_free_tail`` share of each training run,
   i.e. at a step ``> end * (1 - share)`` where ``end`` is the run's executed steps (planned total
   when unknown). Collapses are the events of the run's ``collapse_events.jsonl`` *and* their spans:
@@ -47,6 +53,7 @@ class GateResult:
     passed: bool
     reason: str
     skipped: bool = False
+    margin: float | None = None  # headroom (>= 0) or shortfall (< 0) against effective_threshold
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +75,13 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+def _bounded(effective: float, how: str, bound: float | None, direction: str) -> tuple[float, str]:
+    if bound is None:
+        return effective, how
+    capped = min(effective, bound) if direction == "max" else max(effective, bound)
+    return capped, f"{'min' if direction == 'max' else 'max'}({how}, bound {_fmt(bound)})"
+
+
 def metric_gate(name: str, gate: GateConfig, metrics: Mapping[str, float]) -> GateResult:
     suffix, direction = METRIC_GATES[name]
     key = f"eval/{suffix}"
@@ -76,7 +90,7 @@ def metric_gate(name: str, gate: GateConfig, metrics: Mapping[str, float]) -> Ga
         return GateResult(name, value, gate.threshold, None, gate.relative_to, True,
                           f"disabled (gates.{name}.enabled=false)", skipped=True)
     if gate.relative_to == "absolute":
-        effective: float | None = gate.threshold
+        effective: float = gate.threshold
         how = "absolute"
     else:
         base_key = f"baseline/{gate.relative_to}/{suffix}"
@@ -93,13 +107,16 @@ def metric_gate(name: str, gate: GateConfig, metrics: Mapping[str, float]) -> Ga
         else:
             effective = baseline * gate.threshold
             how = f"{gate.relative_to} {_fmt(baseline)} x {_fmt(gate.threshold)}"
+    effective, how = _bounded(effective, how, gate.bound, direction)
     if value is None:
         return GateResult(name, None, gate.threshold, effective, gate.relative_to, False,
                           f"metric {key} is missing or not finite in the evaluate run")
-    passed = value <= effective if direction == "max" else value >= effective
+    margin = effective - value if direction == "max" else value - effective
+    passed = margin >= 0
     op = ("<=" if passed else ">") if direction == "max" else (">=" if passed else "<")
+    by = f"headroom {_fmt(margin)}" if passed else f"MISSED BY {_fmt(-margin)}"
     return GateResult(name, value, gate.threshold, effective, gate.relative_to, passed,
-                      f"{key} {_fmt(value)} {op} {_fmt(effective)} ({how})")
+                      f"{key} {_fmt(value)} {op} {_fmt(effective)} ({how}); {by}", margin=margin)
 
 
 def tail_window_start(end_step: int, share: float) -> float:
@@ -237,6 +254,8 @@ def gate_tags(results: Iterable[GateResult]) -> dict[str, str]:
         tags[f"{prefix}.threshold"] = _fmt(r.effective_threshold)
         tags[f"{prefix}.configured"] = f"{_fmt(r.threshold)} ({r.relative_to})"
         tags[f"{prefix}.passed"] = str(r.passed).lower()
+        if r.margin is not None:
+            tags[f"{prefix}.margin"] = _fmt(r.margin)
         if r.skipped:
             tags[f"{prefix}.skipped"] = "true"
         tags[f"{prefix}.reason"] = r.reason[:4900]

@@ -28,8 +28,9 @@ then finds the candidate already registered by a concurrent twin marks its promo
 duplicate.
 
 Champion rule: alias `candidate` -> every newly registered version; alias `champion` moves to it
-only when all gates pass AND (there is no champion OR it strictly beats the champion on
-gates.primary_metric per gates.primary_mode; a tie keeps the champion). The champion's value is
+only when all gates pass AND (there is no champion OR it beats the champion on gates.primary_metric
+per gates.primary_mode by a paired bootstrap over the shared utterances at
+gates.champion_confidence -- harmonica.registry.decision; 0 = strictly better point estimate). The champion's value is
 its `harmonica.primary_value` tag when it was measured on the same metric, else read from its
 evaluate run; when it cannot be compared the champion stays (use `harmonica registry rollback`).
 """
@@ -59,13 +60,13 @@ from harmonica.config.schema import GatesConfig, HarmonicaConfig
 from harmonica.registry.gates import (
     GateResult,
     all_passed,
-    beats,
     collapse_metric_key,
     evaluate_gates,
     failing,
     gate_tags,
     persisting_events,
 )
+from harmonica.registry.decision import champion_verdict, eval_rows
 from harmonica.registry.lock import NOT_FOUND, RegistryLock, lock_name
 from harmonica.registry.pyfunc import MODEL_NAME
 
@@ -499,8 +500,10 @@ def champion_value(client: MlflowClient, name: str, version: str, metric: str) -
 
 
 def champion_step(client: MlflowClient, name: str, passed: bool, value: float | None, gates: GatesConfig,
-                  failing_names: list[str]) -> tuple[bool, str | None, str]:
-    """-> (move, current champion version, reason). Call under the lock."""
+                  failing_names: list[str], evaluation_run_id: str = "", samples: int = 1000,
+                  seed: int = 0) -> tuple[bool, str | None, str]:
+    """-> (move, current champion version, reason). Call under the lock. The comparison with a
+    current champion is harmonica.registry.decision.champion_verdict (paired bootstrap)."""
     current = champion_alias(client, name)
     metric, mode = gates.primary_metric, gates.primary_mode
     if not passed:
@@ -513,10 +516,10 @@ def champion_step(client: MlflowClient, name: str, passed: bool, value: float | 
     if cval is None:
         return False, current, (f"champion v{current} has no comparable {metric}: it stays; move it by hand with "
                                 "`harmonica registry rollback` if this candidate should serve")
-    if beats(value, cval, mode):
-        return True, current, f"{metric} {value:.4g} beats champion v{current} ({cval:.4g}, mode {mode}) -> champion"
-    return False, current, (f"{metric} {value:.4g} does not beat champion v{current} ({cval:.4g}, mode {mode}; a tie "
-                            "keeps the champion): candidate only")
+    rows = (eval_rows(client, evaluation_run_id),
+            eval_rows(client, client.get_model_version(name, current).tags.get("harmonica.evaluation_run_id", "")))
+    move, reason = champion_verdict(value, cval, current, gates, *rows, samples=samples, seed=seed)
+    return move, current, reason
 
 
 # ------------------------------------------------------------------------------------- promote
@@ -777,7 +780,8 @@ def promote(
                 version = str(mv.version)
                 registered_new = True
             move, previous, champ_reason = champion_step(client, model_name, passed, primary_value, gates,
-                                                         [g.name for g in failing(results)])
+                                                         [g.name for g in failing(results)], evaluation_run_id,
+                                                         cfg.eval.bootstrap_samples, cfg.eval.seed)
             client.set_registered_model_alias(model_name, CANDIDATE, version)
             if move:
                 lock.assert_held()

@@ -31,6 +31,17 @@ class ReportError(LookupError):
     """A run (or baseline) that cannot be found or used; the message names what was looked up."""
 
 
+def table_rows(table: Any) -> list[dict[str, Any]]:
+    """A logged MLflow table ({"columns": [...], "data": [[...]]}, e.g. eval_table.json) -> row dicts
+    ([] when malformed)."""
+    if not isinstance(table, dict):
+        return []
+    cols, data = table.get("columns"), table.get("data")
+    if not isinstance(cols, list) or not isinstance(data, list):
+        return []
+    return [dict(zip(cols, row, strict=False)) for row in data if isinstance(row, list)]
+
+
 def client_for(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri)
 
@@ -88,7 +99,8 @@ def key_metric_names(metrics: Iterable[str]) -> list[str]:
     names = set(metrics)
     out = [k for k in ("ar/loss", "nar/loss", "val/loss", "val_ema/loss",
                        "ar/util_pred_median", "nar/util_pred_median", "val/util_pred_median",
-                       "eval/wer", "eval/cer", "eval/sim", "eval/fail/any", "collapse/events",
+                       "eval/wer", "eval/cer", "eval/sim", "eval/fail/any", "baseline/resynthesis/wer",
+                       "oracle/gt_coarse/wer", "collapse/events",
                        "instability/events") if k in names]
     return out
 

@@ -4,7 +4,8 @@ Rows: the tags that matter (stage, status, config hash, git commit, dirty flag),
 value is not the same in all runs (identical ones are counted, not shown; a param a run lacks shows as
 "—"), and the final values of the key metrics any of the runs has (training loss, val/val_ema loss,
 predicted-utilisation median, eval WER/CER/SIM/failure rate, collapse and instability events), the
-best of each row marked with `*`.
+best of each row marked with `*`; an eval metric with a logged 95% bootstrap interval shows it as
+`value [low, high]`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class CompareResult:
     params: list[tuple[str, list[str | None]]] = field(default_factory=list)  # only those that differ
     identical_params: int = 0
     metrics: list[tuple[str, list[float | None]]] = field(default_factory=list)
+    intervals: dict[str, list[tuple[float, float] | None]] = field(default_factory=dict)  # metric -> per run
 
     def param(self, key: str) -> list[str | None] | None:
         return dict(self.params).get(key)
@@ -68,6 +70,10 @@ def compare_runs(run_ids: Sequence[str], *, tracking_uri: str) -> CompareResult:
             out.identical_params += 1
     metric_keys = key_metric_names(set().union(*(r.data.metrics for r in runs)))
     out.metrics = [(k, [r.data.metrics.get(k) for r in runs]) for k in metric_keys]
+    for key in metric_keys:
+        bounds = [(r.data.metrics.get(f"{key}_ci_low"), r.data.metrics.get(f"{key}_ci_high")) for r in runs]
+        if any(lo is not None and hi is not None for lo, hi in bounds):
+            out.intervals[key] = [(lo, hi) if lo is not None and hi is not None else None for lo, hi in bounds]
     return out
 
 
@@ -107,11 +113,14 @@ def format_table(result: CompareResult, *, col_width: int = 24, key_width: int =
         lines += [row(k, v) for k, v in result.params]
     else:
         lines.append("(no param differs)")
-    lines.append(rule("key metrics (final value; * best)"))
+    lines.append(rule("key metrics (final value [95% interval]; * best)"))
     if result.metrics:
         for key, values in result.metrics:
             best = _best(key, values)
-            cells = [MISSING if v is None else fmt_num(v) + (" *" if i == best else "") for i, v in enumerate(values)]
+            ci = result.intervals.get(key, [None] * n)
+            cells = [MISSING if v is None else fmt_num(v) + (f" [{fmt_num(ci[i][0], 3)}, {fmt_num(ci[i][1], 3)}]"
+                                                               if ci[i] else "") + (" *" if i == best else "")
+                     for i, v in enumerate(values)]
             lines.append(row(key, cells))
     else:
         lines.append("(none of the key metrics logged)")

@@ -44,6 +44,8 @@ from harmonica.reports.common import (
     CONFIG_HASH, FAIL_KINDS, GIT_COMMIT, NOTE, PROJECT, SOURCE_HASH, STAGE, VERSION, ReportError, client_for,
     fmt_duration, fmt_num, fmt_time, get_run, is_dirty, model_kind, previous_run, run_name, runs_tagged, truncate,
 )
+from harmonica.reports import decomposition
+from harmonica.reports.common import table_rows as _table_rows
 
 log = logging.getLogger(__name__)
 
@@ -508,18 +510,13 @@ def section_best_checkpoint(r: _RunData) -> Section:
 
 
 def _baseline_table(s: Section, metrics: dict[str, float]) -> None:
-    rows = []
-    names = [("WER", "wer"), ("CER", "cer"), ("SIM", "sim"), ("fail rate (any)", "fail/any")]
-    names += [(f"fail: {k}", f"fail/{k}") for k in FAIL_KINDS]
-    for label, suffix in names:
-        vals = [metrics.get(f"{p}/{suffix}") for p in ("eval", "baseline/resynthesis", "baseline/ground_truth")]
-        if all(v is None for v in vals):
-            continue
-        rows.append((label, *vals))
-    if rows:
-        s.table(["metric", "model", "codec resynthesis", "ground truth"], rows)
-    else:
+    headers, rows = decomposition.table(metrics)  # ground truth | resynthesis | oracles | model, with intervals
+    if not rows:
         s.note("no eval metrics logged")
+        return
+    s.table(headers, rows)
+    if (line := decomposition.reading(metrics)) is not None:
+        s.para(line)
 
 
 def _worst(rows: list[dict[str, Any]], n: int = WORST_N) -> list[dict[str, Any]]:
@@ -534,22 +531,13 @@ def _worst(rows: list[dict[str, Any]], n: int = WORST_N) -> list[dict[str, Any]]
     return sorted(rows, key=key)[:n]
 
 
-def _table_rows(table: Any) -> list[dict[str, Any]]:
-    if not isinstance(table, dict):
-        return []
-    cols, data = table.get("columns"), table.get("data")
-    if not isinstance(cols, list) or not isinstance(data, list):
-        return []
-    return [dict(zip(cols, row)) for row in data if isinstance(row, list)]
-
-
 def section_eval_summary(r: _RunData) -> Section:
     s = Section("Eval summary")
     if any(k.startswith("eval/") for k in r.metrics):
         n = r.metrics.get("eval/utterances")
         s.para(f"{fmt_num(n) if n is not None else '?'} utterances of split "
                f"`{r.tags.get('harmonica.eval_split', '?')}`, {r.tags.get('harmonica.weights', '?')} weights; "
-               "model vs codec resynthesis and ground truth:")
+               "from what the codec can say to what the model says (95% bootstrap intervals):")
         _baseline_table(s, r.metrics)
         if r.has("plots/eval_distributions.html"):
             m, h = _artifact_link("plots/eval_distributions.html")

@@ -6,6 +6,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,17 @@ class EvaluateOutcome:
 
 
 def distribution_html(rows: list[dict[str, Any]], path: Path) -> Path:
-    """WER and SIM distributions of the model and both baselines, one self-contained HTML file."""
+    """WER and SIM distributions of the model, both baselines and the oracle sources, one
+    self-contained HTML file."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("WER per utterance", "speaker similarity per utterance"))
-    for source, color in (("model", "#d62728"), ("resynthesis", "#1f77b4"), ("ground_truth", "#2ca02c")):
+    colors = {"model": "#d62728", "resynthesis": "#1f77b4", "ground_truth": "#2ca02c"}
+    oracles = sorted(k[: -len("_wer")] for k in rows[0] if k.endswith("_wer") and k[: -len("_wer")] not in colors)
+    palette = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
+    colors.update({name: palette[i % len(palette)] for i, name in enumerate(oracles)})
+    for source, color in colors.items():
         wers = [r[f"{source}_wer"] for r in rows]
         sims = [r[f"{source}_sim"] for r in rows if math.isfinite(r[f"{source}_sim"])]
         fig.add_trace(go.Box(y=wers, name=source, marker_color=color, boxpoints="all", legendgroup=source), 1, 1)
@@ -65,6 +71,32 @@ def log_result(run: Run, result: EvalResult, work: Path) -> None:
     run.log_table(_table(result.rows), "eval_table.json")
     run.log_artifacts(result.audio_dir, "audio")
     run.log_artifact(distribution_html(result.rows, work / "eval_distributions.html"), "plots")
+
+
+def oracle_sources(cfg: HarmonicaConfig, synth: Synthesizer,
+                   speakers: dict[str, int]) -> dict[str, Callable[[EvalItem], np.ndarray]]:
+    """The decomposition: `gt_coarse` = the ground truth's first codebook completed by the model's
+    NAR (what the model would say with a perfect AR); `resynthesis_k<k>` = the codec decoding only
+    the ground truth's first k codebooks (what the AR's target alone carries)."""
+    out: dict[str, Callable[[EvalItem], np.ndarray]] = {}
+    if cfg.eval.oracle:
+        def gt_coarse(item: EvalItem) -> np.ndarray:
+            return synth.complete(item.text, item.codes[0], prompt=item.prompt,
+                                  speaker=speakers.get(item.speaker, 0), seed=cfg.eval.seed)
+
+        out["gt_coarse"] = gt_coarse
+    n_q = int(synth.nar_meta["contract"].get("n_q", 0)) or None
+    for k in sorted(set(cfg.eval.oracle_stages)):
+        if k < 1 or (n_q is not None and k >= n_q):
+            continue  # k = n_q is the resynthesis baseline itself
+        def first_k(item: EvalItem, k: int = k) -> np.ndarray:
+            started = time.perf_counter()
+            wav = synth.codec.decode(item.codes[:k].numpy())  # [k, T] -> samples
+            synth.timings.add("codec_decode_baseline", started)
+            return wav
+
+        out[f"resynthesis_k{k}"] = first_k
+    return out
 
 
 def run_evaluate(
@@ -135,7 +167,8 @@ def run_evaluate(
             return wav
 
         result = run_suite(items, synthesize, resynthesize, scorer, synth.sample_rate,
-                           Path(tmp) / "audio", write_audio, bar)
+                           Path(tmp) / "audio", write_audio, bar, oracles=oracle_sources(cfg, synth, speakers),
+                           bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed)
         result.model_seconds += synth.timings.total
         log_result(run, result, Path(tmp))
         return EvaluateOutcome(result, run.run_id, tracker.tracking_uri, tracker.experiment_name)

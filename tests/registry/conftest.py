@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.registry.fakes import FakeStore, copy_checkpoints
+from tests.registry.fakes import TEST_GATES, FakeStore, copy_checkpoints
 from tests.tiny import tiny_cfg
-
-DEFAULT_GATES = (
-    "gates.max_wer.threshold=0.5", "gates.max_wer.relative_to=absolute",
-    "gates.min_sim.threshold=0.5", "gates.min_sim.relative_to=absolute",
-    "gates.max_failure_rate.threshold=0.2", "gates.max_failure_rate.relative_to=absolute",
-)
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +34,8 @@ def reg_workdir(tmp_path: Path, tiny_cache_workdir: Path, mlflow_db_template: Pa
 
 @pytest.fixture
 def reg_cfg(tiny_corpus: Path):
-    # the default gates of mlruns_config/gates.yaml (projects/demo.yaml relaxes them for its demo)
-    return tiny_cfg(tiny_corpus, *DEFAULT_GATES)
+    # explicit test gates: tests that need a champion never rely on projects/demo.yaml's gates
+    return tiny_cfg(tiny_corpus, *TEST_GATES)
 
 
 @pytest.fixture

@@ -16,6 +16,16 @@ from harmonica.tracking.adapter import Tracker
 CLEAN = {"harmonica.git_commit": "0123456789abcdef0123456789abcdef01234567", "harmonica.git_dirty": "false",
          "harmonica.source_hash": "feedfacecafebeef"}
 
+# Explicit gates for tests that need a champion (absolute thresholds, no bound): tests never rely on
+# projects/demo.yaml's gates, which a demo model is meant to be able to miss.
+TEST_GATES = (
+    "gates.max_wer.threshold=0.5", "gates.max_wer.relative_to=absolute", "gates.max_wer.bound=null",
+    "gates.min_sim.threshold=0.5", "gates.min_sim.relative_to=absolute", "gates.min_sim.bound=null",
+    "gates.max_failure_rate.threshold=0.2", "gates.max_failure_rate.relative_to=absolute",
+    "gates.max_failure_rate.bound=null",
+    "gates.champion_confidence=0",  # point estimates: these fake evaluate runs carry no per-utterance table
+)
+
 GOOD_METRICS: dict[str, float] = {
     "eval/wer": 0.20, "eval/cer": 0.10, "eval/sim": 0.80, "eval/fail/any": 0.05, "eval/fail/too_short": 0.0,
     "baseline/ground_truth/wer": 0.05, "baseline/ground_truth/cer": 0.02, "baseline/ground_truth/sim": 0.90,
@@ -87,7 +97,8 @@ class FakeStore:
 
     def evaluate_run(self, ar_run: str, nar_run: str, ckpts: dict[str, Path], *,
                      metrics: dict[str, float] | None = None, dirty: str = "false", weights: str = "ema",
-                     status: str = "FINISHED", extra_tags: dict[str, str] | None = None) -> str:
+                     status: str = "FINISHED", extra_tags: dict[str, str] | None = None,
+                     table: list[dict[str, Any]] | None = None) -> str:
         steps = {k: json.loads((ckpts[k] / "meta.json").read_text())["step"] for k in ("ar", "nar")}
         tags = {"harmonica.stage": "evaluate", "harmonica.project": self.cfg.project, **CLEAN,
                 "harmonica.git_dirty": dirty, "harmonica.ar_run_id": ar_run, "harmonica.nar_run_id": nar_run,
@@ -97,6 +108,9 @@ class FakeStore:
                 "harmonica.weights": weights, "harmonica.config_hash": "cfg-eval", **(extra_tags or {})}
         rid = self._run("evaluate", tags, metrics=GOOD_METRICS if metrics is None else metrics)
         self.client.log_text(rid, to_yaml(self.cfg), "config.yaml")
+        if table:  # the per-utterance table, in the format the evaluate stage logs it
+            self.client.log_table(rid, data={k: [r.get(k) for r in table] for k in table[0]},
+                                  artifact_file="eval_table.json")
         if status != "RUNNING":
             self.client.set_terminated(rid, status)
         return rid

@@ -25,9 +25,10 @@ def main() -> None:
     from harmonica.registry.promote import (
         promote,  # heavy imports before the start line
     )
+    from tests.registry.fakes import TEST_GATES
     from tests.tiny import tiny_cfg
 
-    cfg = tiny_cfg(Path(args.corpus))
+    cfg = tiny_cfg(Path(args.corpus), *TEST_GATES)
     Path(args.go + f".ready.{args.evaluation}").touch()
     deadline = time.monotonic() + 120
     while not Path(args.go).exists():

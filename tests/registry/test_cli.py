@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from harmonica.cli import main
-from tests.registry.fakes import with_metrics
+from tests.registry.fakes import TEST_GATES, with_metrics
 
 pytestmark = pytest.mark.skipif("promote" not in main.commands or "registry" not in main.commands,
                                 reason="the promote / registry commands are not in harmonica/cli.py yet")
@@ -15,22 +15,23 @@ pytestmark = pytest.mark.skipif("promote" not in main.commands or "registry" not
 def test_cli_promote_list_show_rollback(store, ckpts):
     runner = CliRunner()
     wd = ["--workdir", str(store.workdir)]
+    gates = list(TEST_GATES)  # explicit: the evaluate run's project (demo) has gates a test must not rely on
     first = store.candidate(ckpts, metrics=with_metrics(eval__wer=0.3))
-    out = runner.invoke(main, ["promote", "--evaluation", first, *wd])
+    out = runner.invoke(main, ["promote", "--evaluation", first, *gates, *wd])
     assert out.exit_code == 0, out.output
     assert "harmonica-tts v1: CHAMPION" in out.output and "PASS max_wer" in out.output
     better = store.candidate(ckpts, metrics=with_metrics(eval__wer=0.1))
-    assert runner.invoke(main, ["promote", "--evaluation", better, *wd]).exit_code == 0
+    assert runner.invoke(main, ["promote", "--evaluation", better, *gates, *wd]).exit_code == 0
     collapsed = store.candidate(ckpts, metrics=with_metrics(eval__wer=0.05), nar_events=[{"step": 990}])
-    out = runner.invoke(main, ["promote", "--evaluation", collapsed, *wd])
+    out = runner.invoke(main, ["promote", "--evaluation", collapsed, *gates, *wd])
     assert out.exit_code == 0 and "candidate only (gates failed: collapse_free_tail)" in out.output
     dirty = store.candidate(ckpts, train_dirty="true")
-    out = runner.invoke(main, ["promote", "--evaluation", dirty, *wd])
+    out = runner.invoke(main, ["promote", "--evaluation", dirty, *gates, *wd])
     assert out.exit_code == 1 and "REFUSED" in out.output and "--allow-dirty" in out.output
     out = runner.invoke(main, ["promote", "--evaluation", dirty, "--allow-dirty-if", "true",
-                               "gates.max_wer.threshold=0.1", *wd])
-    assert out.exit_code == 0 and "FAIL max_wer: eval/wer 0.2 > 0.1" in out.output
-    out = runner.invoke(main, ["promote", "--evaluation", first, *wd])
+                               *gates, "gates.max_wer.threshold=0.1", *wd])
+    assert out.exit_code == 0 and "FAIL max_wer: eval/wer 0.2 > 0.1 (absolute); MISSED BY 0.1" in out.output
+    out = runner.invoke(main, ["promote", "--evaluation", first, *gates, *wd])
     assert out.exit_code == 0 and "nothing changed" in out.output
     out = runner.invoke(main, ["registry", "list", *wd])
     rows = {line.split()[0]: line.split()[1:3] for line in out.output.splitlines()[1:]}

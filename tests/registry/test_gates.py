@@ -219,3 +219,68 @@ def test_gates_yaml_is_layered_into_the_config(root):
     assert "added to (WER, failure rate) or multiplied with (SIM)" in text
     cfg = load_config("demo")
     assert cfg.gates.primary_metric == "eval/wer" and cfg.gates.collapse_free_tail == 0.2
+
+
+# ------------------------------------------------------------------------------- bounds and margins
+
+
+def test_bound_caps_a_relative_max_gate_and_reports_the_shortfall():
+    # resynthesis 0.10 + 0.2 = 0.30 is looser than the bound 0.25 -> effective 0.25
+    bounded = GateConfig(threshold=0.2, relative_to="resynthesis", bound=0.25)
+    r = metric_gate("max_wer", bounded, with_metrics(eval__wer=0.28))
+    assert r.effective_threshold == pytest.approx(0.25) and not r.passed
+    assert r.margin == pytest.approx(-0.03) and "MISSED BY 0.03" in r.reason and "bound 0.25" in r.reason
+    # a baseline that makes the relative threshold stricter than the bound keeps it
+    strict = with_metrics(eval__wer=0.28, baseline__resynthesis__wer=0.02)
+    r = metric_gate("max_wer", bounded, strict)
+    assert r.effective_threshold == pytest.approx(0.22) and r.margin == pytest.approx(-0.06)
+
+
+def test_bound_floors_a_relative_min_gate():
+    # resynthesis SIM 0.85 x 0.5 = 0.425 is looser than the bound 0.7 -> effective 0.7
+    r = metric_gate("min_sim", GateConfig(threshold=0.5, relative_to="resynthesis", bound=0.7),
+                    with_metrics(eval__sim=0.75))
+    assert r.effective_threshold == pytest.approx(0.7) and r.passed and r.margin == pytest.approx(0.05)
+    assert "headroom 0.05" in r.reason
+
+
+def test_bound_never_rescues_a_missing_baseline():
+    metrics = {k: v for k, v in GOOD_METRICS.items() if not k.startswith("baseline/resynthesis/")}
+    r = metric_gate("max_wer", GateConfig(threshold=0.2, relative_to="resynthesis", bound=0.6), metrics)
+    assert not r.passed and "baseline/resynthesis/wer" in r.reason
+
+
+def test_margin_is_a_version_tag():
+    tags = gate_tags(evaluate_gates(with_metrics(eval__wer=0.9), GatesConfig(), [], {"ar": 100, "nar": 100}))
+    assert tags["gate.max_wer.margin"] == "-0.4" and tags["gate.min_sim.margin"] == "0.3"
+
+
+# issue 10's measurements of the demo (40 eval utterances, whisper tiny.en, resemblyzer)
+DEMO_BASELINES = {"baseline/ground_truth/wer": 0.305, "baseline/ground_truth/sim": 0.835,
+                  "baseline/ground_truth/fail/any": 0.0, "baseline/resynthesis/wer": 0.439,
+                  "baseline/resynthesis/sim": 0.784, "baseline/resynthesis/fail/any": 0.0}
+
+
+def test_demo_gates_are_no_looser_than_the_targets_whatever_the_baseline():
+    gates = load_config("demo").gates
+    for name in ("max_wer", "min_sim", "max_failure_rate"):
+        assert getattr(gates, name).relative_to == "resynthesis"
+    # a terrible codec / ASR cannot loosen them past WER 0.6, SIM 0.7, failure rate 0.1
+    awful = {"baseline/resynthesis/wer": 5.0, "baseline/resynthesis/sim": 0.0, "baseline/resynthesis/fail/any": 1.0}
+    effective = {r.name: r.effective_threshold for r in evaluate_gates(awful, gates, [], 100)}
+    assert effective["max_wer"] == 0.6 and effective["min_sim"] == 0.7 and effective["max_failure_rate"] == 0.1
+    # at the measured baselines they are as strict as the targets or stricter
+    measured = {r.name: r.effective_threshold for r in evaluate_gates(DEMO_BASELINES, gates, [], 100)}
+    assert measured["max_wer"] <= 0.6 and measured["min_sim"] >= 0.7 and measured["max_failure_rate"] <= 0.1
+
+
+def test_the_babbling_demo_model_of_issue_10_is_not_crowned_and_each_miss_is_quantified():
+    gates = load_config("demo").gates
+    babble = {**DEMO_BASELINES, "eval/wer": 1.023, "eval/sim": 0.570, "eval/fail/any": 0.475}
+    results = {r.name: r for r in evaluate_gates(babble, gates, [], 100)}
+    assert [n for n, r in results.items() if not r.passed] == ["max_wer", "min_sim", "max_failure_rate"]
+    assert results["max_wer"].margin == pytest.approx(-0.423)  # 1.023 vs min(0.439 + 0.2, 0.6)
+    assert results["min_sim"].margin == pytest.approx(0.570 - 0.784 * 0.9)
+    assert "MISSED BY 0.423" in results["max_wer"].reason
+    good = {**DEMO_BASELINES, "eval/wer": 0.55, "eval/sim": 0.74, "eval/fail/any": 0.05}
+    assert all(r.passed for r in evaluate_gates(good, gates, [], 100))

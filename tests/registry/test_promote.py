@@ -112,13 +112,13 @@ def test_better_candidate_moves_champion_worse_stays_candidate(store, ckpts):
     assert store.client.get_model_version(NAME, "1").tags["harmonica.superseded_by"] == "2"
     worse = run(store, store.candidate(ckpts, metrics=with_metrics(eval__wer=0.15)))
     assert worse.passed and not worse.champion_moved and worse.decision == "candidate"
-    assert "does not beat champion v2" in worse.text()
+    assert "vs champion v2 0.1 (mode min): not better" in worse.text()
     assert aliases(store) == {"candidate": "3", "champion": "2"}
     assert store.client.get_model_version(NAME, "3").tags["harmonica.decision"] == "candidate"
 
 
 def test_primary_metric_in_max_mode(store, ckpts):
-    gates = GatesConfig(primary_metric="eval/sim", primary_mode="max")
+    gates = GatesConfig(primary_metric="eval/sim", primary_mode="max", champion_confidence=0)
     run(store, store.candidate(ckpts, metrics=with_metrics(eval__sim=0.7)), gates=gates)
     d = run(store, store.candidate(ckpts, metrics=with_metrics(eval__sim=0.9, eval__wer=0.45)), gates=gates)
     assert d.champion_moved and aliases(store)["champion"] == "2"

@@ -17,7 +17,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from harmonica.registry.promote import promote
-from tests.registry.fakes import FakeStore, copy_checkpoints
+from tests.registry.fakes import TEST_GATES, FakeStore, copy_checkpoints
 from tests.tiny import tiny_cfg
 
 TEXTS = ["a quiet river", "hello world", "the old stone house near a green hill"]
@@ -28,7 +28,7 @@ def champion(tmp_path_factory, tiny_cache_workdir, tiny_checkpoints, tiny_corpus
     """A SQLite store with one promoted champion (smoke test on), MLFLOW_TRACKING_URI pointing at it."""
     workdir = tmp_path_factory.mktemp("pyfunc") / "work"
     shutil.copytree(tiny_cache_workdir, workdir)
-    cfg = tiny_cfg(tiny_corpus)
+    cfg = tiny_cfg(tiny_corpus, *TEST_GATES)
     store = FakeStore(cfg, workdir)
     ckpts = copy_checkpoints(tiny_checkpoints, workdir / "ckpts")
     decision = promote(store.candidate(ckpts), tracking_uri=store.tracking_uri, workdir=workdir, cfg=cfg)

@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 
 from harmonica.registry.promote import promote
-from tests.registry.fakes import FakeStore, copy_checkpoints
+from tests.registry.fakes import TEST_GATES, FakeStore, copy_checkpoints
 from tests.servers import free_port, stop_process_group
 from tests.tiny import tiny_cfg
 
@@ -41,7 +41,7 @@ def _post(url: str, payload: dict, timeout: float = 120) -> tuple[int, dict, flo
 def test_served_champion_answers_rest_with_audio(tmp_path, tiny_cache_workdir, tiny_corpus, tiny_checkpoints):
     workdir = tmp_path / "work"
     shutil.copytree(tiny_cache_workdir, workdir)
-    cfg = tiny_cfg(tiny_corpus)
+    cfg = tiny_cfg(tiny_corpus, *TEST_GATES)
     store = FakeStore(cfg, workdir)
     ckpts = copy_checkpoints(tiny_checkpoints, workdir / "ckpts")
     decision = promote(store.candidate(ckpts), tracking_uri=store.tracking_uri, workdir=workdir, cfg=cfg,

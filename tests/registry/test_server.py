@@ -13,7 +13,7 @@ import pytest
 
 from harmonica.registry.cli_ops import list_versions, rollback
 from harmonica.registry.promote import PromotionRefused, promote
-from tests.registry.fakes import FakeStore, copy_checkpoints, with_metrics
+from tests.registry.fakes import TEST_GATES, FakeStore, copy_checkpoints, with_metrics
 from tests.registry.race import race
 from tests.registry.test_concurrency import check_two_candidates
 from tests.servers import mlflow_server, postgres_url  # noqa: F401  (fixtures used by name)
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def http_store(mlflow_server, tmp_path, tiny_cache_workdir, tiny_corpus, tiny_checkpoints):  # noqa: F811
     workdir = tmp_path / "work"
     shutil.copytree(tiny_cache_workdir, workdir)
-    store = FakeStore(tiny_cfg(tiny_corpus), workdir, tracking_uri=mlflow_server)
+    store = FakeStore(tiny_cfg(tiny_corpus, *TEST_GATES), workdir, tracking_uri=mlflow_server)
     assert store.tracking_uri.startswith("http://127.0.0.1:")
     return store, copy_checkpoints(tiny_checkpoints, workdir / "ckpts")
 

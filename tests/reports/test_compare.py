@@ -3,6 +3,7 @@
 import pytest
 
 from harmonica.reports import compare_runs, format_table
+from harmonica.reports.common import fmt_num
 from tests.reports.store import DIFFERING_PARAM
 
 
@@ -38,6 +39,12 @@ def test_compare_mixed_stages_and_truncation(report_store):
     assert "eval.split" in dict(result.params)
     metrics = dict(result.metrics)
     assert metrics["eval/wer"][0] is None and metrics["eval/wer"][1] is not None
+    assert "oracle/gt_coarse/wer" in metrics and "baseline/resynthesis/wer" in metrics
+    low, high = result.intervals["eval/wer"][1]
+    assert result.intervals["eval/wer"][0] is None and low <= metrics["eval/wer"][1] <= high
+    wide = format_table(result, col_width=40)
+    assert any(line.startswith("eval/wer ") and f"[{fmt_num(low, 3)}, {fmt_num(high, 3)}]" in line
+               for line in wide.splitlines())
     table = format_table(result, col_width=12)
     assert "evaluate-…" in table  # long run names are truncated to the column
     assert max(len(line) for line in table.splitlines()) <= 48 + 2 * 12

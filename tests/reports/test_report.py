@@ -93,7 +93,12 @@ def test_evaluate_run_report(report_store, tmp_path):
     assert "| NAR | " + s.nar_b in best
 
     ev = _md_section(md, "Eval summary")
-    assert "| metric | model | codec resynthesis | ground truth |" in ev
+    # the decomposition: ground truth | resynthesis | codebook 0 alone | gt codebook 0 + NAR | model
+    assert ("| metric | ground truth | codec resynthesis | resynthesis, codebook 0 alone | "
+            "gt codebook 0 + model NAR | model (AR + NAR) |") in ev
+    assert "WER gap to the codec resynthesis" in ev and "= NAR " in ev and " + AR " in ev
+    wer_row = next(line for line in ev.splitlines() if line.startswith("| WER |"))
+    assert wer_row.count("[") == 5  # every source with its 95% bootstrap interval
     for label in ("| WER |", "| CER |", "| SIM |", "| fail rate (any) |", "| fail: looping |"):
         assert label in ev, label
     assert "### Worst 5 utterances" in ev

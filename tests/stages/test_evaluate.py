@@ -30,6 +30,16 @@ def test_evaluate_logs_metrics_baselines_table_audio_and_links(eval_workdir, tin
                      "fail/too_long", "fail/too_short"):
             assert f"{prefix}/{name}" in m, f"{prefix}/{name}"
     assert m["eval/utterances"] == 3
+    # the decomposition: ground-truth codebook 0 + the model's NAR, and codebook 0 alone through the codec
+    for prefix in ("oracle/gt_coarse", "oracle/resynthesis_k1"):
+        for name in ("wer", "cer", "sim", "fail/any"):
+            assert f"{prefix}/{name}" in m, f"{prefix}/{name}"
+    # 95% bootstrap intervals over utterances around every headline number, baselines and oracles too
+    assert m["eval/bootstrap_samples"] == cfg.eval.bootstrap_samples > 0
+    for prefix in ("eval", "baseline/ground_truth", "baseline/resynthesis", "oracle/gt_coarse"):
+        for name in ("wer", "cer", "fail/any"):
+            lo, hi = m[f"{prefix}/{name}_ci_low"], m[f"{prefix}/{name}_ci_high"]
+            assert lo <= m[f"{prefix}/{name}"] + 1e-9 and m[f"{prefix}/{name}"] <= hi + 1e-9, (prefix, name)
     # the synthetic tones are not speech: ground truth has no words either, but it is never silent
     assert m["baseline/ground_truth/fail/silence"] == 0.0
     client = MlflowClient(out.tracking_uri)
@@ -41,7 +51,8 @@ def test_evaluate_logs_metrics_baselines_table_audio_and_links(eval_workdir, tin
     arts = {a.path for a in client.list_artifacts(out.run_id)}
     assert {"eval_table.json", "plots", "config.yaml"} <= arts
     rows = out.result.rows
-    assert {"id", "text", "model_hypothesis", "model_wer", "model_sim", "model_fail_looping", "audio"} <= set(rows[0])
+    assert {"id", "text", "model_hypothesis", "model_wer", "model_sim", "model_fail_looping", "audio",
+            "gt_coarse_wer", "gt_coarse_hypothesis", "resynthesis_k1_sim"} <= set(rows[0])
     assert len({r["id"] for r in rows}) == 3
 
 
