@@ -19,7 +19,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from harmonica.data.cache import StaleCacheError
+    from harmonica.data.cache import DamagedCacheError, StaleCacheError
+    from harmonica.data.locks import LockWaitTimeout, WorkdirError
+    from harmonica.tracking.adapter import WorkdirMovedError
     from harmonica.data.corpora import CorpusError
     from harmonica.data.preprocess import PreprocessError
 
@@ -32,7 +34,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from harmonica.evaluation.suite import EvalError
 
     return (*USER_ERRORS, CorpusError, PreprocessError, StaleCacheError, CheckpointError,
-            IncompatibleModelsError, CheckpointRefError, EvalError, ASRError, SpeakerBackendError)
+            IncompatibleModelsError, CheckpointRefError, EvalError, ASRError, SpeakerBackendError,
+            DamagedCacheError, LockWaitTimeout, WorkdirError, WorkdirMovedError)
 
 
 def _flag(value: str) -> bool:

@@ -167,15 +167,39 @@ def is_complete(directory: Path) -> bool:
     return (directory / COMPLETE_MARKER).is_file() and (directory / "cache.json").is_file()
 
 
+class DamagedCacheError(RuntimeError):
+    """A cache marked complete lacks a required part (deleted by hand, a crashed copy, an old race)."""
+
+
+def missing_parts(directory: Path) -> list[str]:
+    """Required parts of a complete cache that are absent or unreadable (relative paths)."""
+    try:
+        meta = json.loads((directory / "cache.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ["cache.json"]
+    required = ["codec/codec.json", "manifests", "quality"]
+    for split in meta.get("splits", {}):
+        required += [f"tokens_{split}.safetensors", f"index_{split}.jsonl"]
+    return [part for part in required if not (directory / part).exists()]
+
+
 def open_cache(directory: Path) -> TokenCache:
     meta = json.loads((directory / "cache.json").read_text(encoding="utf-8"))
     return TokenCache(directory=directory, meta=meta)
 
 
-def finalize(directory: Path, meta: dict[str, Any]) -> TokenCache:
-    (directory / "cache.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    (directory / COMPLETE_MARKER).write_text(meta["fingerprint"] + "\n", encoding="utf-8")
-    return TokenCache(directory=directory, meta=meta)
+def finalize(build: Path, final: Path, meta: dict[str, Any]) -> TokenCache:
+    """Move a finished build into place; the COMPLETE marker is written last, after a check that
+    every required part is there. Call with the cache's build lock held."""
+    (build / "cache.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+    missing = missing_parts(build)
+    if missing:
+        raise DamagedCacheError(f"the cache build {build} lacks {', '.join(missing)}; not marking it complete")
+    if final.exists():
+        shutil.rmtree(final)  # a damaged or unmarked leftover: we hold the lock, nobody reads it
+    build.rename(final)
+    (final / COMPLETE_MARKER).write_text(meta["fingerprint"] + "\n", encoding="utf-8")
+    return TokenCache(directory=final, meta=meta)
 
 
 def fresh_dir(directory: Path) -> Path:
@@ -204,6 +228,8 @@ def find_cache(cfg: HarmonicaConfig, workdir: Path, allow_mismatch: bool = False
     """
     root = cache_root(workdir)
     candidates = [d for d in root.glob("*") if d.is_dir() and is_complete(d)] if root.is_dir() else []
+    damaged = {d: missing_parts(d) for d in candidates}
+    candidates = [d for d in candidates if not damaged[d]]
     candidates.sort(key=lambda d: os.path.getmtime(d / "cache.json"), reverse=True)
     expected = cache_settings(cfg)
     caches = [open_cache(d) for d in candidates]
@@ -211,6 +237,17 @@ def find_cache(cfg: HarmonicaConfig, workdir: Path, allow_mismatch: bool = False
         if cache.meta["settings"] == expected:
             return cache, []
     own = [c for c in caches if c.meta.get("project") == cfg.project]
+    for d, missing in damaged.items():
+        if missing:
+            try:
+                same = json.loads((d / "cache.json").read_text(encoding="utf-8")).get("settings") == expected
+            except (OSError, ValueError):
+                same = False
+            if same:
+                raise DamagedCacheError(
+                    f"the token cache {d} is marked complete but lacks {', '.join(missing)}: re-run "
+                    f"`harmonica preprocess --project {cfg.project}`, which detects and rebuilds it"
+                )
     if not own:
         raise FileNotFoundError(
             f"no token cache for project '{cfg.project}' under {root}: run "

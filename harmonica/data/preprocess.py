@@ -21,6 +21,7 @@ from tqdm import tqdm
 from harmonica.codec import Codec, build_codec, load_codec
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data import cache as cache_mod
+from harmonica.data import locks
 from harmonica.data.audio import AudioError, load_audio, normalize, trim_silence
 from harmonica.data.corpora import prepare_corpus
 from harmonica.data.manifest import CorpusManifests, Utterance
@@ -143,6 +144,9 @@ def _fit_codec(codec: Codec, train: list[Utterance], cfg: HarmonicaConfig, progr
             wav = load_processed(utt, cfg)
         except AudioError:
             continue  # reported by the encoding pass
+        q = assess(wav, cfg.codec.sample_rate, utt.text, cfg.data.quality, cfg.data.min_duration, cfg.data.max_duration)
+        if not q.passed:
+            continue  # what the quality filter rejects must not shape the codebooks either
         wavs.append(normalize(wav, cfg.data.normalize, cfg.data.normalize_level_db))
         frames += codec.num_frames(len(wav))
     if not wavs:
@@ -212,6 +216,27 @@ def build_token_cache(
     key = cache_mod.cache_key(settings, digest)
     final = cache_mod.cache_root(workdir) / key
 
+    # one build per cache key at a time: a second process waits, then finds the first one's cache
+    with locks.hold(final, f"building the token cache {key}"):
+        return _build_locked(cfg, manifests, settings, digest, final, workers, progress, timings)
+
+
+def _build_locked(
+    cfg: HarmonicaConfig,
+    manifests: CorpusManifests,
+    settings: dict[str, Any],
+    digest: str,
+    final: Path,
+    workers: int,
+    progress: bool,
+    timings: dict[str, float],
+) -> PreprocessResult:
+    key = final.name
+    if cache_mod.is_complete(final):
+        missing = cache_mod.missing_parts(final)
+        if missing:
+            log.warning("the token cache %s is marked complete but lacks %s: rebuilding it", final, ", ".join(missing))
+            (final / cache_mod.COMPLETE_MARKER).unlink()
     if cache_mod.is_complete(final):
         cache = cache_mod.open_cache(final)
         log.info("token cache hit: %s (fingerprint %s)", final, cache.fingerprint)
@@ -257,6 +282,12 @@ def build_token_cache(
             quality_dir=build / "quality",
         )
 
+    if not kept.get("eval") and (cfg.data.eval_fraction > 0 or cfg.data.eval_speakers):
+        had = sum(u.split == "eval" for u in manifests.utterances)
+        log.warning(
+            "the eval split is empty (%d eval utterances in the corpus, none kept by the quality filter): "
+            "`harmonica evaluate` will have nothing to score; raise data.eval_fraction, name "
+            "data.eval_speakers or relax data.quality.*", had)
     splits = {name: cache_mod.write_split(build, name, items) for name, items in sorted(kept.items())}
     kept_ids = {r["id"] for items in kept.values() for r in items}
     CorpusManifests(
@@ -278,10 +309,7 @@ def build_token_cache(
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    cache_mod.finalize(build, meta)
-    if final.exists():
-        cache_mod.fresh_dir(final).rmdir()
-    build.rename(final)
+    cache_mod.finalize(build, final, meta)
     return PreprocessResult(
         cache=cache_mod.open_cache(final),
         reused=False,

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from harmonica.config.load import config_hash, flatten, to_yaml
 from harmonica.config.schema import HarmonicaConfig, TrackingConfig
+from harmonica.data import locks
 from harmonica.tracking.provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,10 @@ log = logging.getLogger(__name__)
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LEN = 6000
+
+
+class WorkdirMovedError(RuntimeError):
+    """The embedded store's experiment points its artifacts outside the workdir (a moved copy)."""
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
@@ -171,7 +177,14 @@ class Tracker:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
-        self.client = MlflowClient(self.tracking_uri)
+        if self.embedded:
+            locks.ensure_writable(self.workdir)
+            # the client creates and migrates mlflow.db; a second process must not run the migration
+            # at the same time (alembic fails half-way), so it waits and finds it done
+            with locks.hold(self.workdir / "mlflow.db", "creating the MLflow store"):
+                self.client = MlflowClient(self.tracking_uri)
+        else:
+            self.client = MlflowClient(self.tracking_uri)
 
     @property
     def embedded(self) -> bool:
@@ -180,6 +193,7 @@ class Tracker:
     def experiment_id(self) -> str:
         existing = self.client.get_experiment_by_name(self.experiment_name)
         if existing is not None:
+            self._check_artifact_location(existing.artifact_location)
             return existing.experiment_id
         location = self.cfg.tracking.artifact_location
         if location is None and self.embedded:
@@ -191,6 +205,20 @@ class Tracker:
         except mlflow.exceptions.MlflowException:
             # another process created it between our lookup and create
             return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    def _check_artifact_location(self, location: str) -> None:
+        """A moved or copied workdir keeps the experiment's old artifact path: refuse to write there."""
+        if not (self.embedded and self.cfg.tracking.artifact_location is None and location.startswith("file:")):
+            return
+        path = Path(urllib.parse.unquote(urllib.parse.urlparse(location).path)).resolve()
+        here = self.workdir.resolve()
+        if path != here and here not in path.parents:
+            raise WorkdirMovedError(
+                f"experiment '{self.experiment_name}' in {here / 'mlflow.db'} stores its artifacts at {path}, "
+                f"outside this workdir: the workdir was moved or copied from {path.parent}. New artifacts "
+                "would land in the old place. Move the workdir back, or give this copy its own experiment "
+                "with tracking.experiment_prefix=<new name> (older runs stay readable where they are)"
+            )
 
     @contextlib.contextmanager
     def run(
@@ -220,10 +248,11 @@ class Tracker:
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         kwargs: dict[str, Any] = {"log_system_metrics": self.cfg.tracking.system_metrics}
+        experiment_id = self.experiment_id()  # also refuses a moved workdir before anything is written
         if run_id:
             kwargs["run_id"] = run_id
         else:
-            kwargs.update(experiment_id=self.experiment_id(), run_name=run_name)
+            kwargs.update(experiment_id=experiment_id, run_name=run_name)
         # a fluent run so MLflow's system-metrics monitor attaches to it
         active = mlflow.start_run(**kwargs, nested=mlflow.active_run() is not None)
         run = Run(self.client, active.info.run_id, async_logging=self.cfg.tracking.async_logging)
