@@ -120,9 +120,11 @@ def test_non_finite_weights_are_never_written(tiny_corpus, tiny_cache_workdir, t
 
 def test_collapse_is_warned_tagged_and_can_stop(tiny_corpus, tiny_cache_workdir, tmp_path, caplog):
     sink = RecordingSink()
-    # a floor nothing can reach: every codebook "collapses" at the first log step
+    # a floor nothing can reach: every codebook "collapses" at the first log step. One stage per
+    # step keeps each codebook's window small: with all stages a tiny codebook can be fully used.
     trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "nar", sink,
-                       "training.nar.collapse.util_floor=1.0", "training.nar.collapse.stop_on_collapse=true")
+                       "training.nar.collapse.util_floor=1.0", "training.nar.collapse.stop_on_collapse=true",
+                       "training.nar.nar_stages_per_step=1")
     result = trainer.fit()
     assert result.state.collapse_events and result.state.stop_reason.startswith("collapse at step 2")
     assert sink.tags["harmonica.collapse"] == "true" and sink.tags["harmonica.collapse_first_step"] == "2"
