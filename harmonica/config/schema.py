@@ -55,6 +55,9 @@ class GeneratedCorpusConfig(Strict):
                                  "en-us+f2:176:60", "en+f3:186:55", "en+f4:168:68"],
         min_length=2, description="espeak-ng 'voice[:words per minute[:pitch 0-99]]'")
     eval_sentences: int = Field(20, ge=1, description="held out, each spoken by two voices")
+    eval_text: Literal["bundled", "grammar"] = Field(
+        "bundled", description="bundled: the bundled demo corpus's 20 held-out sentences (natural text: "
+        "whisper tiny.en reads espeak-ng speech of grammar sentences with ~3x the WER), grammar: new ones")
     val_sentences: int = Field(24, ge=1)
     prompts_per_speaker: int = Field(2, ge=1)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 GRAMMAR_DIR = Path(__file__).resolve().parent / "sentence_grammar"
-GRAMMAR_VERSION = 1  # bump when templates or words change: it is part of the corpus key
+GRAMMAR_VERSION = 2  # bump when templates or words change: it is part of the corpus key
 MAX_WORDS = 14
 MIN_WORDS = 4
 
@@ -43,10 +43,10 @@ class _Grammar:
     def article(word: str) -> str:
         return "an" if word[0] in "aeiou" else "a"
 
-    def np(self, plural: bool = False) -> str:
-        """Noun phrase: determiner, optional adjective, noun."""
-        noun = self.pick("nouns")[1 if plural else 0]
-        adj = self.pick("adjectives") if self.r.random() < 0.5 else ""
+    def thing(self, plural: bool = False) -> str:
+        """Object noun phrase: determiner, optional adjective, a thing."""
+        noun = self.pick("things")[1 if plural else 0]
+        adj = self.pick("thing_adjectives") if self.r.random() < 0.5 else ""
         head = f"{adj} {noun}".strip()
         if plural:
             det = self.r.choice(["the", "some", "my", "our", "those", self.pick("numbers")])
@@ -54,13 +54,24 @@ class _Grammar:
             det = self.r.choice(["the", "the", "my", "her", "his", "this", "that", self.article(head)])
         return f"{det} {head}"
 
-    def subject(self) -> str:
+    def person(self) -> str:
+        """Subject: a name, a relative or a person noun phrase."""
         roll = self.r.random()
-        if roll < 0.3:
+        if roll < 0.35:
             return self.pick("names")
-        if roll < 0.45:
-            return f"my {self.pick('relatives')}"
-        return self.np(plural=self.r.random() < 0.25)
+        if roll < 0.6:
+            return f"{self.r.choice(['my', 'her', 'his', 'our'])} {self.pick('relatives')}"
+        adj = self.pick("people_adjectives") if self.r.random() < 0.4 else ""
+        plural = self.r.random() < 0.25
+        head = f"{adj} {self.pick('people')[1 if plural else 0]}".strip()
+        return f"the {head}"
+
+    def creature(self) -> str:
+        """Subject of an intransitive verb: a person or an animal."""
+        if self.r.random() < 0.3:
+            adj = self.pick("people_adjectives") if self.r.random() < 0.4 else ""
+            return f"the {adj} {self.pick('animals')[0]}".replace("  ", " ")
+        return self.person()
 
     def modifier(self) -> str:
         roll = self.r.random()
@@ -73,10 +84,10 @@ class _Grammar:
     def clause(self) -> str:
         if self.r.random() < 0.6:
             verb = self.pick("transitive_verbs")[1]
-            return f"{self.subject()} {verb} {self.np(self.r.random() < 0.3)}{self.modifier()}"
+            return f"{self.person()} {verb} {self.thing(self.r.random() < 0.3)}{self.modifier()}"
         verb = self.pick("intransitive_verbs")[1]
         adverb = f" {self.pick('adverbs')}" if self.r.random() < 0.5 else ""
-        return f"{self.subject()} {verb}{adverb}{self.modifier()}"
+        return f"{self.creature()} {verb}{adverb}{self.modifier()}"
 
     # ------------------------------------------------------------------ sentence templates
 
@@ -84,31 +95,32 @@ class _Grammar:
         return f"{self.clause()}."
 
     def compound(self) -> str:
-        joiner = self.r.choice(["and", "but", "so", "because", "while"])
+        joiner = self.r.choice(["and", "but", "so", "while"])
         return f"{self.clause()}, {joiner} {self.clause()}."
 
     def question(self) -> str:
         roll = self.r.random()
         if roll < 0.4:
             verb = self.pick("transitive_verbs")[0]
-            return f"did {self.subject()} {verb} {self.np()}{self.modifier()}?"
+            return f"did {self.person()} {verb} {self.thing()}{self.modifier()}?"
         if roll < 0.7:
             wh = self.r.choice(["where", "when", "why", "how"])
             verb = self.pick("transitive_verbs")[0]
-            return f"{wh} did {self.subject()} {verb} {self.np()}?"
-        return f"is {self.np()} {self.pick('adjectives')}{self.modifier()}?"
+            return f"{wh} did {self.person()} {verb} {self.thing()}?"
+        return f"is {self.thing()} {self.pick('thing_adjectives')}{self.modifier()}?"
 
     def request(self) -> str:
         verb = self.pick("transitive_verbs")[0]
         please = self.r.choice(["please ", "", "could you "])
         end = "?" if please == "could you " else "."
-        return f"{please}{verb} {self.np()}{self.modifier()}{end}"
+        return f"{please}{verb} {self.thing()}{self.modifier()}{end}"
 
     def description(self) -> str:
-        adj = self.pick("adjectives")
+        adj = self.pick("thing_adjectives")
         return self.r.choice([
-            f"{self.np()} was {adj}{self.modifier()}.",
-            f"what {self.article(adj)} {adj} {self.pick('nouns')[0]} that was!",
+            f"{self.thing()} was {adj}{self.modifier()}.",
+            f"{self.person()} was {self.pick('people_adjectives')}{self.modifier()}.",
+            f"what {self.article(adj)} {adj} {self.pick('things')[0]} that was!",
             f"{self.pick('names')} said that {self.clause()}.",
         ])
 

@@ -7,11 +7,11 @@ import soundfile as sf
 
 from harmonica.config.schema import GeneratedCorpusConfig
 from harmonica.data.corpora import prepare_demo
-from harmonica.data.generated import ensure_generated_corpus, parse_voice
+from harmonica.data.generated import bundled_eval_sentences, choose_sentences, ensure_generated_corpus, parse_voice
 from harmonica.data.sentences import MAX_WORDS, generate_sentences, text_key
 
 TINY = GeneratedCorpusConfig(sentences=24, voices=["en-us+m3:172:40", "en+f3", "en+m1:180"],
-                             eval_sentences=3, val_sentences=2, prompts_per_speaker=1)
+                             eval_sentences=3, val_sentences=2, prompts_per_speaker=1, eval_text="grammar")
 
 
 def test_sentences_are_distinct_bounded_and_seeded():
@@ -58,6 +58,17 @@ def test_generated_corpus_splits_audio_reuse_and_determinism(tmp_path: Path):
     assert again.name == root.name and _digest(again) == _digest(root)
     other = ensure_generated_corpus(TINY.model_copy(update={"sentences": 25}), 1234, 24_000, tmp_path / "a")
     assert other != root
+
+
+def test_eval_sentences_come_from_the_bundled_corpus_by_default():
+    cfg = GeneratedCorpusConfig(sentences=40, eval_sentences=4)
+    chosen = choose_sentences(cfg, 1234)
+    held = bundled_eval_sentences()
+    assert len(held) == 20 and chosen[:4] == held[:4] and len(chosen) == 40
+    assert len({text_key(s) for s in chosen}) == 40  # no grammar sentence repeats a held-out one
+    assert chosen[4:] == [s for s in generate_sentences(40, 1234) if text_key(s) not in set(map(text_key, held[:4]))][:36]
+    with pytest.raises(ValueError, match="eval_text=grammar"):
+        choose_sentences(GeneratedCorpusConfig(eval_sentences=21), 1)
 
 
 def test_too_few_sentences_is_a_clear_error(tmp_path: Path):
