@@ -120,16 +120,16 @@ def test_non_finite_weights_are_never_written(tiny_corpus, tiny_cache_workdir, t
 
 def test_collapse_is_warned_tagged_and_can_stop(tiny_corpus, tiny_cache_workdir, tmp_path, caplog):
     sink = RecordingSink()
-    # a floor nothing can reach: every codebook "collapses" at the first log step. One stage per
-    # step keeps each codebook's window small: with all stages a tiny codebook can be fully used.
+    # a floor nothing can reach (attention entropy <= log(keys) << 100 nats): every layer "collapses" at
+    # the first log step. (A utilisation floor of 1.0 is reachable: with all NAR stages per step a
+    # 16-entry codebook is fully predicted within one window.)
     trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "nar", sink,
-                       "training.nar.collapse.util_floor=1.0", "training.nar.collapse.stop_on_collapse=true",
-                       "training.nar.nar_stages_per_step=1")
+                       "training.nar.collapse.attn_entropy_floor=100", "training.nar.collapse.stop_on_collapse=true")
     result = trainer.fit()
     assert result.state.collapse_events and result.state.stop_reason.startswith("collapse at step 2")
     assert sink.tags["harmonica.collapse"] == "true" and sink.tags["harmonica.collapse_first_step"] == "2"
     events = [json.loads(line) for line in sink.texts["collapse_events.jsonl"].splitlines()]
-    assert events[0]["kind"] == "codebook" and events[0]["step"] == 2
+    assert events[0]["kind"] == "attention" and events[0]["step"] == 2
     assert "COLLAPSE" in caplog.text
     assert ckpt.read_meta(result.last_checkpoint)["step"] == 2  # stopped runs still checkpoint
 
