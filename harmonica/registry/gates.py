@@ -19,7 +19,10 @@ Semantics (kept in sync with mlruns_config/gates.yaml):
   i.e. at a step ``> end * (1 - share)`` where ``end`` is the run's executed steps (planned total
   when unknown). Collapses are the events of the run's ``collapse_events.jsonl`` *and* their spans:
   an event whose metric is still below its floor later on counts at the last such step
-  (`persisting_events`, from the run's metric history). ``0`` disables the gate.
+  (`persisting_events`, from the run's metric history). A training run that is not FINISHED adds
+  an "unfinished" event (step = its last logged step, planned = its configured total): its window
+  ends at that step, and when that step is not inside the planned tail the gate FAILS with "tail
+  not observed" (harmonica.registry.evidence). ``0`` disables the gate.
 * A metric (or baseline) that is missing or not finite makes its gate FAIL with a reason: a gate
   never passes for lack of evidence. A disabled gate is reported as passed with reason "disabled".
 """
@@ -137,6 +140,11 @@ def collapse_gate(share: float, collapse_events: Iterable[Mapping[str, Any]],
     unknown: list[str] = []
     for event in events:
         model = str(event.get("model", ""))
+        if event.get("kind") == "unfinished":  # a run that stopped early: did it reach its planned tail?
+            last, planned = _finite(event.get("step")), _finite(event.get("planned"))
+            if last is None or planned is None or last <= tail_window_start(int(planned), share):
+                inside.append(event)
+            continue
         end = ends.get(model) if ends is not None else total_steps
         step = _finite(event.get("step"))
         if end is None or not end or step is None:
@@ -150,11 +158,17 @@ def collapse_gate(share: float, collapse_events: Iterable[Mapping[str, Any]],
         if ends is not None else f"steps > {tail_window_start(int(total_steps), share):g} of {total_steps}"
     )
     if not inside:
-        earlier = sum(1 for e in events if e.get("kind") != "persisting")
+        earlier = sum(1 for e in events if e.get("kind") not in ("persisting", "unfinished"))
         reason = f"no collapse in the last {share:.0%} of training ({windows}); {earlier} earlier event(s)"
         return GateResult(COLLAPSE_GATE, 0.0, share, 0.0, "tail", True, reason)
     def describe(e: Mapping[str, Any]) -> str:
         model = str(e.get("model", "")).upper() or "?"
+        if e.get("kind") == "unfinished":
+            planned = _finite(e.get("planned"))
+            tail = f"steps > {tail_window_start(int(planned), share):g} of {int(planned)}" if planned else "unknown"
+            return (f"{model} tail not observed: the run is {e.get('status', 'not FINISHED')} and its last logged step "
+                    f"({e.get('step') if e.get('step') is not None else 'unknown'}) never reached the last "
+                    f"{share:.0%} of its planned training ({tail})")
         if e.get("kind") == "persisting" and e.get("step") is not None:
             return f"{model} {e.get('name')} still collapsed at step {e.get('step')} (since step {e.get('collapsed_since')})"
         if e.get("kind") == "persisting":
