@@ -91,6 +91,36 @@ def read_collapse(client: Any, run: Any, kind: str, tmp: Path) -> tuple[list[dic
     return events + persisting_events(events, histories) + pending, end, ""
 
 
+def checkpoint_utilisation(client: Any, run: Any, kind: str, checkpoint_step: Any) -> dict[str, Any]:
+    """The checkpoint's own validation utilisation: the lowest per-codebook `val/cb<k>/util_pred`
+    (else `val/util_pred_median`) at the last validation step at or before the checkpoint's step,
+    with the run's collapse floor (record for gates.utilisation_gate)."""
+    record: dict[str, Any] = {"model": kind, "checkpoint_step": checkpoint_step, "metric": None, "value": None,
+                              "at": None, "floor": None, "collapsed_tag": False}
+    if run is None:
+        return record
+    record["collapsed_tag"] = run.data.tags.get("harmonica.collapse") == "true"
+    record["floor"] = float(run.data.params.get(f"training.{kind}.collapse.util_floor", 0.10))
+    step = _int(checkpoint_step)
+    keys = sorted(k for k in run.data.metrics if k.startswith("val/cb") and k.endswith("/util_pred"))
+    for group in (keys, ["val/util_pred_median"]):
+        readings = []
+        for key in group:
+            try:
+                history = client.get_metric_history(run.info.run_id, key)
+            except MlflowException:
+                continue
+            before = [m for m in history if step is None or m.step <= step]
+            if before:
+                last = max(before, key=lambda m: m.step)
+                readings.append((float(last.value), key, int(last.step)))
+        if readings:
+            value, key, at = min(readings)
+            record.update(value=value, metric=key, at=at)
+            return record
+    return record
+
+
 def status_refusals(runs: Mapping[str, Any], allow_unfinished: bool) -> tuple[list[str], list[str]]:
     """(refusals, notes) for training runs (label -> MLflow run or None) that are not FINISHED."""
     problems = []

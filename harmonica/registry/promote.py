@@ -60,7 +60,13 @@ from mlflow.tracking import MlflowClient
 
 from harmonica.config.schema import GatesConfig, HarmonicaConfig
 from harmonica.registry.decision import champion_verdict, eval_rows
-from harmonica.registry.evidence import pair_refusals, pair_tags, read_collapse, status_refusals
+from harmonica.registry.evidence import (
+    checkpoint_utilisation,
+    pair_refusals,
+    pair_tags,
+    read_collapse,
+    status_refusals,
+)
 from harmonica.registry.gates import (
     GateResult,
     all_passed,
@@ -620,7 +626,9 @@ def promote(
 
     refusals, notes = refusal_reasons(ev, allow_dirty, allow_unfinished, allow_mixed_pair)
     notes = ev.notes + notes
-    results = evaluate_gates(ev.metrics, gates, ev.collapse_events, ev.end_steps)
+    utilisation = [checkpoint_utilisation(client, run, kind, meta.get("step"))
+                   for kind, run, meta in (("ar", ev.ar_run, ev.ar_meta), ("nar", ev.nar_run, ev.nar_meta))]
+    results = evaluate_gates(ev.metrics, gates, ev.collapse_events, ev.end_steps, utilisation)
     passed = all_passed(results)
     primary_value = ev.metrics.get(gates.primary_metric)
     wkey = weights_key(ev.ar_dir, ev.nar_dir, ev.ar_meta, ev.nar_meta) if not refusals else ""

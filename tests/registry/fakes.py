@@ -73,7 +73,7 @@ class FakeStore:
     def training_run(self, kind: str, *, dirty: str = "false", events: list[dict[str, Any]] | None = None,
                      total_steps: int = 1000, steps: int | None = None, write_events: bool = True,
                      collapse_tag: str | None = None, status: str = "FINISHED", project: str | None = None,
-                     params: dict[str, str] | None = None) -> str:
+                     params: dict[str, str] | None = None, val_util: float | None = 0.5) -> str:
         """status other than FINISHED: a run killed at `steps` (its loss logged up to there, no
         harmonica.steps tag, as the train stage sets that only at the end)."""
         events = events or []
@@ -86,6 +86,8 @@ class FakeStore:
         rid = self._run(f"train_{kind}", tags,
                         params={f"training.{kind}.total_steps": str(total_steps), **(params or {})})
         self.client.log_batch(rid, metrics=[Metric(f"{kind}/loss", 5.0, 0, 0), Metric(f"{kind}/loss", 3.0, 0, last)])
+        if val_util is not None:  # validation utilisation of the checkpoints (at step 0: before any of them)
+            self.client.log_batch(rid, metrics=[Metric(f"val/cb{1 if kind == 'nar' else 0}/util_pred", val_util, 0, 0)])
         full = [{"kind": "codebook", "name": f"{kind}/cb1", "value": 0.01, "floor": 0.1, "message": "collapse",
                  **{k: v for k, v in e.items() if k not in ("until", "history")}} for e in events]
         if write_events:

@@ -2,7 +2,8 @@
 
 The scenario of the issue, replayed on fake-but-real runs: an AR from a finished `demo` run and the
 NAR of a `demo_collapse` run killed at step 220 of 300 (status RUNNING, collapsed since step 10,
-recovered only at step 200) were crowned champion with every gate PASS."""
+recovered only at step 200, validation utilisation 0.061) were crowned champion with every gate
+PASS."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _promote(store, eid, **kw):
 def killed_pair(store, ckpts) -> str:
     ar = store.training_run("ar", total_steps=300)
     nar = store.training_run("nar", total_steps=300, steps=220, status="RUNNING", project="demo_collapse",
-                             events=[{"step": 10, "until": 200}])
+                             events=[{"step": 10, "until": 200}], val_util=0.061)
     return store.evaluate_run(ar, nar, ckpts)
 
 
@@ -38,7 +39,10 @@ def test_the_issue_14_scenario_is_refused_and_names_each_reason(store, killed_pa
 
 def test_with_the_overrides_the_unreached_tail_fails_the_collapse_gate(store, killed_pair):
     d = _promote(store, killed_pair, allow_unfinished=True, allow_mixed_pair=True)
-    assert d.decision == "candidate" and not d.champion_moved and d.failing_gates == ["collapse_free_tail"]
+    assert d.decision == "candidate" and not d.champion_moved
+    assert d.failing_gates == ["collapse_free_tail", "checkpoint_utilisation"]
+    util = next(g.reason for g in d.gates if g.name == "checkpoint_utilisation")
+    assert "NAR val/cb1/util_pred 0.061 < floor 0.1" in util and "harmonica.collapse=true" in util
     reason = next(g.reason for g in d.gates if g.name == "collapse_free_tail")
     assert "NAR tail not observed: the run is RUNNING and its last logged step (220) never reached the last 20%" in reason
     assert "steps > 240 of 300" in reason
