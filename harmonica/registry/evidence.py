@@ -92,9 +92,9 @@ def read_collapse(client: Any, run: Any, kind: str, tmp: Path) -> tuple[list[dic
 
 
 def checkpoint_utilisation(client: Any, run: Any, kind: str, checkpoint_step: Any) -> dict[str, Any]:
-    """The checkpoint's own validation utilisation: the lowest per-codebook `val/cb<k>/util_pred`
-    (else `val/util_pred_median`) at the last validation step at or before the checkpoint's step,
-    with the run's collapse floor (record for gates.utilisation_gate)."""
+    """The checkpoint's own validation utilisation: the lowest per-codebook `val_ema/cb<k>/util_pred`
+    (the EMA weights are served; else `val/cb<k>/...`, else the medians) at the last validation step
+    at or before the checkpoint's step, with the run's collapse floor (for gates.utilisation_gate)."""
     record: dict[str, Any] = {"model": kind, "checkpoint_step": checkpoint_step, "metric": None, "value": None,
                               "at": None, "floor": None, "collapsed_tag": False}
     if run is None:
@@ -102,8 +102,12 @@ def checkpoint_utilisation(client: Any, run: Any, kind: str, checkpoint_step: An
     record["collapsed_tag"] = run.data.tags.get("harmonica.collapse") == "true"
     record["floor"] = float(run.data.params.get(f"training.{kind}.collapse.util_floor", 0.10))
     step = _int(checkpoint_step)
-    keys = sorted(k for k in run.data.metrics if k.startswith("val/cb") and k.endswith("/util_pred"))
-    for group in (keys, ["val/util_pred_median"]):
+    def per_codebook(prefix: str) -> list[str]:
+        return sorted(k for k in run.data.metrics if k.startswith(f"{prefix}/cb") and k.endswith("/util_pred"))
+
+    # the served weights are the EMA's: their own validation first, then the raw weights'
+    for group in (per_codebook("val_ema"), per_codebook("val"), ["val_ema/util_pred_median"],
+                  ["val/util_pred_median"]):
         readings = []
         for key in group:
             try:

@@ -24,7 +24,7 @@ Semantics (kept in sync with mlruns_config/gates.yaml):
   ends at that step, and when that step is not inside the planned tail the gate FAILS with "tail
   not observed" (harmonica.registry.evidence). ``0`` disables the gate.
 * ``checkpoint_utilisation``: each evaluated checkpoint's own validation utilisation -- the lowest
-  ``val/cb<k>/util_pred`` (else ``val/util_pred_median``) at the last validation at or before the
+  ``val_ema/cb<k>/util_pred`` (else ``val/cb<k>/...``, else the medians) at the last validation at or before the
   checkpoint's step -- must be ``>=`` its training run's collapse floor
   (``training.<kind>.collapse.util_floor``). A run tagged ``harmonica.collapse=true`` whose
   checkpoint is above the floor passes (it recovered; the tag is named in the reason); one below

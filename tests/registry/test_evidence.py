@@ -75,3 +75,16 @@ def test_different_data_settings_are_a_mixed_pair(store, ckpts):
     assert "training.nar.lr" not in refused.value.decision.text()  # training knobs may differ
     d = _promote(store, eid, allow_mixed_pair=True)
     assert d.champion_moved and any("allowed by --allow-mixed-pair" in r for r in d.reasons)
+
+
+def test_utilisation_is_read_from_the_served_ema_weights_at_the_checkpoint_step(store, ckpts):
+    import json
+
+    step = json.loads((ckpts["nar"] / "meta.json").read_text())["step"]
+    ar = store.training_run("ar")
+    nar = store.training_run("nar")  # val/cb1/util_pred 0.5 (raw weights)
+    store.client.log_metric(nar, "val_ema/cb1/util_pred", 0.05, step=step)  # the EMA collapsed at the checkpoint
+    store.client.log_metric(nar, "val_ema/cb1/util_pred", 0.9, step=step + 100)  # after it: not the checkpoint
+    d = _promote(store, store.evaluate_run(ar, nar, ckpts))
+    assert d.failing_gates == ["checkpoint_utilisation"]
+    assert f"NAR val_ema/cb1/util_pred 0.05 < floor 0.1 at step {step}" in d.text()
