@@ -367,12 +367,17 @@ def _registry_errors() -> tuple[type[BaseException], ...]:
 @click.option("--allow-dirty", is_flag=True,
               help="promote although the training/evaluate runs come from a dirty or unknown git tree (recorded)")
 @click.option("--allow-dirty-if", default="false", hidden=True)  # MLproject parameters are strings
+@click.option("--allow-unfinished", is_flag=True,
+              help="promote checkpoints of training runs that are not FINISHED (recorded on the version)")
+@click.option("--allow-mixed-pair", is_flag=True,
+              help="promote an AR and a NAR from different projects / data settings (recorded on the version)")
 @click.option("--model-name", default="harmonica-tts", show_default=True, help="registered model name")
 @click.option("--project", "-p", default=None, help="config whose gates apply (default: the evaluate run's project)")
 @click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
 @click.argument("overrides", nargs=-1)
-def promote(evaluation_run_id: str, allow_dirty: bool, allow_dirty_if: str, model_name: str, project: str | None,
-            workdir: str, overrides: tuple[str, ...]) -> None:
+def promote(evaluation_run_id: str, allow_dirty: bool, allow_dirty_if: str, allow_unfinished: bool,
+            allow_mixed_pair: bool, model_name: str, project: str | None, workdir: str,
+            overrides: tuple[str, ...]) -> None:
     """Check the AR/NAR contract and code provenance of an evaluated pair, apply the gates of
     mlruns_config/gates.yaml and register it (alias `candidate`); `champion` moves only when every
     gate passes and the primary metric beats the current champion.
@@ -385,7 +390,8 @@ def promote(evaluation_run_id: str, allow_dirty: bool, allow_dirty_if: str, mode
 
     try:
         decision = run_promote(evaluation_run_id, Path(workdir), allow_dirty=allow_dirty or _flag(allow_dirty_if),
-                               model_name=model_name, project=project, overrides=split_overrides(overrides))
+                               model_name=model_name, project=project, overrides=split_overrides(overrides),
+                               allow_unfinished=allow_unfinished, allow_mixed_pair=allow_mixed_pair)
     except PromotionRefused as exc:
         d = exc.decision
         raise click.ClickException(f"{d.text()}\n(recorded on promote run {d.promote_run_id})") from None

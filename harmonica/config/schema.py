@@ -364,6 +364,7 @@ class GatesConfig(Strict):
     min_sim: GateConfig = Field(default_factory=lambda: GateConfig(threshold=0.5))
     max_failure_rate: GateConfig = Field(default_factory=lambda: GateConfig(threshold=0.2))
     collapse_free_tail: float = Field(0.2, ge=0, le=1, description="last share of training")
+    checkpoint_utilisation: bool = Field(True, description="the checkpoints' own val utilisation >= collapse floor")
     primary_metric: str = "eval/wer"
     primary_mode: Literal["min", "max"] = "min"
     champion_confidence: float = Field(0.95, ge=0, lt=1, description="paired-bootstrap confidence that a "

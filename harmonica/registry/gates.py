@@ -19,7 +19,16 @@ Semantics (kept in sync with mlruns_config/gates.yaml):
   i.e. at a step ``> end * (1 - share)`` where ``end`` is the run's executed steps (planned total
   when unknown). Collapses are the events of the run's ``collapse_events.jsonl`` *and* their spans:
   an event whose metric is still below its floor later on counts at the last such step
-  (`persisting_events`, from the run's metric history). ``0`` disables the gate.
+  (`persisting_events`, from the run's metric history). A training run that is not FINISHED adds
+  an "unfinished" event (step = its last logged step, planned = its configured total): its window
+  ends at that step, and when that step is not inside the planned tail the gate FAILS with "tail
+  not observed" (harmonica.registry.evidence). ``0`` disables the gate.
+* ``checkpoint_utilisation``: each evaluated checkpoint's own validation utilisation -- the lowest
+  ``val_ema/cb<k>/util_pred`` (else ``val/cb<k>/...``, else the medians) at the last validation at or before the
+  checkpoint's step -- must be ``>=`` its training run's collapse floor
+  (``training.<kind>.collapse.util_floor``). A run tagged ``harmonica.collapse=true`` whose
+  checkpoint is above the floor passes (it recovered; the tag is named in the reason); one below
+  it fails naming the tag. No utilisation at or before the checkpoint's step FAILS.
 * A metric (or baseline) that is missing or not finite makes its gate FAIL with a reason: a gate
   never passes for lack of evidence. A disabled gate is reported as passed with reason "disabled".
 """
@@ -40,7 +49,8 @@ METRIC_GATES: dict[str, tuple[str, str]] = {
     "max_failure_rate": ("fail/any", "max"),
 }
 COLLAPSE_GATE = "collapse_free_tail"
-GATE_NAMES: tuple[str, ...] = (*METRIC_GATES, COLLAPSE_GATE)
+UTILISATION_GATE = "checkpoint_utilisation"
+GATE_NAMES: tuple[str, ...] = (*METRIC_GATES, COLLAPSE_GATE, UTILISATION_GATE)
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,11 @@ def collapse_gate(share: float, collapse_events: Iterable[Mapping[str, Any]],
     unknown: list[str] = []
     for event in events:
         model = str(event.get("model", ""))
+        if event.get("kind") == "unfinished":  # a run that stopped early: did it reach its planned tail?
+            last, planned = _finite(event.get("step")), _finite(event.get("planned"))
+            if last is None or planned is None or last <= tail_window_start(int(planned), share):
+                inside.append(event)
+            continue
         end = ends.get(model) if ends is not None else total_steps
         step = _finite(event.get("step"))
         if end is None or not end or step is None:
@@ -150,11 +165,17 @@ def collapse_gate(share: float, collapse_events: Iterable[Mapping[str, Any]],
         if ends is not None else f"steps > {tail_window_start(int(total_steps), share):g} of {total_steps}"
     )
     if not inside:
-        earlier = sum(1 for e in events if e.get("kind") != "persisting")
+        earlier = sum(1 for e in events if e.get("kind") not in ("persisting", "unfinished"))
         reason = f"no collapse in the last {share:.0%} of training ({windows}); {earlier} earlier event(s)"
         return GateResult(COLLAPSE_GATE, 0.0, share, 0.0, "tail", True, reason)
     def describe(e: Mapping[str, Any]) -> str:
         model = str(e.get("model", "")).upper() or "?"
+        if e.get("kind") == "unfinished":
+            planned = _finite(e.get("planned"))
+            tail = f"steps > {tail_window_start(int(planned), share):g} of {int(planned)}" if planned else "unknown"
+            return (f"{model} tail not observed: the run is {e.get('status', 'not FINISHED')} and its last logged step "
+                    f"({e.get('step') if e.get('step') is not None else 'unknown'}) never reached the last "
+                    f"{share:.0%} of its planned training ({tail})")
         if e.get("kind") == "persisting" and e.get("step") is not None:
             return f"{model} {e.get('name')} still collapsed at step {e.get('step')} (since step {e.get('collapsed_since')})"
         if e.get("kind") == "persisting":
@@ -213,11 +234,46 @@ def persisting_events(events: Iterable[Mapping[str, Any]],
     return out
 
 
+def utilisation_gate(enabled: bool, records: Iterable[Mapping[str, Any]] | None) -> GateResult:
+    """records: per model {"model", "checkpoint_step", "metric", "value" (None = no evidence), "at" (the
+    validation step read), "floor", "collapsed_tag"}; value = the lowest utilisation across records."""
+    if not enabled:
+        return GateResult(UTILISATION_GATE, None, None, None, "floor", True,
+                          f"disabled (gates.{UTILISATION_GATE}=false)", skipped=True)
+    records = list(records or [])
+    if not records:
+        return GateResult(UTILISATION_GATE, None, None, None, "floor", False,
+                          "no checkpoint utilisation evidence: the training runs' validation utilisation is unknown")
+    problems, fine = [], []
+    for r in records:
+        model, value, floor = str(r.get("model", "?")).upper(), _finite(r.get("value")), _finite(r.get("floor"))
+        tagged = " (run tagged harmonica.collapse=true)" if r.get("collapsed_tag") else ""
+        if value is None or floor is None:
+            problems.append(f"{model}: no validation utilisation at or before checkpoint step {r.get('checkpoint_step')}"
+                            f"{tagged}")
+        elif value < floor:
+            problems.append(f"{model} {r.get('metric')} {_fmt(value)} < floor {_fmt(floor)} at step {r.get('at')} "
+                            f"(checkpoint step {r.get('checkpoint_step')}){tagged}: MISSED BY {_fmt(floor - value)}")
+        else:
+            fine.append(f"{model} {r.get('metric')} {_fmt(value)} >= floor {_fmt(floor)} at step {r.get('at')}"
+                        + (" (tagged collapsed earlier, recovered)" if tagged else ""))
+    values = [v for v in (_finite(r.get("value")) for r in records) if v is not None]
+    floors = [f for f in (_finite(r.get("floor")) for r in records) if f is not None]
+    low, floor = (min(values) if values else None), (max(floors) if floors else None)
+    margin = min((_finite(r.get("value")) or 0.0) - (_finite(r.get("floor")) or 0.0) for r in records)
+    if problems:
+        return GateResult(UTILISATION_GATE, low, floor, floor, "floor", False, "; ".join(problems + fine),
+                          margin=margin)
+    return GateResult(UTILISATION_GATE, low, floor, floor, "floor", True, "; ".join(fine), margin=margin)
+
+
 def evaluate_gates(metrics: Mapping[str, float], gates: GatesConfig, collapse_events: list[dict[str, Any]],
-                   total_steps: int | Mapping[str, int]) -> list[GateResult]:
-    """Every gate, in GATE_NAMES order."""
+                   total_steps: int | Mapping[str, int],
+                   utilisation: Iterable[Mapping[str, Any]] | None = None) -> list[GateResult]:
+    """Every gate, in GATE_NAMES order (utilisation None: no evidence, that gate FAILS)."""
     out = [metric_gate(name, getattr(gates, name), metrics) for name in METRIC_GATES]
     out.append(collapse_gate(gates.collapse_free_tail, collapse_events, total_steps))
+    out.append(utilisation_gate(gates.checkpoint_utilisation, utilisation))
     return out
 
 

@@ -4,7 +4,9 @@ Order of checks (the first three refuse: nothing is registered, the refusal is r
 `promote` run and raised as PromotionRefused):
   1. the evaluate run: exists, is an evaluate run, FINISHED, scored EMA weights; its checkpoint
      directories still hold the evaluated steps (local paths from its tags, else the training
-     runs' `checkpoints/best` artifacts);
+     runs' `checkpoints/best` artifacts); the AR and NAR training runs are FINISHED and from the
+     same project and data/codec/text settings (harmonica.registry.evidence; --allow-unfinished,
+     --allow-mixed-pair override, recorded as version tags);
   2. the AR/NAR/codec contract (`require_compatible` on both meta.json contracts and the codec
      the NAR bundles);
   3. code provenance: the AR and NAR training runs and the evaluate run must come from a clean git
@@ -57,16 +59,21 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harmonica.config.schema import GatesConfig, HarmonicaConfig
+from harmonica.registry.decision import champion_verdict, eval_rows
+from harmonica.registry.evidence import (
+    checkpoint_utilisation,
+    pair_refusals,
+    pair_tags,
+    read_collapse,
+    status_refusals,
+)
 from harmonica.registry.gates import (
     GateResult,
     all_passed,
-    collapse_metric_key,
     evaluate_gates,
     failing,
     gate_tags,
-    persisting_events,
 )
-from harmonica.registry.decision import champion_verdict, eval_rows
 from harmonica.registry.lock import NOT_FOUND, RegistryLock, lock_name
 from harmonica.registry.pyfunc import MODEL_NAME
 
@@ -208,43 +215,6 @@ def _locate_checkpoint(client: MlflowClient, tracking_uri: str, kind: str, tags:
     return None, f"{kind.upper()} checkpoint {local or '(no path)'} missing and no training run id is recorded"
 
 
-def _read_collapse(client: MlflowClient, run: MlflowRun | None, kind: str, tmp: Path) -> tuple[list[dict], int | None, str]:
-    """(events tagged with model=kind, end step, note)."""
-    if run is None:
-        return [{"model": kind, "step": None, "kind": "unknown", "name": "training run not found"}], None, \
-            f"{kind.upper()} training run not found: the collapse gate cannot be checked"
-    tags, params = run.data.tags, run.data.params
-    end: int | None = None
-    for source in (tags.get("harmonica.steps"), params.get(f"training.{kind}.total_steps")):
-        try:
-            end = int(float(source))  # type: ignore[arg-type]
-            if end > 0:
-                break
-        except (TypeError, ValueError):
-            continue
-    try:
-        path = Path(client.download_artifacts(run.info.run_id, "collapse_events.jsonl", str(tmp / kind)))
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        events = [{**json.loads(ln), "model": kind} for ln in lines]
-    except (MlflowException, OSError) as exc:
-        if tags.get("harmonica.collapse") == "true":
-            unplaced = {"model": kind, "step": None, "kind": "unknown", "name": "collapse_events.jsonl unreadable"}
-            return [unplaced], end, (f"{kind.upper()} run {run.info.run_id} reports a collapse but its events are "
-                                     f"unreadable: {exc}")
-        return [], end, (f"{kind.upper()} run {run.info.run_id} has no collapse_events.jsonl (and harmonica.collapse "
-                         f"is {tags.get('harmonica.collapse', 'unset')}): treated as no events")
-    # a collapse lasts until its metric recovers: add its span's last step (see persisting_events)
-    histories: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    for key in sorted({k for k in map(collapse_metric_key, events) if k}):
-        try:
-            history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
-        except MlflowException:
-            history = []
-        if history:
-            histories[(kind, key)] = history
-    return events + persisting_events(events, histories), end, ""
-
-
 def gather_evidence(client: MlflowClient, tracking_uri: str, evaluation_run_id: str, workdir: Path) -> Evidence:
     from harmonica.inference.synthesize import read_checkpoint_meta
 
@@ -269,7 +239,7 @@ def gather_evidence(client: MlflowClient, tracking_uri: str, evaluation_run_id: 
     ends: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="harmonica-promote-") as tmp:
         for kind, trun in (("ar", ar_run), ("nar", nar_run)):
-            ev, end, note = _read_collapse(client, trun, kind, Path(tmp))
+            ev, end, note = read_collapse(client, trun, kind, Path(tmp))
             events += ev
             if end:
                 ends[kind] = end
@@ -288,8 +258,10 @@ def evaluation_project(tracking_uri: str, evaluation_run_id: str) -> str | None:
     return run.data.tags.get("harmonica.project")
 
 
-def refusal_reasons(ev: Evidence, allow_dirty: bool) -> tuple[list[str], list[str]]:
-    """(refusals, notes): evaluate-run validity, the contract, provenance."""
+def refusal_reasons(ev: Evidence, allow_dirty: bool, allow_unfinished: bool = False,
+                    allow_mixed_pair: bool = False) -> tuple[list[str], list[str]]:
+    """(refusals, notes): evaluate-run validity, unfinished training runs and mixed pairs
+    (harmonica.registry.evidence), the contract, provenance."""
     from harmonica.codec import load_codec
     from harmonica.config.schema import CodecConfig
     from harmonica.models.contract import check_pair
@@ -300,6 +272,11 @@ def refusal_reasons(ev: Evidence, allow_dirty: bool) -> tuple[list[str], list[st
     eid = ev.eval_run.info.run_id
     if ev.eval_run.info.status != "FINISHED":
         refusals.append(f"evaluate run {eid} is {ev.eval_run.info.status}, not FINISHED: its metrics may be partial")
+    for refused, noted in (status_refusals({"AR training run": ev.ar_run, "NAR training run": ev.nar_run},
+                                           allow_unfinished),
+                           pair_refusals(ev.ar_run, ev.nar_run, allow_mixed_pair)):
+        refusals += refused
+        notes += noted
     weights = tags.get("harmonica.weights", "unknown")
     if weights != "ema":
         refusals.append(f"evaluate run {eid} scored '{weights}' weights but the registry serves EMA weights: "
@@ -620,6 +597,8 @@ def promote(
     tracking_uri: str,
     workdir: Path | str,
     allow_dirty: bool = False,
+    allow_unfinished: bool = False,
+    allow_mixed_pair: bool = False,
     model_name: str = MODEL_NAME,
     cfg: HarmonicaConfig | None = None,
     gates: GatesConfig | None = None,
@@ -645,9 +624,11 @@ def promote(
     gates = gates or cfg.gates
     seconds = {"read": time.perf_counter() - t0}
 
-    refusals, notes = refusal_reasons(ev, allow_dirty)
+    refusals, notes = refusal_reasons(ev, allow_dirty, allow_unfinished, allow_mixed_pair)
     notes = ev.notes + notes
-    results = evaluate_gates(ev.metrics, gates, ev.collapse_events, ev.end_steps)
+    utilisation = [checkpoint_utilisation(client, run, kind, meta.get("step"))
+                   for kind, run, meta in (("ar", ev.ar_run, ev.ar_meta), ("nar", ev.nar_run, ev.nar_meta))]
+    results = evaluate_gates(ev.metrics, gates, ev.collapse_events, ev.end_steps, utilisation)
     passed = all_passed(results)
     primary_value = ev.metrics.get(gates.primary_metric)
     wkey = weights_key(ev.ar_dir, ev.nar_dir, ev.ar_meta, ev.nar_meta) if not refusals else ""
@@ -664,6 +645,7 @@ def promote(
         "harmonica.nar_run_id": ev.tags.get("harmonica.nar_run_id", ""),
         "harmonica.model_name": model_name,
         "harmonica.allow_dirty": str(allow_dirty).lower(),
+        **pair_tags(ev.ar_run, ev.nar_run, allow_unfinished, allow_mixed_pair),
         **(extra_tags or {}),
     }
     run_name = f"promote-{project}-{evaluation_run_id[:8]}"
@@ -744,6 +726,7 @@ def promote(
             "harmonica.nar_config_hash": ev.nar_run.data.tags.get("harmonica.config_hash", "unknown") if ev.nar_run else "unknown",
             **code_tags,
             "harmonica.allow_dirty": str(allow_dirty).lower(),
+            **pair_tags(ev.ar_run, ev.nar_run, allow_unfinished, allow_mixed_pair),
             "harmonica.primary_metric": gates.primary_metric,
             "harmonica.primary_mode": gates.primary_mode,
             "harmonica.primary_value": "n/a" if primary_value is None else repr(float(primary_value)),

@@ -24,7 +24,8 @@ def registry_uri(workdir: Path | str, project: str | None = None, overrides: lis
 
 def run_promote(evaluation_run_id: str, workdir: Path | str, *, allow_dirty: bool = False,
                 model_name: str = MODEL_NAME, project: str | None = None,
-                overrides: list[str] | tuple[str, ...] = (), extra_tags: dict[str, str] | None = None) -> Decision:
+                overrides: list[str] | tuple[str, ...] = (), extra_tags: dict[str, str] | None = None,
+                allow_unfinished: bool = False, allow_mixed_pair: bool = False) -> Decision:
     """Resolve the store and the evaluate run's project config, then `promote`."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # CLI output stays readable
     workdir = Path(workdir)
@@ -32,4 +33,5 @@ def run_promote(evaluation_run_id: str, workdir: Path | str, *, allow_dirty: boo
     cfg = load_config(project or evaluation_project(uri, evaluation_run_id) or "demo", list(overrides))
     uri = resolve_tracking_uri(cfg.tracking, workdir)
     return promote(evaluation_run_id, tracking_uri=uri, workdir=workdir, allow_dirty=allow_dirty,
-                   model_name=model_name, cfg=cfg, extra_tags=extra_tags)
+                   model_name=model_name, cfg=cfg, extra_tags=extra_tags, allow_unfinished=allow_unfinished,
+                   allow_mixed_pair=allow_mixed_pair)

@@ -72,13 +72,22 @@ class FakeStore:
 
     def training_run(self, kind: str, *, dirty: str = "false", events: list[dict[str, Any]] | None = None,
                      total_steps: int = 1000, steps: int | None = None, write_events: bool = True,
-                     collapse_tag: str | None = None) -> str:
+                     collapse_tag: str | None = None, status: str = "FINISHED", project: str | None = None,
+                     params: dict[str, str] | None = None, val_util: float | None = 0.5) -> str:
+        """status other than FINISHED: a run killed at `steps` (its loss logged up to there, no
+        harmonica.steps tag, as the train stage sets that only at the end)."""
         events = events or []
-        tags = {"harmonica.stage": f"train_{kind}", "harmonica.project": self.cfg.project,
+        last = steps if steps is not None else total_steps
+        tags = {"harmonica.stage": f"train_{kind}", "harmonica.project": project or self.cfg.project,
                 **CLEAN, "harmonica.git_dirty": dirty, "harmonica.config_hash": f"cfg-{kind}",
-                "harmonica.collapse": collapse_tag or ("true" if events else "false"),
-                "harmonica.steps": str(steps if steps is not None else total_steps)}
-        rid = self._run(f"train_{kind}", tags, params={f"training.{kind}.total_steps": str(total_steps)})
+                "harmonica.collapse": collapse_tag or ("true" if events else "false")}
+        if status == "FINISHED":
+            tags["harmonica.steps"] = str(last)
+        rid = self._run(f"train_{kind}", tags,
+                        params={f"training.{kind}.total_steps": str(total_steps), **(params or {})})
+        self.client.log_batch(rid, metrics=[Metric(f"{kind}/loss", 5.0, 0, 0), Metric(f"{kind}/loss", 3.0, 0, last)])
+        if val_util is not None:  # validation utilisation of the checkpoints (at step 0: before any of them)
+            self.client.log_batch(rid, metrics=[Metric(f"val/cb{1 if kind == 'nar' else 0}/util_pred", val_util, 0, 0)])
         full = [{"kind": "codebook", "name": f"{kind}/cb1", "value": 0.01, "floor": 0.1, "message": "collapse",
                  **{k: v for k, v in e.items() if k not in ("until", "history")}} for e in events]
         if write_events:
@@ -92,7 +101,8 @@ class FakeStore:
             metrics += [Metric(key, 0.01, 0, e["step"]), Metric(key, 0.01, 0, until), Metric(key, 0.5, 0, until + 10)]
         if metrics:
             self.client.log_batch(rid, metrics=metrics)
-        self.client.set_terminated(rid, "FINISHED")
+        if status != "RUNNING":
+            self.client.set_terminated(rid, status)
         return rid
 
     def evaluate_run(self, ar_run: str, nar_run: str, ckpts: dict[str, Path], *,

@@ -17,8 +17,15 @@ from harmonica.registry.gates import (
     gate_tags,
     metric_gate,
     persisting_events,
+    utilisation_gate,
 )
 from tests.registry.fakes import GOOD_METRICS, with_metrics
+
+
+UTIL_OK = [{"model": "ar", "checkpoint_step": 100, "metric": "val/cb0/util_pred", "value": 0.4, "at": 100,
+            "floor": 0.1, "collapsed_tag": False},
+           {"model": "nar", "checkpoint_step": 100, "metric": "val/cb3/util_pred", "value": 0.3, "at": 100,
+            "floor": 0.1, "collapsed_tag": True}]
 
 
 def gate(threshold: float, relative_to: str = "absolute", enabled: bool = True) -> GateConfig:
@@ -179,12 +186,13 @@ def test_whole_training_tail():
 
 
 def test_evaluate_gates_reports_every_gate_in_order():
-    results = evaluate_gates(GOOD_METRICS, GatesConfig(), [], {"ar": 100, "nar": 100})
+    results = evaluate_gates(GOOD_METRICS, GatesConfig(), [], {"ar": 100, "nar": 100}, UTIL_OK)
     assert [r.name for r in results] == list(GATE_NAMES)
     assert all(r.passed for r in results)
     bad = evaluate_gates(with_metrics(eval__wer=0.9, eval__sim=0.1), GatesConfig(),
                          [{"model": "ar", "step": 99}], {"ar": 100, "nar": 100})
-    assert [r.name for r in bad if not r.passed] == ["max_wer", "min_sim", "collapse_free_tail"]
+    assert [r.name for r in bad if not r.passed] == ["max_wer", "min_sim", "collapse_free_tail",
+                                                     "checkpoint_utilisation"]  # no utilisation evidence
 
 
 def test_gate_tags_carry_value_threshold_and_verdict():
@@ -277,10 +285,31 @@ def test_demo_gates_are_no_looser_than_the_targets_whatever_the_baseline():
 def test_the_babbling_demo_model_of_issue_10_is_not_crowned_and_each_miss_is_quantified():
     gates = load_config("demo").gates
     babble = {**DEMO_BASELINES, "eval/wer": 1.023, "eval/sim": 0.570, "eval/fail/any": 0.475}
-    results = {r.name: r for r in evaluate_gates(babble, gates, [], 100)}
+    results = {r.name: r for r in evaluate_gates(babble, gates, [], 100, UTIL_OK)}
     assert [n for n, r in results.items() if not r.passed] == ["max_wer", "min_sim", "max_failure_rate"]
     assert results["max_wer"].margin == pytest.approx(-0.423)  # 1.023 vs min(0.439 + 0.2, 0.6)
     assert results["min_sim"].margin == pytest.approx(0.570 - 0.784 * 0.9)
     assert "MISSED BY 0.423" in results["max_wer"].reason
     good = {**DEMO_BASELINES, "eval/wer": 0.55, "eval/sim": 0.74, "eval/fail/any": 0.05}
-    assert all(r.passed for r in evaluate_gates(good, gates, [], 100))
+    assert all(r.passed for r in evaluate_gates(good, gates, [], 100, UTIL_OK))
+
+
+# ------------------------------------------------------------------------------ checkpoint utilisation
+
+
+def test_checkpoint_utilisation_passes_a_recovered_run_and_fails_a_collapsed_checkpoint():
+    ok = utilisation_gate(True, UTIL_OK)
+    assert ok.passed and ok.value == 0.3 and ok.margin == pytest.approx(0.2)
+    assert "tagged collapsed earlier, recovered" in ok.reason
+    collapsed = [UTIL_OK[0], {**UTIL_OK[1], "value": 0.061, "at": 200, "checkpoint_step": 220}]
+    bad = utilisation_gate(True, collapsed)
+    assert not bad.passed and bad.margin == pytest.approx(0.061 - 0.1)
+    assert "NAR val/cb3/util_pred 0.061 < floor 0.1 at step 200 (checkpoint step 220)" in bad.reason
+    assert "harmonica.collapse=true" in bad.reason and "MISSED BY 0.039" in bad.reason
+
+
+def test_checkpoint_utilisation_never_passes_without_evidence():
+    assert not utilisation_gate(True, None).passed and not utilisation_gate(True, []).passed
+    unknown = utilisation_gate(True, [{**UTIL_OK[0], "value": None}])
+    assert not unknown.passed and "no validation utilisation at or before checkpoint step 100" in unknown.reason
+    assert utilisation_gate(False, None).skipped

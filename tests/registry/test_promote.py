@@ -73,7 +73,7 @@ def test_first_passing_candidate_becomes_champion_with_every_gate_tagged(store, 
     assert prun.data.tags["harmonica.evaluation_run_id"] == eid
     path = store.client.download_artifacts(prun.info.run_id, "decision.json", str(store.workdir / "dl"))
     recorded = json.loads(Path(path).read_text())
-    assert recorded["decision"] == "champion" and recorded["version"] == "1" and len(recorded["gates"]) == 4
+    assert recorded["decision"] == "champion" and recorded["version"] == "1" and len(recorded["gates"]) == 5
     # the model is EMA-only
     arts = {a.path for a in store.client.list_artifacts(prun.info.run_id)}
     assert "decision.json" in arts
