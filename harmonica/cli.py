@@ -87,13 +87,29 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
+def _corpus_path(corpus_dir: str) -> Path:
+    """The --corpus directory, resolved; a symlink loop or an unreadable directory is a usage error."""
+    try:
+        path = Path(corpus_dir).resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a symlink loop this way
+        raise click.BadParameter(f"{corpus_dir} is a symlink loop; point --corpus at the real corpus directory",
+                                 param_hint="--corpus") from None
+    except OSError as exc:
+        why = "is a symlink loop" if exc.errno == 40 else f"cannot be opened ({exc.strerror})"
+        raise click.BadParameter(f"{corpus_dir} {why}; point --corpus at the corpus directory",
+                                 param_hint="--corpus") from None
+    if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
+        raise click.BadParameter(f"{corpus_dir} is not a readable directory", param_hint="--corpus")
+    return path
+
+
 @main.command()
 @click.option("--project", "-p", default="demo", show_default=True, help="projects/<name>.yaml or a yaml path")
 @click.option("--corpus", "corpus_dir", type=click.Path(), default=None, help="corpus root (default: data.corpus_dir)")
 @click.option("--format", "corpus_format", type=click.Choice(["demo", "ljspeech", "vctk"]), default=None)
 @click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="holds mlflow.db, mlartifacts/ and cache/ on the embedded default")
-@click.option("--workers", type=int, default=None, help="parallel encoding processes (data.workers)")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="parallel encoding processes (data.workers)")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @click.argument("overrides", nargs=-1)
 def preprocess(
@@ -113,10 +129,10 @@ def preprocess(
 
     extra = []
     if corpus_dir:
-        extra.append(f"data.corpus_dir={Path(corpus_dir).resolve()}")
+        extra.append(f"data.corpus_dir={_corpus_path(corpus_dir)}")
     if corpus_format:
         extra.append(f"data.corpus_format={corpus_format}")
-    if workers:
+    if workers is not None:
         extra.append(f"data.workers={workers}")
     try:
         cfg = _config(project, overrides, extra)
