@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from harmonica.data.cache import DamagedCacheError, StaleCacheError
     from harmonica.data.locks import LockWaitTimeout, WorkdirError
     from harmonica.tracking.adapter import WorkdirMovedError
+    from harmonica.training.ckpt_check import CheckpointInvalid
+    from harmonica.training.resume import ResumeRefused
     from harmonica.data.corpora import CorpusError
     from harmonica.data.preprocess import PreprocessError
 
@@ -35,7 +38,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (*USER_ERRORS, CorpusError, PreprocessError, StaleCacheError, CheckpointError,
             IncompatibleModelsError, CheckpointRefError, EvalError, ASRError, SpeakerBackendError,
-            DamagedCacheError, LockWaitTimeout, WorkdirError, WorkdirMovedError)
+            DamagedCacheError, LockWaitTimeout, WorkdirError, WorkdirMovedError, CheckpointInvalid, ResumeRefused)
 
 
 def _flag(value: str) -> bool:
@@ -84,13 +87,29 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
+def _corpus_path(corpus_dir: str) -> Path:
+    """The --corpus directory, resolved; a symlink loop or an unreadable directory is a usage error."""
+    try:
+        path = Path(corpus_dir).resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a symlink loop this way
+        raise click.BadParameter(f"{corpus_dir} is a symlink loop; point --corpus at the real corpus directory",
+                                 param_hint="--corpus") from None
+    except OSError as exc:
+        why = "is a symlink loop" if exc.errno == 40 else f"cannot be opened ({exc.strerror})"
+        raise click.BadParameter(f"{corpus_dir} {why}; point --corpus at the corpus directory",
+                                 param_hint="--corpus") from None
+    if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
+        raise click.BadParameter(f"{corpus_dir} is not a readable directory", param_hint="--corpus")
+    return path
+
+
 @main.command()
 @click.option("--project", "-p", default="demo", show_default=True, help="projects/<name>.yaml or a yaml path")
 @click.option("--corpus", "corpus_dir", type=click.Path(), default=None, help="corpus root (default: data.corpus_dir)")
 @click.option("--format", "corpus_format", type=click.Choice(["demo", "demo_generated", "ljspeech", "vctk"]), default=None)
 @click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="holds mlflow.db, mlartifacts/ and cache/ on the embedded default")
-@click.option("--workers", type=int, default=None, help="parallel encoding processes (data.workers)")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="parallel encoding processes (data.workers)")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @click.argument("overrides", nargs=-1)
 def preprocess(
@@ -110,10 +129,10 @@ def preprocess(
 
     extra = []
     if corpus_dir:
-        extra.append(f"data.corpus_dir={Path(corpus_dir).resolve()}")
+        extra.append(f"data.corpus_dir={_corpus_path(corpus_dir)}")
     if corpus_format:
         extra.append(f"data.corpus_format={corpus_format}")
-    if workers:
+    if workers is not None:
         extra.append(f"data.workers={workers}")
     try:
         cfg = _config(project, overrides, extra)
@@ -141,15 +160,20 @@ def preprocess(
 @click.option("--model-type", "kind", type=click.Choice(["ar", "nar"]), required=True)
 @click.option("--project", "-p", default="demo", show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
-@click.option("--resume", is_flag=True, help="continue the latest run of this project/model type from its last checkpoint")
+@click.option("--resume", is_flag=True, help="continue the latest run of this project/model type from its newest "
+              "valid checkpoint (damaged ones are skipped and named)")
+@click.option("--resume-from", default=None, metavar="STEP|PATH",
+              help="resume from this step of the latest run, or from this checkpoint directory")
+@click.option("--accept-config-change", is_flag=True,
+              help="resume although the config differs from the checkpoint's (recorded as a tag and config.resume-<n>.yaml)")
 @click.option("--allow-cache-mismatch", is_flag=True,
               help="train on a token cache built with other settings (recorded as a tag)")
 # MLproject parameters are strings: these carry --resume / --allow-cache-mismatch as true|false
 @click.option("--resume-if", default="false", hidden=True)
 @click.option("--allow-cache-mismatch-if", default="false", hidden=True)
 @click.argument("overrides", nargs=-1)
-def train(kind: str, project: str, workdir: str, resume: bool, allow_cache_mismatch: bool, resume_if: str,
-          allow_cache_mismatch_if: str, overrides: tuple[str, ...]) -> None:
+def train(kind: str, project: str, workdir: str, resume: bool, resume_from: str | None, accept_config_change: bool,
+          allow_cache_mismatch: bool, resume_if: str, allow_cache_mismatch_if: str, overrides: tuple[str, ...]) -> None:
     """Train the AR (text -> first codebook) or the NAR (remaining codebooks).
 
     Uses the `training.<model-type>` and `model.<model-type>` blocks; OVERRIDES are key.path=value.
@@ -157,12 +181,17 @@ def train(kind: str, project: str, workdir: str, resume: bool, allow_cache_misma
     """
     from harmonica.stages.train import run_train
 
+    cfg = None
     try:
         cfg = _config(project, overrides, [])
-        out = run_train(cfg, kind, Path(workdir), resume=resume or _flag(resume_if),
+        out = run_train(cfg, kind, Path(workdir), resume=resume or _flag(resume_if), resume_from=resume_from,
+                        accept_config_change=accept_config_change,
                         allow_cache_mismatch=allow_cache_mismatch or _flag(allow_cache_mismatch_if))
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo(resume_hint(kind, project, cfg.project if cfg else project, workdir, overrides), err=True)
+        sys.exit(130)
     if not out.run_id or not out.tracking_uri:
         return  # a DDP rank > 0: rank 0 reports
     st = out.result.state
@@ -175,6 +204,22 @@ def train(kind: str, project: str, workdir: str, resume: bool, allow_cache_misma
     click.echo(f"  collapse events            {len(st.collapse_events)}")
     click.echo(f"  best checkpoint            {out.result.best_checkpoint} (step {st.best_step})")
     click.echo(f"  mlflow run                 {out.run_id} in '{out.experiment}' ({out.tracking_uri})")
+
+
+def resume_hint(kind: str, project: str, project_name: str, workdir: str, overrides: tuple[str, ...]) -> str:
+    """What to type to continue an interrupted training (the same overrides, the newest checkpoint)."""
+    from harmonica.stages.train import checkpoints_root
+    from harmonica.training.checkpoint import list_checkpoints
+
+    root = checkpoints_root(Path(workdir), project_name, kind)
+    ckpts = sorted((c for d in root.glob("*") for c in list_checkpoints(d / "ckpt")),
+                   key=lambda c: (c / "meta.json").stat().st_mtime) if root.is_dir() else []
+    cmd = ["harmonica", "train", "--model-type", kind, "--project", project, "--workdir", str(Path(workdir).resolve())]
+    if not ckpts:
+        return ("\ninterrupted before the first checkpoint: nothing to resume; start again with\n  "
+                + shlex.join([*cmd, *overrides]))
+    return (f"\ninterrupted; the run is marked KILLED. Its newest checkpoint is {ckpts[-1]}; continue with\n  "
+            + shlex.join([*cmd, "--resume", *overrides]))
 
 
 def resolve_refs(cfg: HarmonicaConfig, workdir: Path, *refs: str) -> list[tuple[Path, str | None]]:

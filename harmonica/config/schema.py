@@ -19,7 +19,8 @@ ENCODEC_CODEBOOK_SIZE = 1024
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # allow_inf_nan=False: every float field (lists and tuples too) rejects inf and NaN, e.g. lr=inf
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------- data

@@ -135,6 +135,10 @@ def prepare_ljspeech(
                                       LJSPEECH_SPEAKER))
             continue
         fields = rest.split(b"|")
+        if len(fields) > 2:  # a stray "|" would silently pick the wrong column as the text
+            rejected.append(Rejection(utt_id, str(wav), "malformed_row", f"line {lineno}: {len(fields) + 1} columns, "
+                                      "expected id|text|normalized_text", LJSPEECH_SPEAKER))
+            continue
         decoded = [_decode_text(f) for f in fields]
         if any(d is None for d in decoded):
             rejected.append(Rejection(utt_id, str(wav), "non_utf8_text",

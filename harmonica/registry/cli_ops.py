@@ -164,8 +164,11 @@ def rollback(name: str, to_version: str, reason: str, *, tracking_uri: str, forc
         record_champion_event(client, name, {"at": at, "to": version, "from": current, "via": "rollback",
                                              "by": actor(), "reason": reason.strip()[:500],
                                              "forced": bool(problems)})
-    message = (f"{name}: champion v{current or '-'} -> v{version} (rollback{', forced: ' + '; '.join(problems) if problems else ''}); "
-               f"reason: {reason.strip()}")
+    forced = f", forced: {'; '.join(problems)}" if problems else ""
+    if current is None:
+        message = f"{name}: champion set to v{version}; there was no champion before (rollback{forced}); reason: {reason.strip()}"
+    else:
+        message = f"{name}: champion v{current} -> v{version} (rollback{forced}); reason: {reason.strip()}"
     return RollbackResult(name, current, version, reason.strip(), bool(problems), message)
 
 

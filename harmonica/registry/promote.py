@@ -116,6 +116,7 @@ class Decision:
     promote_run_id: str | None = None
     tracking_uri: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    registered_decision: str = ""  # for existing/duplicate: what the version was registered as
 
     @property
     def failing_gates(self) -> list[str]:
@@ -126,7 +127,8 @@ class Decision:
         if self.decision == "refused":
             return f"{self.model_name}: REFUSED evaluation {self.evaluation_run_id}"
         if self.decision in ("existing", "duplicate"):
-            return f"{name}: already registered for evaluation {self.evaluation_run_id}; nothing changed"
+            return (f"{name}: already registered for evaluation {self.evaluation_run_id} (as {self.registered_decision or 'unknown'}); "
+                "nothing changed")
         if self.champion_moved:
             prev = f"v{self.previous_champion}" if self.previous_champion else "none"
             return f"{name}: CHAMPION (previous champion {prev})"
@@ -135,6 +137,9 @@ class Decision:
 
     def text(self) -> str:
         lines = [self.headline()]
+        if self.gates and self.decision in ("existing", "duplicate"):
+            lines.append("  gates re-checked with today's thresholds, for information only: the version keeps the "
+                         "decision it got when it was registered")
         for g in self.gates:
             lines.append(f"  {g.verdict} {g.name}: {g.reason}")
         lines += [f"  - {r}" for r in self.reasons]
@@ -584,11 +589,14 @@ def _existing_decision(client: MlflowClient, name: str, mv: Any, base: dict[str,
         (f"{why}: evaluation {base['evaluation_run_id']} is already version {mv.version} (decision: "
          f"{tags.get('harmonica.decision', 'unknown')}, promote run {tags.get('harmonica.promote_run_id', 'unknown')}); "
          "nothing registered, no alias moved"),
-        f"current champion: v{current}" if current else "there is no champion",
+        f"current champion: v{current}" if current else "there is no champion yet",
     ]
+    if not current and tags.get("harmonica.decision") != "champion":
+        reasons.append(f"to serve v{mv.version} anyway: harmonica registry rollback --to {mv.version} --force "
+                       "--reason '...' (recorded on the version)")
     return Decision(**base, version=str(mv.version), registered_new=False, champion_moved=False,
                     decision="existing" if why == "idempotent" else "duplicate", reasons=reasons,
-                    champion_version=current)
+                    champion_version=current, registered_decision=tags.get("harmonica.decision", ""))
 
 
 def promote(

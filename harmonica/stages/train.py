@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from harmonica.codec import load_codec
-from harmonica.config.load import config_hash
+from harmonica.config.load import config_hash, to_yaml
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.cache import TokenCache, find_cache
-from harmonica.training import checkpoint as ckpt
+from harmonica.training.metric_buffer import CheckpointAlignedMetrics
+from harmonica.training.resume import ResumeTarget, check_config, select_checkpoint
 from harmonica.training.distributed import DistInfo, init_distributed, shutdown_distributed
 from harmonica.training.trainer import Trainer, TrainResult
 from harmonica.tracking.adapter import NullRun, Tracker
@@ -34,19 +35,6 @@ class TrainOutcome:
 
 def checkpoints_root(workdir: Path, project: str, kind: str) -> Path:
     return Path(workdir) / "checkpoints" / project / kind
-
-
-def find_resumable(workdir: Path, project: str, kind: str) -> tuple[str, Path] | None:
-    """The most recent run of this project/kind that left a checkpoint: (run id, checkpoint)."""
-    root = checkpoints_root(workdir, project, kind)
-    best: tuple[float, str, Path] | None = None
-    for run_dir in root.glob("*") if root.is_dir() else []:
-        latest = ckpt.latest_checkpoint(run_dir / "ckpt")
-        if latest is not None:
-            mtime = (latest / "meta.json").stat().st_mtime
-            if best is None or mtime > best[0]:
-                best = (mtime, run_dir.name, latest)
-    return (best[1], best[2]) if best else None
 
 
 def describe(cfg: HarmonicaConfig, kind: str, cache: TokenCache) -> str:
@@ -81,6 +69,8 @@ def run_train(
     workdir: Path,
     *,
     resume: bool = False,
+    resume_from: str | None = None,
+    accept_config_change: bool = False,
     allow_cache_mismatch: bool = False,
     parent_run_id: str | None = None,
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
@@ -88,17 +78,18 @@ def run_train(
     extra_tags: dict[str, str] | None = None,
 ) -> TrainOutcome:
     """One training run. on_validation(step, metrics) is called after every validation (rank 0
-    metrics on every rank); an exception it raises ends the run with its `run_status` if it has one."""
+    metrics on every rank); an exception it raises ends the run with its `run_status` if it has one.
+
+    A resume (resume / resume_from) picks and loads its checkpoint and compares configs before the
+    MLflow run is touched: a refused or failed resume leaves the run exactly as it was."""
     tcfg = getattr(cfg.training, kind)
     info, device = init_distributed(tcfg.device)
     try:
         cache, mismatch = find_cache(cfg, workdir, allow_mismatch=allow_cache_mismatch)
-        resume_target = find_resumable(workdir, cfg.project, kind) if resume else None
-        if resume and resume_target is None:
-            raise FileNotFoundError(
-                f"--resume: no checkpoint of a {kind} run of project '{cfg.project}' under "
-                f"{checkpoints_root(workdir, cfg.project, kind)}"
-            )
+        target, changes = None, []
+        if resume or resume_from:
+            target = select_checkpoint(checkpoints_root(workdir, cfg.project, kind), kind, cfg.project, resume_from)
+            changes = check_config(target, cfg, kind, accept_config_change)
         digest = config_hash(cfg)
         tags = {
             "harmonica.model_kind": kind,
@@ -113,29 +104,44 @@ def run_train(
             tags["harmonica.cache_mismatch_fields"] = "; ".join(mismatch)[:5000]
             log.warning("training on a stale token cache (--allow-cache-mismatch):\n  %s", "\n  ".join(mismatch))
         tracker = Tracker(cfg, workdir) if info.is_main else None
+        codec = load_codec(cfg.codec, cache.codec_dir) if info.is_main else None
+
+        def make_trainer(run_id: str, sink: Any) -> Trainer:
+            meta = {"config_hash": digest, "run_id": run_id, "project": cfg.project,
+                    "code_version": code_version().label, "git_dirty": code_version().git_dirty}
+            out = checkpoints_root(workdir, cfg.project, kind) / run_id / "ckpt"
+            return Trainer(cfg, kind, cache, out, sink, device=device, dist_info=info, codec=codec, meta=meta,
+                           on_validation=on_validation)
+
+        trainer = None
+        if target is not None:
+            trainer = make_trainer(target.run_id, NullRun())
+            trainer.load(target.path)  # a damaged or unfitting checkpoint fails here, the run untouched
         with contextlib.ExitStack() as stack:
             run: Any = NullRun()
             if tracker is not None:
                 run = stack.enter_context(tracker.run(
                     f"train_{kind}", run_name or f"train_{kind}-{cfg.project}-{digest[:8]}",
                     description=describe(cfg, kind, cache), tags={**tags, **(extra_tags or {})},
-                    run_id=resume_target[0] if resume_target else None, parent_run_id=parent_run_id,
+                    run_id=target.run_id if target else None, parent_run_id=parent_run_id,
                 ))
             run_id = _share_run_id(run.run_id or None, info)
             out_dir = checkpoints_root(workdir, cfg.project, kind) / run_id
             if tracker is not None:
-                run.log_config(cfg)
+                if target is None:
+                    run.log_config(cfg)
+                else:
+                    _record_resume(run, cfg, target, changes)
                 run.log_dataset(name=f"{cfg.project}-tokens", digest=cache.fingerprint, source=cache.directory,
                                 context="training", profile={"splits": cache.meta["splits"]})
                 run.set_tags({"harmonica.checkpoint_dir": str(out_dir.resolve())})
-                if resume_target:
-                    run.set_tags({"harmonica.resumed_from": str(resume_target[1])})
-            codec = load_codec(cfg.codec, cache.codec_dir) if info.is_main else None
-            meta = {"config_hash": digest, "run_id": run_id, "project": cfg.project,
-                    "code_version": code_version().label, "git_dirty": code_version().git_dirty}
-            trainer = Trainer(cfg, kind, cache, out_dir / "ckpt", run, device=device, dist_info=info,
-                              codec=codec, meta=meta, on_validation=on_validation)
-            result = trainer.fit(resume_from=resume_target[1] if resume_target else None)
+            metrics = CheckpointAlignedMetrics(run)
+            if trainer is None:
+                trainer = make_trainer(run_id, metrics)
+            trainer.sink = metrics
+            trainer.on_checkpoint = metrics.commit
+            result = trainer.fit()
+            metrics.commit()
             if tracker is not None:
                 _log_result(run, result)
         return TrainOutcome(
@@ -143,6 +149,27 @@ def run_train(
         )
     finally:
         shutdown_distributed()
+
+
+def _record_resume(run: Any, cfg: HarmonicaConfig, target: ResumeTarget, changes: list[str]) -> None:
+    """Tags for this resume; an accepted config change goes to config.resume-<n>.yaml, never over
+    the original config.yaml / params / config hash."""
+    tags = {"harmonica.resumed_from": str(target.path)}
+    reached = run.tags().get("harmonica.steps", "")
+    if reached.isdigit() and int(reached) > target.meta["step"]:
+        log.warning("resuming run %s at step %d although it had reached step %s: the metric histories will hold "
+                    "steps %d..%s twice (the newer checkpoints were skipped or not chosen)", run.run_id,
+                    target.meta["step"], reached, target.meta["step"] + 1, reached)
+        tags["harmonica.resume_rewound"] = f"{reached}->{target.meta['step']}"
+    if target.skipped:
+        tags["harmonica.resume_skipped"] = "; ".join(f"{p.name}: {why}" for p, why in target.skipped)[:5000]
+    if changes:
+        n = 1 + sum(1 for k in run.tags() if k.startswith("harmonica.resume_") and k.endswith(".changes"))
+        run.log_text(to_yaml(cfg), f"config.resume-{n}.yaml")
+        tags[f"harmonica.resume_{n}.changes"] = "; ".join(changes)[:5000]
+        tags[f"harmonica.resume_{n}.step"] = str(target.meta["step"])
+        log.warning("resuming with a changed config (recorded as config.resume-%d.yaml):\n  %s", n, "\n  ".join(changes))
+    run.set_tags(tags)
 
 
 def _log_result(run: Any, result: TrainResult) -> None:

@@ -91,6 +91,9 @@ class Run:
                 self.run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH], synchronous=not self.async_logging
             )
 
+    def tags(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.tags)
+
     def get_metric_history(self, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
 

@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
+
+from harmonica.training import ckpt_check as check
 
 __all__ = [
     "Checkpoint", "NonFiniteWeightsError", "clean_temp", "copy_as", "flatten_state", "latest_checkpoint",
@@ -243,21 +245,29 @@ class Checkpoint:
 
 
 def _load_state(path: Path, name: str) -> Any:
-    skeleton = json.loads((path / f"{name}.json").read_text(encoding="utf-8"))
-    return unflatten_state(load_file(str(path / f"{name}.safetensors")), skeleton)
+    skeleton = check.read_json(path, f"{name}.json")
+    tensors = check.read_tensors(path, f"{name}.safetensors")
+    try:
+        return unflatten_state(tensors, skeleton)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise check.CheckpointInvalid(path, f"{name}.json", f"does not match {name}.safetensors ({exc!r})") from None
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+    meta = check.read_json(Path(path), "meta.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise check.CheckpointInvalid(Path(path), "meta.json", "has no integer 'step'")
+    return meta
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
+    """Every damaged part raises `CheckpointInvalid` naming the file (never pickle)."""
     path = Path(path)
     meta = read_meta(path)
-    ema_file = path / "ema.safetensors"
-    return Checkpoint(path=path, step=int(meta["step"]), model=load_file(str(path / "model.safetensors")),
-                      ema=load_file(str(ema_file)) if ema_file.is_file() else None,
-                      optimizer=_load_state(path, "optimizer"), trainer=_load_state(path, "trainer"), meta=meta)
+    ema = check.read_tensors(path, "ema.safetensors") if (path / "ema.safetensors").exists() else None
+    return Checkpoint(path=path, step=int(meta["step"]), model=check.read_tensors(path, "model.safetensors"),
+                      ema=ema, optimizer=_load_state(path, "optimizer"), trainer=_load_state(path, "trainer"),
+                      meta=meta)
 
 
 # ---------------------------------------------------------------------------------- housekeeping

@@ -23,6 +23,8 @@ from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.cache import TokenCache
 from harmonica.models import build_model
 from harmonica.training import checkpoint as ckpt
+from harmonica.training.resume import result_config
+from harmonica.training.ckpt_check import CheckpointInvalid, check_shapes, check_trainer_meta
 from harmonica.training.data import (
     BatchStream,
     Example,
@@ -131,6 +133,7 @@ class Trainer:
         self.sink, self.device, self.dist = sink, device, dist_info
         self.meta = meta or {}
         self.on_validation = on_validation  # e.g. a sweep's pruning report; may raise to end the run
+        self.on_checkpoint: Callable[[int], None] | None = None  # called with the step after each save
         contract = cache.contract
         self.sink.set_tags({"harmonica.threads": str(apply_threads(self.tcfg.threads))})  # the count in effect
         torch.manual_seed(self.tcfg.seed)
@@ -400,6 +403,7 @@ class Trainer:
             "codec_config": self.cfg.codec.model_dump(mode="json"),
             "text_config": self.cfg.text.model_dump(mode="json"),
             "speakers": self.speakers,  # name -> index, for speaker_condition=embedding
+            "result_config": result_config(self.cfg, self.kind),  # what --resume compares against
             **self.meta,
         }
 
@@ -435,6 +439,8 @@ class Trainer:
                 else:
                     protect = {self.ckpt_root / "best"}
                     ckpt.prune_checkpoints(self.ckpt_root, self.tcfg.keep_last, protect=protect)
+                    if self.on_checkpoint is not None:
+                        self.on_checkpoint(self.state.step)  # e.g. send the metrics this checkpoint covers
         barrier(self.dist)
         return path
 
@@ -447,16 +453,33 @@ class Trainer:
                                 "harmonica.best_value": f"{self.state.best_value:.6g}"})
 
     def load(self, path: Path) -> None:
+        """Restore everything from a checkpoint; any damaged or unfitting part raises CheckpointInvalid
+        before the model, optimizer or counters change."""
         c = ckpt.load_checkpoint(path)
-        self.core.load_state_dict(c.model)
-        self.optimizer.load_state_dict(c.optimizer)
+        check_trainer_meta(c.path, c.meta)
+        if c.meta["kind"] != self.kind:
+            raise CheckpointInvalid(c.path, "meta.json", f"is a {c.meta['kind']} checkpoint, not {self.kind}")
+        own = self.core.state_dict()
+        check_shapes(c.path, "model.safetensors", c.model, own)
+        if c.ema is not None:
+            check_shapes(c.path, "ema.safetensors", {k: v for k, v in c.ema.items() if k in own},
+                         {k: v for k, v in own.items() if k in c.ema})
         tr = c.trainer
-        self.scheduler.load_state_dict(tr["scheduler"])
-        self.stream.load_state_dict(tr["stream"])
-        self.generator.set_state(tr["generator"])
-        torch.set_rng_state(tr["torch_rng"])
-        self.ema.load_state_dict({**tr["ema_meta"], "shadow": c.ema})
-        self.guard.load_state_dict(tr["guard"])
-        self.early.load_state_dict(tr["early"])
-        self.state = TrainState(**tr["state"])
+        missing = [k for k in ("state", "scheduler", "stream", "generator", "torch_rng", "ema_meta", "guard", "early")
+                   if not isinstance(tr, dict) or k not in tr]
+        if missing:
+            raise CheckpointInvalid(c.path, "trainer.json", f"lacks {missing}")
+        try:
+            self.core.load_state_dict(c.model)
+            self.optimizer.load_state_dict(c.optimizer)
+            self.scheduler.load_state_dict(tr["scheduler"])
+            self.stream.load_state_dict(tr["stream"])
+            self.generator.set_state(tr["generator"])
+            torch.set_rng_state(tr["torch_rng"])
+            self.ema.load_state_dict({**tr["ema_meta"], "shadow": c.ema})
+            self.guard.load_state_dict(tr["guard"])
+            self.early.load_state_dict(tr["early"])
+            self.state = TrainState(**tr["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointInvalid(c.path, "optimizer/trainer state", f"cannot be restored: {exc}") from None
         log.info("resumed from %s at step %d", path, self.state.step)
