@@ -314,3 +314,13 @@ def test_checkpoint_utilisation_never_passes_without_evidence():
     unknown = utilisation_gate(True, [{**UTIL_OK[0], "value": None}])
     assert not unknown.passed and "no validation utilisation at or before checkpoint step 100" in unknown.reason
     assert utilisation_gate(False, None).skipped
+
+
+def test_unfinished_run_fails_only_when_its_planned_tail_was_never_reached():
+    killed = {"model": "nar", "kind": "unfinished", "step": 220, "planned": 300, "status": "RUNNING"}
+    r = collapse_gate(0.2, [killed], {"ar": 300, "nar": 220})
+    assert not r.passed and "NAR tail not observed" in r.reason and "steps > 240 of 300" in r.reason
+    reached = {**killed, "step": 280}
+    r = collapse_gate(0.2, [reached], {"ar": 300, "nar": 280})
+    assert r.passed and "NAR steps > 224 of 280" in r.reason and "0 earlier event(s)" in r.reason
+    assert not collapse_gate(0.2, [{**killed, "step": None}], {"ar": 300}).passed  # last step unknown
