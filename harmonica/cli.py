@@ -290,11 +290,12 @@ def evaluate(project: str, ar_ref: str, nar_ref: str, weights: str, workdir: str
     m = out.result.metrics
     click.echo("")
     click.echo(f"evaluate: {int(m['eval/utterances'])} utterances ({weights} weights)")
-    click.echo(f"  {'':<14}{'WER':>8}{'CER':>8}{'SIM':>8}{'fail':>8}")
-    for label, prefix in (("model", "eval"), ("resynthesis", "baseline/resynthesis"),
-                          ("ground truth", "baseline/ground_truth")):
-        click.echo(f"  {label:<14}{m[prefix + '/wer']:>8.3f}{m[prefix + '/cer']:>8.3f}{m[prefix + '/sim']:>8.3f}"
-                   f"{m[prefix + '/fail/any']:>8.3f}")
+    from harmonica.reports.decomposition import columns, with_interval
+
+    cells = ("wer", "cer", "sim", "fail/any")  # value [95% bootstrap interval over utterances]
+    click.echo(f"  {'':<30}" + "".join(f"{c.upper().replace('FAIL/ANY', 'FAIL'):>22}" for c in cells))
+    for label, prefix in columns(m):
+        click.echo(f"  {label:<30}" + "".join(f"{with_interval(m, f'{prefix}/{c}') or '—':>22}" for c in cells))
     click.echo(f"  mlflow run    {out.run_id} in '{out.experiment}' ({out.tracking_uri})")
 
 

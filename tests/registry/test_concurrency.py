@@ -24,7 +24,8 @@ def check_two_candidates(client, decisions: list[dict], better_eval: str, name: 
         assert int(worse["version"]) < int(better["version"])
     else:
         assert worse["decision"] == "candidate"
-        assert f"does not beat champion v{better['version']}" in "\n".join(worse["reasons"])
+        reasons = "\n".join(worse["reasons"])
+        assert f"vs champion v{better['version']}" in reasons and "not better" in reasons
         assert int(better["version"]) < int(worse["version"])
     # the champion-move critical sections did not interleave
     tags = {str(v.version): v.tags for v in versions}
