@@ -8,6 +8,11 @@ sum_t a[n, t] W[n, t], with a the query's attention over the text keys renormali
 (the shape of its text attention; its total text mass is left free, so the loss gives no reason to
 stop reading the text). Without it the demo AR ignored the text entirely (text gain 0.00-0.02
 nats/frame); with it the text gain reached 0.20 (issue 10).
+
+Measured on the demo (mel_rvq 256, 300 AR steps, weight 1, sigma 0.2): val_ema/text_gain 0.013
+unguided, 0.031 with all heads of all layers guided, 0.018 with 2 of 4 heads. Guiding every head
+drove the attention share on the text to 1.0 (vs 0.39 unguided): the AR then no longer attends to
+its own past audio, and its val CE rose (2.16 vs 2.09); `guided_attention_heads` leaves heads free.
 """
 
 from __future__ import annotations
