@@ -217,3 +217,24 @@ def test_codec_ladder_is_logged_and_reused(tmp_path: Path, workdir: Path):
     # the slice size is not a token setting: same cache
     other = run_preprocess(_cfg(corpus.root, "data.eval_fraction=0.2"), workdir, progress=False)
     assert other.result.reused
+
+
+def test_codec_ladder_skips_a_codec_without_trained_weights(tmp_path: Path):
+    from harmonica.data.cache import TokenCache
+    from harmonica.data.preprocess import PreprocessResult
+    from harmonica.stages.preprocess import log_ladder
+
+    class Tags:
+        tags: dict = {}
+
+        def set_tags(self, tags):
+            self.tags.update(tags)
+
+        def log_metrics(self, *a, **k):
+            raise AssertionError("a random codec's ladder must not be logged")
+
+    cache = TokenCache(tmp_path, {"codec": {"codec.pretrained": False}})
+    run = Tags()
+    log_ladder(run, load_config("demo", ["codec.ladder_utterances=4"]),
+               PreprocessResult(cache, False, {}, tmp_path, tmp_path))
+    assert run.tags["codec.ladder"].startswith("skipped: the codec has no trained weights")
