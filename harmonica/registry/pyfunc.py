@@ -55,8 +55,9 @@ MODEL_NAME = "harmonica-tts"
 EMA_FILES = ("meta.json", "ema.safetensors")
 OUTPUT_COLUMNS = ("audio_b64", "sample_rate", "duration_sec", "text", "ar_frames")
 # what inference imports (training-only deps such as optuna, faster-whisper stay out)
+# espeakng-loader: the phoneme text frontend phonemises request texts in the serving process
 INFERENCE_PACKAGES = ("torch", "numpy", "mlflow", "pydantic", "pyyaml", "soundfile", "soxr", "safetensors",
-                      "einops", "pandas")
+                      "einops", "pandas", "espeakng-loader")
 
 
 class ServingInputError(MlflowException):
