@@ -14,7 +14,7 @@ from harmonica.codec import load_codec
 from harmonica.config.load import config_hash, to_yaml
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.cache import TokenCache, find_cache
-from harmonica.training.metric_buffer import CheckpointAlignedMetrics
+from harmonica.training.metric_buffer import ResumeDedupMetrics
 from harmonica.training.resume import ResumeTarget, check_config, select_checkpoint
 from harmonica.training.distributed import DistInfo, init_distributed, shutdown_distributed
 from harmonica.training.trainer import Trainer, TrainResult
@@ -135,13 +135,12 @@ def run_train(
                 run.log_dataset(name=f"{cfg.project}-tokens", digest=cache.fingerprint, source=cache.directory,
                                 context="training", profile={"splits": cache.meta["splits"]})
                 run.set_tags({"harmonica.checkpoint_dir": str(out_dir.resolve())})
-            metrics = CheckpointAlignedMetrics(run)
+            history = run.get_metric_history if target is not None and tracker is not None else None
+            metrics = ResumeDedupMetrics(run, history)
             if trainer is None:
                 trainer = make_trainer(run_id, metrics)
             trainer.sink = metrics
-            trainer.on_checkpoint = metrics.commit
             result = trainer.fit()
-            metrics.commit()
             if tracker is not None:
                 _log_result(run, result)
         return TrainOutcome(
@@ -157,8 +156,8 @@ def _record_resume(run: Any, cfg: HarmonicaConfig, target: ResumeTarget, changes
     tags = {"harmonica.resumed_from": str(target.path)}
     reached = run.tags().get("harmonica.steps", "")
     if reached.isdigit() and int(reached) > target.meta["step"]:
-        log.warning("resuming run %s at step %d although it had reached step %s: the metric histories will hold "
-                    "steps %d..%s twice (the newer checkpoints were skipped or not chosen)", run.run_id,
+        log.warning("resuming run %s at step %d although it had reached step %s: the metric histories keep the "
+                    "first values of steps %d..%s (the newer checkpoints were skipped or not chosen)", run.run_id,
                     target.meta["step"], reached, target.meta["step"] + 1, reached)
         tags["harmonica.resume_rewound"] = f"{reached}->{target.meta['step']}"
     if target.skipped:

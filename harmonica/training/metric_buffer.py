@@ -1,37 +1,38 @@
-"""Metrics reach the tracking run only once a checkpoint covers their step.
+"""Live metrics that stay unique per step across kill + resume.
 
-MLflow keeps every value ever logged for a (key, step); a run killed between two checkpoints and
-resumed from the older one would log the steps in between twice -- and the first copy would come
-from a trajectory the resumed weights no longer follow. So the trainer's metrics are held here and
-sent when the checkpoint of their step is on disk (`commit`); after a kill the held ones are simply
-recomputed by the resumed run, and every history ends up with unique steps, equal to an
-uninterrupted run's. The price: the live curves advance once per checkpoint (`ckpt_every`), not per
-`log_every`. Tags, texts and artifacts are not buffered.
+MLflow keeps every value ever logged for a (key, step). A run killed between two checkpoints and
+resumed from the older one recomputes the steps in between; resume is exact (weights, optimizer,
+schedules, sampler and RNG states all come from the checkpoint), so those recomputed values are
+the ones already logged. `ResumeDedupMetrics` sends every metric at once -- the live curves
+advance every `log_every` steps -- and, on a resumed run, drops a key's value at a step that the
+run's history of that key already holds. Every history then has unique steps, equal to an
+uninterrupted run's. Tags, texts and artifacts pass through unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
-class CheckpointAlignedMetrics:
-    def __init__(self, sink: Any) -> None:
+class ResumeDedupMetrics:
+    def __init__(self, sink: Any, history: Callable[[str], list[tuple[int, float]]] | None = None) -> None:
+        """history: key -> [(step, value)] of the run being resumed; None for a new run."""
         self.sink = sink
-        self.pending: list[tuple[dict[str, float], int | None]] = []
+        self.history = history
+        self.logged_to: dict[str, int] = {}  # key -> last step the run already had before this process
+
+    def _last_logged(self, key: str) -> int:
+        if key not in self.logged_to:
+            steps = [s for s, _ in self.history(key)] if self.history is not None else []
+            self.logged_to[key] = max(steps, default=-1)
+        return self.logged_to[key]
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self.pending.append((dict(metrics), step))
-
-    def commit(self, step: int | None = None) -> None:
-        """Send everything held up to `step` (all when None)."""
-        keep = []
-        for metrics, at in self.pending:
-            if step is None or at is None or at <= step:
-                self.sink.log_metrics(metrics, step=at)
-            else:
-                keep.append((metrics, at))
-        self.pending = keep
+        if self.history is not None and step is not None:
+            metrics = {k: v for k, v in metrics.items() if step > self._last_logged(k)}
+        if metrics:
+            self.sink.log_metrics(dict(metrics), step=step)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sink, name)

@@ -133,7 +133,6 @@ class Trainer:
         self.sink, self.device, self.dist = sink, device, dist_info
         self.meta = meta or {}
         self.on_validation = on_validation  # e.g. a sweep's pruning report; may raise to end the run
-        self.on_checkpoint: Callable[[int], None] | None = None  # called with the step after each save
         contract = cache.contract
         self.sink.set_tags({"harmonica.threads": str(apply_threads(self.tcfg.threads))})  # the count in effect
         torch.manual_seed(self.tcfg.seed)
@@ -439,8 +438,6 @@ class Trainer:
                 else:
                     protect = {self.ckpt_root / "best"}
                     ckpt.prune_checkpoints(self.ckpt_root, self.tcfg.keep_last, protect=protect)
-                    if self.on_checkpoint is not None:
-                        self.on_checkpoint(self.state.step)  # e.g. send the metrics this checkpoint covers
         barrier(self.dist)
         return path
 
