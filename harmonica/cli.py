@@ -22,7 +22,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 def _user_errors() -> tuple[type[BaseException], ...]:
     from harmonica.data.cache import DamagedCacheError, StaleCacheError
     from harmonica.data.locks import LockWaitTimeout, WorkdirError
-    from harmonica.tracking.adapter import WorkdirMovedError
+    from harmonica.tracking.adapter import TrackingLost, WorkdirMovedError
+    from harmonica.tracking.health import TrackingUnavailable
     from harmonica.training.ckpt_check import CheckpointInvalid
     from harmonica.training.resume import ResumeRefused
     from harmonica.data.corpora import CorpusError
@@ -38,7 +39,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (*USER_ERRORS, CorpusError, PreprocessError, StaleCacheError, CheckpointError,
             IncompatibleModelsError, CheckpointRefError, EvalError, ASRError, SpeakerBackendError,
-            DamagedCacheError, LockWaitTimeout, WorkdirError, WorkdirMovedError, CheckpointInvalid, ResumeRefused)
+            DamagedCacheError, LockWaitTimeout, WorkdirError, WorkdirMovedError, CheckpointInvalid, ResumeRefused,
+            TrackingUnavailable, TrackingLost)
 
 
 def _flag(value: str) -> bool:
@@ -95,7 +97,7 @@ def _corpus_path(corpus_dir: str) -> Path:
         raise click.BadParameter(f"{corpus_dir} is a symlink loop; point --corpus at the real corpus directory",
                                  param_hint="--corpus") from None
     except OSError as exc:
-        why = "is a symlink loop" if exc.errno == 40 else f"cannot be opened ({exc.strerror})"
+        why = {40: "is a symlink loop", 2: "does not exist"}.get(exc.errno or 0, f"cannot be opened ({exc.strerror})")
         raise click.BadParameter(f"{corpus_dir} {why}; point --corpus at the corpus directory",
                                  param_hint="--corpus") from None
     if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
@@ -204,6 +206,34 @@ def train(kind: str, project: str, workdir: str, resume: bool, resume_from: str 
     click.echo(f"  collapse events            {len(st.collapse_events)}")
     click.echo(f"  best checkpoint            {out.result.best_checkpoint} (step {st.best_step})")
     click.echo(f"  mlflow run                 {out.run_id} in '{out.experiment}' ({out.tracking_uri})")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--project", "-p", default="demo", show_default=True, help="for tracking settings")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
+def sync(run_id: str, project: str, workdir: str) -> None:
+    """Send what a run kept in its local spool while the tracking server was away."""
+    from mlflow.tracking import MlflowClient
+
+    from harmonica.tracking.adapter import resolve_tracking_uri
+    from harmonica.tracking.health import bound_requests, check_server, is_server
+    from harmonica.tracking.spool import find_spool
+
+    try:
+        cfg = _config(project, (), [])
+        spool = find_spool(Path(workdir), run_id)
+        if spool is None or not spool.pending:
+            click.echo(f"run {run_id}: nothing to send (no pending spool under {Path(workdir).resolve()})")
+            return
+        uri = resolve_tracking_uri(cfg.tracking, Path(workdir))
+        if is_server(uri):
+            bound_requests(cfg.tracking.request_timeout, cfg.tracking.request_retries)
+            check_server(uri, cfg.tracking.health_timeout)
+        sent = spool.replay(MlflowClient(uri), run_id)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"run {run_id}: sent {sent} spooled operations to {uri}; the spool {spool.directory} is empty")
 
 
 def resume_hint(kind: str, project: str, project_name: str, workdir: str, overrides: tuple[str, ...]) -> str:
