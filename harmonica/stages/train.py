@@ -141,7 +141,12 @@ def run_train(
                 trainer = make_trainer(run_id, metrics)
             trainer.sink = metrics
             trainer.on_checkpoint = metrics.commit
-            result = trainer.fit()
+            try:
+                result = trainer.fit()
+            except Exception as exc:
+                if getattr(exc, "run_status", None):  # e.g. a pruned sweep trial: never resumed, keep its curve
+                    metrics.commit()
+                raise
             metrics.commit()
             if tracker is not None:
                 _log_result(run, result)
