@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 
 import click
 
+from harmonica.cli_recovery import corpus_path, resume_hint
 from harmonica.config import ConfigError, HarmonicaConfig, load_config
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
@@ -22,7 +22,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 def _user_errors() -> tuple[type[BaseException], ...]:
     from harmonica.data.cache import DamagedCacheError, StaleCacheError
     from harmonica.data.locks import LockWaitTimeout, WorkdirError
-    from harmonica.tracking.adapter import WorkdirMovedError
+    from harmonica.tracking.adapter import TrackingLost, WorkdirMovedError
+    from harmonica.tracking.health import TrackingUnavailable
     from harmonica.training.ckpt_check import CheckpointInvalid
     from harmonica.training.resume import ResumeRefused
     from harmonica.data.corpora import CorpusError
@@ -38,7 +39,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (*USER_ERRORS, CorpusError, PreprocessError, StaleCacheError, CheckpointError,
             IncompatibleModelsError, CheckpointRefError, EvalError, ASRError, SpeakerBackendError,
-            DamagedCacheError, LockWaitTimeout, WorkdirError, WorkdirMovedError, CheckpointInvalid, ResumeRefused)
+            DamagedCacheError, LockWaitTimeout, WorkdirError, WorkdirMovedError, CheckpointInvalid, ResumeRefused,
+            TrackingUnavailable, TrackingLost)
 
 
 def _flag(value: str) -> bool:
@@ -87,22 +89,6 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-def _corpus_path(corpus_dir: str) -> Path:
-    """The --corpus directory, resolved; a symlink loop or an unreadable directory is a usage error."""
-    try:
-        path = Path(corpus_dir).resolve(strict=True)
-    except RuntimeError:  # Python < 3.13 reports a symlink loop this way
-        raise click.BadParameter(f"{corpus_dir} is a symlink loop; point --corpus at the real corpus directory",
-                                 param_hint="--corpus") from None
-    except OSError as exc:
-        why = "is a symlink loop" if exc.errno == 40 else f"cannot be opened ({exc.strerror})"
-        raise click.BadParameter(f"{corpus_dir} {why}; point --corpus at the corpus directory",
-                                 param_hint="--corpus") from None
-    if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
-        raise click.BadParameter(f"{corpus_dir} is not a readable directory", param_hint="--corpus")
-    return path
-
-
 @main.command()
 @click.option("--project", "-p", default="demo", show_default=True, help="projects/<name>.yaml or a yaml path")
 @click.option("--corpus", "corpus_dir", type=click.Path(), default=None, help="corpus root (default: data.corpus_dir)")
@@ -129,7 +115,7 @@ def preprocess(
 
     extra = []
     if corpus_dir:
-        extra.append(f"data.corpus_dir={_corpus_path(corpus_dir)}")
+        extra.append(f"data.corpus_dir={corpus_path(corpus_dir)}")
     if corpus_format:
         extra.append(f"data.corpus_format={corpus_format}")
     if workers is not None:
@@ -206,20 +192,32 @@ def train(kind: str, project: str, workdir: str, resume: bool, resume_from: str 
     click.echo(f"  mlflow run                 {out.run_id} in '{out.experiment}' ({out.tracking_uri})")
 
 
-def resume_hint(kind: str, project: str, project_name: str, workdir: str, overrides: tuple[str, ...]) -> str:
-    """What to type to continue an interrupted training (the same overrides, the newest checkpoint)."""
-    from harmonica.stages.train import checkpoints_root
-    from harmonica.training.checkpoint import list_checkpoints
+@main.command()
+@click.argument("run_id")
+@click.option("--project", "-p", default="demo", show_default=True, help="for tracking settings")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True)
+def sync(run_id: str, project: str, workdir: str) -> None:
+    """Send what a run kept in its local spool while the tracking server was away."""
+    from mlflow.tracking import MlflowClient
 
-    root = checkpoints_root(Path(workdir), project_name, kind)
-    ckpts = sorted((c for d in root.glob("*") for c in list_checkpoints(d / "ckpt")),
-                   key=lambda c: (c / "meta.json").stat().st_mtime) if root.is_dir() else []
-    cmd = ["harmonica", "train", "--model-type", kind, "--project", project, "--workdir", str(Path(workdir).resolve())]
-    if not ckpts:
-        return ("\ninterrupted before the first checkpoint: nothing to resume; start again with\n  "
-                + shlex.join([*cmd, *overrides]))
-    return (f"\ninterrupted; the run is marked KILLED. Its newest checkpoint is {ckpts[-1]}; continue with\n  "
-            + shlex.join([*cmd, "--resume", *overrides]))
+    from harmonica.tracking.adapter import resolve_tracking_uri
+    from harmonica.tracking.health import bound_requests, check_server, is_server
+    from harmonica.tracking.spool import find_spool
+
+    try:
+        cfg = _config(project, (), [])
+        spool = find_spool(Path(workdir), run_id)
+        if spool is None or not spool.pending:
+            click.echo(f"run {run_id}: nothing to send (no pending spool under {Path(workdir).resolve()})")
+            return
+        uri = resolve_tracking_uri(cfg.tracking, Path(workdir))
+        if is_server(uri):
+            bound_requests(cfg.tracking.request_timeout, cfg.tracking.request_retries)
+            check_server(uri, cfg.tracking.health_timeout)
+        sent = spool.replay(MlflowClient(uri), run_id)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"run {run_id}: sent {sent} spooled operations to {uri}; the spool {spool.directory} is empty")
 
 
 def resolve_refs(cfg: HarmonicaConfig, workdir: Path, *refs: str) -> list[tuple[Path, str | None]]:

@@ -388,6 +388,9 @@ class TrackingConfig(Strict):
     experiment_prefix: str = "harmonica"
     system_metrics: bool = True
     async_logging: bool = True
+    health_timeout: float = Field(5.0, gt=0, le=60, description="seconds a tracking server has to answer at start")
+    request_timeout: float = Field(10.0, gt=0, description="seconds per MLflow request to a server (then retried)")
+    request_retries: int = Field(2, ge=0, le=10, description="MLflow retries per request before the server counts as lost")
 
 
 # ------------------------------------------------------------------------------------------------ root

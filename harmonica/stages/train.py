@@ -124,6 +124,7 @@ def run_train(
                     f"train_{kind}", run_name or f"train_{kind}-{cfg.project}-{digest[:8]}",
                     description=describe(cfg, kind, cache), tags={**tags, **(extra_tags or {})},
                     run_id=target.run_id if target else None, parent_run_id=parent_run_id,
+                    spool_dir=lambda rid: checkpoints_root(workdir, cfg.project, kind) / rid / "spool",
                 ))
             run_id = _share_run_id(run.run_id or None, info)
             out_dir = checkpoints_root(workdir, cfg.project, kind) / run_id

@@ -1,0 +1,130 @@
+"""A local spool for what could not reach a lost tracking server, replayed when it is back.
+
+`<dir>/ops.jsonl` holds one operation a line, in logging order: metrics (key, value, timestamp,
+step), params, tags, artifacts (copied into `<dir>/files/<n>/` at spool time, hard-linked where the
+filesystem allows) and the run's end status. `replay` sends them in order through an MlflowClient
+and removes what was sent, so an interrupted replay resumes where it stopped and nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+OPS = "ops.jsonl"
+BATCH = 1000
+
+
+class Spool:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def pending(self) -> bool:
+        f = self.directory / OPS
+        return f.is_file() and f.stat().st_size > 0
+
+    def _append(self, op: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / OPS, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(op) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def metrics(self, items: list[Metric]) -> None:
+        self._append({"op": "metrics", "items": [[m.key, m.value, m.timestamp, m.step] for m in items]})
+
+    def params(self, params: dict[str, str]) -> None:
+        self._append({"op": "params", "items": params})
+
+    def tags(self, tags: dict[str, str]) -> None:
+        self._append({"op": "tags", "items": tags})
+
+    def artifact(self, source: Path, artifact_path: str | None, text: str | None = None) -> None:
+        n = sum(1 for _ in (self.directory / "files").glob("*")) if (self.directory / "files").is_dir() else 0
+        dest = self.directory / "files" / str(n)
+        dest.mkdir(parents=True)
+        if text is not None:  # log_text: source is the artifact file name
+            (dest / Path(source).name).write_text(text, encoding="utf-8")
+            local = dest / Path(source).name
+        elif Path(source).is_dir():
+            shutil.copytree(source, dest / "d", copy_function=_link_or_copy)
+            local = dest / "d"
+        else:
+            local = dest / Path(source).name
+            _link_or_copy(str(source), str(local))
+        self._append({"op": "artifact", "local": str(local.relative_to(self.directory)), "path": artifact_path,
+                      "dir": local.is_dir()})
+
+    def end(self, status: str) -> None:
+        self._append({"op": "end", "status": status})
+
+    def replay(self, client: MlflowClient, run_id: str) -> int:
+        """Send every spooled operation in order; returns how many were sent. Raises (and keeps the
+        unsent rest) when the server fails again."""
+        f = self.directory / OPS
+        if not f.is_file():
+            return 0
+        ops = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        sent = 0
+        try:
+            for op in ops:
+                _send(client, run_id, self.directory, op)
+                sent += 1
+        finally:
+            rest = ops[sent:]
+            tmp = f.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(o) + "\n" for o in rest), encoding="utf-8")
+            os.replace(tmp, f)
+            if not rest:
+                shutil.rmtree(self.directory / "files", ignore_errors=True)
+        return sent
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _send(client: MlflowClient, run_id: str, root: Path, op: dict[str, Any]) -> None:
+    kind = op["op"]
+    if kind == "metrics":
+        items = [Metric(k, v, ts, step) for k, v, ts, step in op["items"]]
+        for i in range(0, len(items), BATCH):
+            client.log_batch(run_id, metrics=items[i : i + BATCH], synchronous=True)
+    elif kind == "params":
+        existing = client.get_run(run_id).data.params
+        params = [Param(k, v) for k, v in op["items"].items() if k not in existing]
+        for i in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[i : i + 100])
+    elif kind == "tags":
+        tags = [RunTag(k, v) for k, v in op["items"].items()]
+        for i in range(0, len(tags), 100):
+            client.log_batch(run_id, tags=tags[i : i + 100])
+    elif kind == "artifact":
+        local = root / op["local"]
+        if op["dir"]:
+            client.log_artifacts(run_id, str(local), op["path"])
+        else:
+            client.log_artifact(run_id, str(local), op["path"])
+    elif kind == "end":
+        client.set_terminated(run_id, op["status"])
+
+
+def find_spool(workdir: Path, run_id: str) -> Spool | None:
+    """The spool of a run: next to its checkpoints, or under <workdir>/spool for other stages."""
+    candidates = [Path(workdir) / "spool" / run_id,
+                  *(Path(workdir) / "checkpoints").glob(f"*/*/{run_id}/spool")]
+    found = [Spool(c) for c in candidates if (c / OPS).is_file()]
+    return found[0] if found else None
