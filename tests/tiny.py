@@ -15,6 +15,9 @@ TINY = [
     "model.ar.d_model=32", "model.ar.n_layers=1", "model.ar.n_heads=2", "model.ar.text_layers=1",
     "model.nar.d_model=32", "model.nar.n_layers=1", "model.nar.n_heads=2", "model.nar.text_layers=1",
     "model.nar.prompt_frames=20",
+    # the demo recipe's corpus/codec/frontend choices, reset to the plain tiny setting
+    "codec.ladder_utterances=0", "text.frontend=chars", "data.workers=1",
+    "training.ar.guided_attention_weight=0", "training.ar.guided_attention_heads=0",
 ]
 
 

@@ -79,9 +79,9 @@ def test_cross_field_stop_token_cap():
 
 def test_cross_field_warmup_and_grad_accum_units():
     with pytest.raises(ConfigError, match="warmup_steps"):
-        load_config("demo", ["training.ar.warmup_steps=300"])
+        load_config("demo", ["training.ar.warmup_steps=800"])
     with pytest.raises(ConfigError, match="optimizer steps"):
-        load_config("demo", ["training.ar.scheduled_sampling=true", "training.ar.scheduled_sampling_start=400"])
+        load_config("demo", ["training.ar.scheduled_sampling=true", "training.ar.scheduled_sampling_start=900"])
     cfg = load_config("demo", ["training.ar.grad_accum_steps=4"])
     assert cfg.training.ar.micro_steps_total == 4 * cfg.training.ar.total_steps
 
@@ -98,4 +98,4 @@ def test_config_hash_ignores_non_result_keys():
     assert config_hash(load_config("demo", ["data.workers=2"])) == base
     assert config_hash(load_config("demo", ["tracking.experiment_prefix=x"])) == base
     assert config_hash(load_config("demo", ["training.ar.lr=2e-4"])) != base
-    assert config_hash(load_config("demo", ["codec.n_q=4"])) != base
+    assert config_hash(load_config("demo", ["codec.n_q=6"])) != base

@@ -155,7 +155,7 @@ def test_phoneme_frontend_ids_are_in_the_cache_key_and_contract(tmp_path: Path, 
     from harmonica.data.text import build_frontend
 
     corpus = make_ljspeech_corpus(tmp_path, n=10)
-    chars = run_preprocess(_cfg(corpus.root), workdir, progress=False).result
+    chars = run_preprocess(_cfg(corpus.root, "text.frontend=chars"), workdir, progress=False).result
     cfg = _cfg(corpus.root, "text.frontend=phonemes")
     out = run_preprocess(cfg, workdir, progress=False)
     ph = out.result
