@@ -136,7 +136,8 @@ def test_mlflow_run_preprocess_entry_point_on_the_demo_corpus(root: Path, workdi
     proc = subprocess.run(
         ["mlflow", "run", str(root), "-e", "preprocess", "--env-manager", "local",
          "--experiment-name", "harmonica/demo", "-P", "project=demo", "-P", f"workdir={workdir}",
-         "-P", "overrides=codec.kmeans_iters=4 codec.griffin_lim_iters=4"],
+         "-P", "overrides=data.corpus_format=demo text.frontend=chars codec.n_q=8 codec.codebook_size=256 "
+         "codec.ladder_utterances=0 codec.kmeans_iters=4 codec.griffin_lim_iters=4"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -15,12 +15,17 @@ from tests.sweep.conftest import tiny_sweep_overrides, write_space
 ROOT = Path(__file__).resolve().parents[2]
 
 
+BUNDLED_DEMO = ["data.corpus_format=demo", "text.frontend=chars", "codec.n_q=8", "codec.codebook_size=256",
+                "codec.ladder_utterances=0", "training.nar.nar_stages_per_step=1"]
+
+
 @pytest.mark.slow
 def test_the_demo_sweep_prunes_at_least_one_trial(tmp_path):
-    """The shipped anti_collapse space on the demo project, 6 trials, default seed: >= 1 pruned trial."""
+    """The shipped anti_collapse space on the demo project over the bundled corpus (the small 8 x 256
+    setting the space's `fixed` trial lengths were sized for), 6 trials, default seed: >= 1 pruned trial."""
     from harmonica.stages.sweep import run_sweep
 
-    cfg = load_config("demo", ["tracking.system_metrics=false"])
+    cfg = load_config("demo", ["tracking.system_metrics=false", *BUNDLED_DEMO])
     out = run_sweep(cfg, tmp_path / "work", ROOT / "projects" / "sweeps" / "anti_collapse.yaml", n_trials=6,
                     best_config_dir=tmp_path / "projects")
     assert out.counts["PRUNED"] >= 1 and out.counts["FAIL"] == 0
