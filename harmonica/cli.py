@@ -263,7 +263,7 @@ def synthesize(ar_ref: str, nar_ref: str, text: str, prompt_wav: str | None, spe
     write_audio(out_path, wav, synth.sample_rate)
     click.echo(f"wrote {out_path}: {wav.size / synth.sample_rate:.2f} s at {synth.sample_rate} Hz "
                f"({int(info['ar_frames'])} frames; length bound hit: {bool(info['ar_hit_length_bound'])}, "
-               f"loop cut: {bool(info['ar_loop_cut'])})")
+               f"loop cut: {bool(info['ar_loop_cut'])}; peak ceiling gain {info['gain_db']:+.2f} dB)")
 
 
 @main.command()
@@ -287,7 +287,10 @@ def evaluate(project: str, ar_ref: str, nar_ref: str, weights: str, workdir: str
         raise click.ClickException(str(exc)) from None
     m = out.result.metrics
     click.echo("")
-    click.echo(f"evaluate: {int(m['eval/utterances'])} utterances ({weights} weights)")
+    seeds = int(m.get("eval/num_seeds", 1))
+    click.echo(f"evaluate: {int(m['eval/utterances'])} utterances{f' x {seeds} seeds' if seeds > 1 else ''} "
+               f"({weights} weights); peak ceiling attenuated {m['eval/peak_limited_rate']:.0%} of the outputs "
+               f"(mean gain {m['eval/peak_gain_db_mean']:+.2f} dB)")
     from harmonica.reports.decomposition import columns, with_interval
 
     cells = ("wer", "cer", "sim", "fail/any")  # value [95% bootstrap interval over utterances]

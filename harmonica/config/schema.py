@@ -337,6 +337,9 @@ class DecodeConfig(Strict):
     repetition_penalty: float = Field(1.1, ge=1)
     max_length_per_char: float = Field(0.25, gt=0, description="seconds of audio per text char")
     nar_refine_steps: int = Field(1, ge=1)
+    # the corpus is peak-normalised to data.normalize_level_db (-1 dBFS by default): decoded audio is
+    # attenuated (never amplified) to the same ceiling, so nothing leaves the decoder past full scale
+    peak_ceiling_db: float = Field(-1.0, le=0, description="max peak of decoded audio in dBFS (attenuate only)")
 
 
 class EvalConfig(Strict):
@@ -345,7 +348,10 @@ class EvalConfig(Strict):
     asr: ASRConfig = Field(default_factory=ASRConfig)
     speaker: SpeakerSimConfig = Field(default_factory=SpeakerSimConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
-    seed: int = 0
+    seed: int = Field(0, description="with the utterance id, derives every utterance's decoding seed")
+    num_seeds: int = Field(1, ge=1, description="decodings per utterance (seeds); intervals over utterances and seeds")
+    threads: int = Field(1, ge=0, description="intra-op CPU threads while evaluating (torch.set_num_threads), "
+                         "fixed so verdicts do not depend on machine load; 0 = torch default")
     bootstrap_samples: int = Field(1000, ge=0, description="resamples for 95% intervals over utterances; 0 = none")
     oracle: bool = Field(True, description="also score ground-truth codebook 0 + the model's NAR (oracle/gt_coarse)")
     oracle_stages: list[int] = Field([1], description="also score the resynthesis of the first k codebooks "

@@ -80,14 +80,30 @@ def ratio_terms(rows: Sequence[Mapping[str, Any]], source: str) -> dict[str, tup
     return out
 
 
+def by_utterance(rows: Sequence[Mapping[str, Any]], source: str,
+                 ids: Sequence[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """ratio_terms summed over the rows of each utterance id (several decoding seeds) -> [n ids], in
+    the order of `ids` (default: first appearance), so a resample of utterances takes each with all
+    its decodings: intervals over utterances and seeds, pairs matched by utterance."""
+    order = list(dict.fromkeys(r["id"] for r in rows)) if ids is None else list(ids)
+    position = {u: i for i, u in enumerate(order)}
+    group = np.array([position.get(r["id"], -1) for r in rows], dtype=np.int64)  # [rows]
+    keep = group >= 0
+    out = {}
+    for suffix, (num, den) in ratio_terms([r for r, k in zip(rows, keep) if k], source).items():
+        out[suffix] = (np.bincount(group[keep], weights=num, minlength=len(order)),
+                       np.bincount(group[keep], weights=den, minlength=len(order)))
+    return out
+
+
 def interval_metrics(rows: Sequence[Mapping[str, Any]], source: str, prefix: str, idx: np.ndarray,
                      level: float = LEVEL) -> dict[str, float]:
     """`<prefix>/<metric>_ci_low` / `_ci_high` for wer, cer, sim and the failure rates (empty when
-    there are no resamples)."""
+    there are no resamples). idx [samples, utterances] indexes the distinct ids of rows."""
     if idx.size == 0 or not rows:
         return {}
     out: dict[str, float] = {}
-    for suffix, (num, den) in ratio_terms(rows, source).items():
+    for suffix, (num, den) in by_utterance(rows, source).items():
         lo, hi = percentile_interval(resampled_ratios(num, den, idx), level)
         out[f"{prefix}/{suffix}_ci_low"] = lo
         out[f"{prefix}/{suffix}_ci_high"] = hi
@@ -127,13 +143,11 @@ def paired_difference(candidate: Sequence[Mapping[str, Any]], reference: Sequenc
     per-utterance form."""
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be min or max, got {mode!r}")
-    ref_by_id = {r["id"]: r for r in reference}
-    shared = sorted(r["id"] for r in candidate if r["id"] in ref_by_id)
+    shared = sorted({r["id"] for r in candidate} & {r["id"] for r in reference})
     if not shared or samples <= 0:
         return None
-    cand_by_id = {r["id"]: r for r in candidate}
-    cand_terms = ratio_terms([cand_by_id[i] for i in shared], source)
-    ref_terms = ratio_terms([ref_by_id[i] for i in shared], source)
+    cand_terms = by_utterance(candidate, source, shared)  # every decoding seed of an utterance pooled
+    ref_terms = by_utterance(reference, source, shared)
     if suffix not in cand_terms:
         return None
     (cn, cd), (rn, rd) = cand_terms[suffix], ref_terms[suffix]

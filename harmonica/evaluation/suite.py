@@ -29,6 +29,7 @@ from harmonica.evaluation.asr import get_asr
 from harmonica.evaluation.bootstrap import interval_metrics, resample_indices
 from harmonica.evaluation.failures import FAILURE_KINDS, detect_failures
 from harmonica.evaluation.prosody import prosody_compare
+from harmonica.evaluation.seeds import utterance_seed
 from harmonica.evaluation.speaker import build_speaker_encoder, speaker_similarity
 from harmonica.evaluation.text import cer, corpus_wer, normalize_text, wer
 
@@ -159,7 +160,7 @@ def _aggregate(rows: list[dict[str, Any]], source: str, prefix: str) -> dict[str
 
 def run_suite(
     items: list[EvalItem],
-    synthesize: Callable[[EvalItem], tuple[np.ndarray, dict[str, Any]]],
+    synthesize: Callable[[EvalItem, int], tuple[np.ndarray, dict[str, Any]]],
     decode_codes: Callable[[np.ndarray], np.ndarray],
     scorer: Scorer,
     sample_rate: int,
@@ -169,10 +170,13 @@ def run_suite(
     oracles: Mapping[str, Callable[[EvalItem], np.ndarray]] | None = None,
     bootstrap_samples: int = 0,
     seed: int = 0,
+    num_seeds: int = 1,
 ) -> EvalResult:
     """Score the model, both baselines and the oracle sources on every item; write the model's wavs
     to audio_dir. oracles: source name (row keys `<name>_wer`..., metrics `oracle/<name>/...`) ->
-    the audio of that source for an item."""
+    the audio of that source for an item. synthesize(item, seed): the model decodes each item
+    num_seeds times, with seeds from (seed, item id, index) -- one row per decoding, utterance-major;
+    intervals resample utterances, each with all its decodings (over utterances and seeds)."""
     oracles = dict(oracles or {})
     clash = set(oracles) & set(SOURCES)
     if clash:
@@ -183,25 +187,31 @@ def run_suite(
     for item in progress(items):
         gt = load_audio(item.audio_path, sample_rate)
         reference = load_audio(item.reference_path, sample_rate)
-        wav, info = synthesize(item)
-        path = audio_dir / f"{item.id}.wav"
-        if wav.size:
-            write_wav(path, wav, sample_rate)
-        sources = {"model": wav, "resynthesis": decode_codes(item.codes.numpy()), "ground_truth": gt,
-                   **{name: make(item) for name, make in oracles.items()}}
-        row: dict[str, Any] = {"id": item.id, "speaker": item.speaker, "text": item.text,
-                               "normalized_text": normalize_text(item.text), "prompt_id": item.prompt_id,
-                               "audio": f"audio/{item.id}.wav" if wav.size else ""}
-        for source, audio in sources.items():
-            s = scorer.score(audio, sample_rate, item.text, reference, gt if source == "model" else None)
-            row.update({f"{source}_hypothesis": s.hypothesis, f"{source}_wer": s.wer, f"{source}_cer": s.cer,
-                        f"{source}_sim": s.sim})
-            row.update({f"{source}_fail_{k}": bool(s.failures.get(k, False)) for k in FAILURE_KINDS})
-            if source == "model":
-                row.update(s.extra)
-        row.update({k: v for k, v in info.items() if k != "codes"})
-        rows.append(row)
-    idx = resample_indices(len(rows), bootstrap_samples, seed)  # shared by every source: comparable intervals
+        # the baselines and oracles do not depend on the model's seed: scored once per utterance
+        fixed = {"resynthesis": decode_codes(item.codes.numpy()), "ground_truth": gt,
+                 **{name: make(item) for name, make in oracles.items()}}
+        fixed_scores = {name: scorer.score(audio, sample_rate, item.text, reference, None)
+                        for name, audio in fixed.items()}
+        for index in range(num_seeds):
+            seed_value = utterance_seed(seed, item.id, index)
+            wav, info = synthesize(item, seed_value)
+            name = item.id if index == 0 else f"{item.id}_s{index}"
+            if wav.size:
+                write_wav(audio_dir / f"{name}.wav", wav, sample_rate)
+            row: dict[str, Any] = {"id": item.id, "speaker": item.speaker, "text": item.text,
+                                   "normalized_text": normalize_text(item.text), "prompt_id": item.prompt_id,
+                                   "seed_index": index, "seed": str(seed_value),
+                                   "audio": f"audio/{name}.wav" if wav.size else ""}
+            scores = {"model": scorer.score(wav, sample_rate, item.text, reference, gt), **fixed_scores}
+            for source, s in scores.items():
+                row.update({f"{source}_hypothesis": s.hypothesis, f"{source}_wer": s.wer, f"{source}_cer": s.cer,
+                            f"{source}_sim": s.sim})
+                row.update({f"{source}_fail_{k}": bool(s.failures.get(k, False)) for k in FAILURE_KINDS})
+                if source == "model":
+                    row.update(s.extra)
+            row.update({k: v for k, v in info.items() if k != "codes"})
+            rows.append(row)
+    idx = resample_indices(len(items), bootstrap_samples, seed)  # shared by every source: comparable intervals
     metrics: dict[str, float] = {}
     for source in (*SOURCES, *oracles):
         metrics.update(_aggregate(rows, source, source_prefix(source)))
@@ -210,8 +220,12 @@ def run_suite(
         vals = [r[key] for r in rows if key in r and np.isfinite(r[key])]
         if vals:
             metrics[f"eval/{key.replace('prosody_', 'prosody/')}"] = statistics.median(vals)
-    metrics["eval/utterances"] = float(len(rows))
+    metrics["eval/utterances"] = float(len(items))
+    metrics["eval/num_seeds"] = float(num_seeds)
     metrics["eval/bootstrap_samples"] = float(idx.shape[0])
     metrics["eval/loop_cut_rate"] = statistics.fmean(r.get("ar_loop_cut", 0.0) for r in rows)
     metrics["eval/length_bound_rate"] = statistics.fmean(r.get("ar_hit_length_bound", 0.0) for r in rows)
+    gains = [float(r.get("gain_db", 0.0)) for r in rows]  # the peak ceiling's attenuation, <= 0 dB
+    metrics["eval/peak_gain_db_mean"] = statistics.fmean(gains)
+    metrics["eval/peak_limited_rate"] = statistics.fmean(float(g < 0) for g in gains)
     return EvalResult(rows, metrics, audio_dir, scorer.model_seconds, time.perf_counter() - start)

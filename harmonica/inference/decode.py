@@ -93,3 +93,20 @@ def decode_nar(model: nn.Module, text: Tensor, cb0: Tensor, decode: DecodeConfig
         temperature=decode.temperature, top_k=decode.top_k, top_p=decode.top_p, generator=generator, **kwargs,
     )  # [1, n_q, T]
     return codes[0].cpu()
+
+
+def limit_peak(wav: np.ndarray, ceiling_db: float) -> tuple[np.ndarray, float]:
+    """Attenuate a decoded waveform so its peak is at most ceiling_db dBFS -> (samples, gain in dB).
+
+    Never amplifies: a faint output stays faint (the silence detector must still see it), only
+    over-ceiling output is scaled down, as the corpus was peak-normalised to the same level. The
+    gain (<= 0 dB) is returned so callers record it instead of clipping silently."""
+    wav = np.asarray(wav, dtype=np.float32)
+    peak = float(np.abs(wav).max()) if wav.size else 0.0
+    ceiling = 10 ** (ceiling_db / 20)
+    if not np.isfinite(peak):
+        raise ValueError("the codec decoded non-finite samples: the checkpoint or its codec state is broken")
+    if peak <= ceiling:
+        return wav, 0.0
+    gain = ceiling / peak
+    return (wav * np.float32(gain)).astype(np.float32, copy=False), float(20 * np.log10(gain))

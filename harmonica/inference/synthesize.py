@@ -23,7 +23,7 @@ from harmonica.codec import Codec, load_codec
 from harmonica.config.schema import ARModelConfig, CodecConfig, DecodeConfig, NARModelConfig, TextConfig
 from harmonica.data.audio import load_audio
 from harmonica.data.text import TextFrontend, build_frontend
-from harmonica.inference.decode import decode_ar, decode_nar
+from harmonica.inference.decode import decode_ar, decode_nar, limit_peak
 from harmonica.models import build_model
 from harmonica.models.contract import require_compatible
 
@@ -113,31 +113,38 @@ class Synthesizer:
 
     def synthesize(self, text: str, *, prompt: torch.Tensor | None = None, speaker: int | None = None,
                    seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
-        """-> (waveform float32 at sample_rate, facts: frames, length-bound hit, loop cut, codes)."""
+        """-> (waveform float32 at sample_rate, facts: frames, length-bound hit, loop cut, gain_db
+        applied by the peak ceiling, codes)."""
         gen = torch.Generator().manual_seed(seed)
         ids = torch.tensor(self.frontend.encode(text), dtype=torch.long)  # [L]
         t = time.perf_counter()
         cb0, info = decode_ar(self.ar, ids, self.decode, self.frame_rate, generator=gen)  # [T]
         self.timings.add("ar", t)
         if cb0.numel() == 0:
-            return np.zeros(0, dtype=np.float32), {**info, "codes": None}
-        wav, codes = self._complete(ids, cb0, prompt, speaker, gen)
-        return wav, {**info, "codes": codes}
+            return np.zeros(0, dtype=np.float32), {**info, "gain_db": 0.0, "codes": None}
+        wav, codes, gain_db = self._complete(ids, cb0, prompt, speaker, gen)
+        return wav, {**info, "gain_db": gain_db, "codes": codes}
 
     def complete(self, text: str, cb0: torch.Tensor, *, prompt: torch.Tensor | None = None,
                  speaker: int | None = None, seed: int = 0) -> np.ndarray:
         """The NAR and the codec on a given first codebook cb0 [T] (e.g. the ground truth's, to
         score the NAR with a perfect AR) -> waveform float32 at sample_rate."""
         ids = torch.tensor(self.frontend.encode(text), dtype=torch.long)  # [L]
-        wav, _ = self._complete(ids, cb0.long(), prompt, speaker, torch.Generator().manual_seed(seed))
+        wav, _, _ = self._complete(ids, cb0.long(), prompt, speaker, torch.Generator().manual_seed(seed))
         return wav
 
+    def decode_codes(self, codes: np.ndarray, timing: str = "codec_decode") -> tuple[np.ndarray, float]:
+        """The one way out of the codec: codes [k, T] -> (waveform float32 with its peak at most
+        decode.peak_ceiling_db, the gain applied in dB). Model output and baselines alike."""
+        t = time.perf_counter()
+        wav = self.codec.decode(codes)
+        self.timings.add(timing, t)
+        return limit_peak(wav, self.decode.peak_ceiling_db)
+
     def _complete(self, ids: torch.Tensor, cb0: torch.Tensor, prompt: torch.Tensor | None, speaker: int | None,
-                  gen: torch.Generator) -> tuple[np.ndarray, torch.Tensor]:
+                  gen: torch.Generator) -> tuple[np.ndarray, torch.Tensor, float]:
         t = time.perf_counter()
         codes = decode_nar(self.nar, ids, cb0, self.decode, prompt=prompt, speaker=speaker, generator=gen)  # [n_q, T]
         self.timings.add("nar", t)
-        t = time.perf_counter()
-        wav = self.codec.decode(codes.numpy())
-        self.timings.add("codec_decode", t)
-        return wav, codes
+        wav, gain_db = self.decode_codes(codes.numpy())
+        return wav, codes, gain_db

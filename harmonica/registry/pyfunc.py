@@ -18,8 +18,10 @@ seed (long, optional); temperature (double, optional: AR sampling temperature). 
 `temperature` give request-wide defaults; row values win.
 
 Output: one row per input row: audio_b64 (base64 16-bit PCM mono WAV), sample_rate, duration_sec,
-text, ar_frames. Semantics: a model that emits its stop token at once yields an empty (0-sample,
-duration 0) but valid WAV — a weak model's answer, not an error.
+text, ar_frames, gain_db (the peak ceiling's attenuation in dB, <= 0: no audio leaves past
+decode.peak_ceiling_db, by default the corpus's -1 dBFS peak, so none is clipped silently).
+Semantics: a model that emits its stop token at once yields an empty (0-sample, duration 0) but
+valid WAV — a weak model's answer, not an error.
 
 Voice: a NAR with speaker_condition=prompt uses prompt_audio_b64 when given, else the bundled
 prompt of `speaker` (default: the first bundled speaker); speaker_condition=embedding uses the
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "harmonica-tts"
 EMA_FILES = ("meta.json", "ema.safetensors")
-OUTPUT_COLUMNS = ("audio_b64", "sample_rate", "duration_sec", "text", "ar_frames")
+OUTPUT_COLUMNS = ("audio_b64", "sample_rate", "duration_sec", "text", "ar_frames", "gain_db")
 # what inference imports (training-only deps such as optuna, faster-whisper stay out)
 # espeakng-loader: the phoneme text frontend phonemises request texts in the serving process
 INFERENCE_PACKAGES = ("torch", "numpy", "mlflow", "pydantic", "pyyaml", "soundfile", "soxr", "safetensors",
@@ -209,6 +211,7 @@ def model_signature(default_temperature: float) -> ModelSignature:
         ColSpec("double", "duration_sec"),
         ColSpec("string", "text"),
         ColSpec("long", "ar_frames"),
+        ColSpec("double", "gain_db"),
     ])
     params = ParamSchema([ParamSpec("seed", "long", 0), ParamSpec("temperature", "double", default_temperature)])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
@@ -375,7 +378,8 @@ class HarmonicaTTS(mlflow.pyfunc.PythonModel):
             wav, info = self.synth.synthesize(text, prompt=prompt, speaker=index, seed=int(seed))
         sr = int(self.synth.sample_rate)
         return {"audio_b64": encode_wav_b64(wav, sr), "sample_rate": sr, "duration_sec": float(wav.size) / sr,
-                "text": text, "ar_frames": int(info.get("ar_frames", 0))}
+                "text": text, "ar_frames": int(info.get("ar_frames", 0)),
+                "gain_db": float(info.get("gain_db", 0.0))}
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         # (a DataFrame type hint: MLflow infers no schema from it; the explicit signature rules)

@@ -534,8 +534,9 @@ def _worst(rows: list[dict[str, Any]], n: int = WORST_N) -> list[dict[str, Any]]
 def section_eval_summary(r: _RunData) -> Section:
     s = Section("Eval summary")
     if any(k.startswith("eval/") for k in r.metrics):
-        n = r.metrics.get("eval/utterances")
-        s.para(f"{fmt_num(n) if n is not None else '?'} utterances of split "
+        n, seeds = r.metrics.get("eval/utterances"), int(r.metrics.get("eval/num_seeds") or 1)
+        per = f" x {seeds} decoding seeds" if seeds > 1 else ""
+        s.para(f"{fmt_num(n) if n is not None else '?'} utterances{per} of split "
                f"`{r.tags.get('harmonica.eval_split', '?')}`, {r.tags.get('harmonica.weights', '?')} weights; "
                "from what the codec can say to what the model says (95% bootstrap intervals):")
         _baseline_table(s, r.metrics)
@@ -556,7 +557,8 @@ def section_eval_summary(r: _RunData) -> Section:
                 cell = Cell(audio, md=m, html=_audio_html(r.data_uri(audio), audio))
             else:
                 cell = Cell(audio or "—", html=html.escape(audio or "—") + (" (not logged)" if audio else ""))
-            table.append((str(row.get("id", "?")), truncate(row.get("text", ""), 80),
+            seed_note = f" (seed #{row['seed_index']})" if row.get("seed_index") else ""
+            table.append((str(row.get("id", "?")) + seed_note, truncate(row.get("text", ""), 80),
                           truncate(row.get("model_hypothesis", "") or "(empty)", 80),
                           row.get("model_wer"), row.get("model_sim"), fails, cell))
         s.table(["id", "text", "model hypothesis", "WER", "SIM", "failures", "audio"], table)

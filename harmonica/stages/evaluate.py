@@ -5,23 +5,25 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from harmonica.config.load import config_hash
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.audio import write_audio
 from harmonica.data.cache import find_cache
+from harmonica.evaluation.seeds import utterance_seed
 from harmonica.evaluation.suite import EvalError, EvalItem, EvalResult, Scorer, build_eval_slice, run_suite
 from harmonica.inference.synthesize import Synthesizer
 from harmonica.tracking.adapter import Run, Tracker
 from harmonica.tracking.refs import resolve_checkpoint
+from harmonica.training.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ def oracle_sources(cfg: HarmonicaConfig, synth: Synthesizer,
     if cfg.eval.oracle:
         def gt_coarse(item: EvalItem) -> np.ndarray:
             return synth.complete(item.text, item.codes[0], prompt=item.prompt,
-                                  speaker=speakers.get(item.speaker, 0), seed=cfg.eval.seed)
+                                  speaker=speakers.get(item.speaker, 0), seed=utterance_seed(cfg.eval.seed, item.id))
 
         out["gt_coarse"] = gt_coarse
     n_q = int(synth.nar_meta["contract"].get("n_q", 0)) or None
@@ -90,10 +92,7 @@ def oracle_sources(cfg: HarmonicaConfig, synth: Synthesizer,
         if k < 1 or (n_q is not None and k >= n_q):
             continue  # k = n_q is the resynthesis baseline itself
         def first_k(item: EvalItem, k: int = k) -> np.ndarray:
-            started = time.perf_counter()
-            wav = synth.codec.decode(item.codes[:k].numpy())  # [k, T] -> samples
-            synth.timings.add("codec_decode_baseline", started)
-            return wav
+            return synth.decode_codes(item.codes[:k].numpy(), "codec_decode_baseline")[0]  # [k, T] -> samples
 
         out[f"resynthesis_k{k}"] = first_k
     return out
@@ -110,6 +109,16 @@ def run_evaluate(
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
 ) -> EvaluateOutcome:
+    threads_before = torch.get_num_threads()
+    try:
+        threads = apply_threads(cfg.eval.threads)  # fixed: the verdict must not depend on machine load
+        return _evaluate(cfg, workdir, ar_ref, nar_ref, weights, progress, parent_run_id, extra_tags, threads)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, weights: str, progress: bool,
+              parent_run_id: str | None, extra_tags: dict[str, str] | None, threads: int) -> EvaluateOutcome:
     tracker = Tracker(cfg, workdir)
     downloads = Path(workdir) / "downloads"
     (ar_path, ar_run), (nar_path, nar_run) = (
@@ -130,9 +139,8 @@ def run_evaluate(
     scorer = Scorer(cfg.eval)
     speakers = synth.nar_meta.get("speakers", {})
 
-    def synthesize(item: EvalItem) -> tuple[np.ndarray, dict[str, Any]]:
-        return synth.synthesize(item.text, prompt=item.prompt, speaker=speakers.get(item.speaker, 0),
-                                seed=cfg.eval.seed)
+    def synthesize(item: EvalItem, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+        return synth.synthesize(item.text, prompt=item.prompt, speaker=speakers.get(item.speaker, 0), seed=seed)
 
     tags = {
         "harmonica.ar_run_id": ar_run or "",
@@ -144,6 +152,7 @@ def run_evaluate(
         "harmonica.weights": weights,
         "harmonica.eval_split": cfg.eval.split,
         "harmonica.cache_fingerprint": cache.fingerprint,
+        "harmonica.eval_threads": str(threads),
         **(extra_tags or {}),
     }
     description = (
@@ -161,14 +170,12 @@ def run_evaluate(
                         context="evaluation")
         bar = (lambda xs: tqdm(xs, desc="evaluate", unit="utt")) if progress else (lambda xs: xs)
         def resynthesize(codes: np.ndarray) -> np.ndarray:
-            started = time.perf_counter()
-            wav = synth.codec.decode(codes)
-            synth.timings.add("codec_decode_baseline", started)
-            return wav
+            return synth.decode_codes(codes, "codec_decode_baseline")[0]
 
         result = run_suite(items, synthesize, resynthesize, scorer, synth.sample_rate,
                            Path(tmp) / "audio", write_audio, bar, oracles=oracle_sources(cfg, synth, speakers),
-                           bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed)
+                           bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed,
+                           num_seeds=cfg.eval.num_seeds)
         result.model_seconds += synth.timings.total
         log_result(run, result, Path(tmp))
         return EvaluateOutcome(result, run.run_id, tracker.tracking_uri, tracker.experiment_name)

@@ -112,3 +112,34 @@ def test_paired_uses_only_shared_utterances_and_mode_max():
     assert paired_difference(candidate, champion, "prosody", mode="max", level=0.95, samples=500, seed=0) is None
     with pytest.raises(ValueError):
         paired_difference(candidate, champion, "sim", mode="median", level=0.95, samples=500, seed=0)
+
+
+def test_several_seeds_per_utterance_pool_by_utterance():
+    from harmonica.evaluation.bootstrap import by_utterance
+
+    rng = np.random.default_rng(1)
+    wers = list(rng.choice([0.0, 0.2, 0.4, 0.6, 0.8], size=30))
+    one = table(wers)
+    # two decodings per utterance, the second one worse: rows utterance-major, ids repeated
+    two = [r for w, a, b in zip(wers, one, table([min(1.0, w + 0.2) for w in wers])) for r in (a, b)]
+    errors, words = by_utterance(two, "model")["wer"]
+    assert errors.shape == (30,) and np.allclose(words, 10.0)  # each utterance: 2 decodings x 5 words
+    idx = resample_indices(30, 500, seed=0)  # over utterances, each taken with all its decodings
+    m = interval_metrics(two, "model", "eval", idx)
+    point = errors.sum() / words.sum()
+    assert m["eval/wer_ci_low"] <= point <= m["eval/wer_ci_high"]
+    assert point == pytest.approx(corpus_wer([r["text"] for r in two], [r["model_hypothesis"] for r in two]))
+    # paired by utterance id: a two-seed table against its own first seed differs by the second seed's excess
+    diff = paired_difference(two, one, "wer", mode="min", level=0.95, samples=500, seed=0)
+    assert diff.utterances == 30 and diff.difference > 0
+    same = paired_difference(two, two, "wer", mode="min", level=0.95, samples=200, seed=0)
+    assert same.difference == 0 and not same.significant
+
+
+def test_utterance_seeds_are_stable_distinct_and_independent_of_position():
+    from harmonica.evaluation.seeds import utterance_seed
+
+    assert utterance_seed(0, "u001") == utterance_seed(0, "u001")  # no salted hash: any process agrees
+    assert utterance_seed(0, "u001") == 2797438068803152058  # pinned: changing it reseeds every verdict
+    seeds = {utterance_seed(s, u, k) for s in (0, 1) for u in ("u001", "u002") for k in (0, 1)}
+    assert len(seeds) == 8 and all(0 <= x < 2**63 for x in seeds)

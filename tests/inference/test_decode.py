@@ -1,7 +1,9 @@
+import numpy as np
+import pytest
 import torch
 
 from harmonica.config.schema import DecodeConfig
-from harmonica.inference.decode import cut_loops, find_loop, max_frames_for_text
+from harmonica.inference.decode import cut_loops, find_loop, limit_peak, max_frames_for_text
 
 
 def test_loops_are_found_and_cut_keeping_one_period():
@@ -24,3 +26,25 @@ def test_length_bound_follows_text_and_model():
     d = DecodeConfig(max_length_per_char=0.25)
     assert max_frames_for_text(40, d, 75.0, 511) == 511  # 750 by the text, capped by the model
     assert max_frames_for_text(10, d, 75.0, 511) == round(10 * 0.25 * 75)
+
+
+def test_peak_ceiling_attenuates_over_full_scale_and_records_the_gain():
+    from harmonica.data.audio import normalize
+    from harmonica.evaluation.failures import detect_failures
+
+    sr = 16000
+    t = np.arange(sr, dtype=np.float32) / sr
+    loud = (1.6 * np.sin(2 * np.pi * 220 * t) * np.hanning(sr)).astype(np.float32)  # peak 1.6: past full scale
+    assert detect_failures(np.clip(loud, -1, 1), sr, "a").flags["clipping"]  # what a WAV writer would make of it
+    out, gain = limit_peak(loud, -1.0)
+    assert np.abs(out).max() == pytest.approx(10 ** (-1 / 20), rel=1e-5)
+    assert gain == pytest.approx(-1.0 - 20 * np.log10(np.abs(loud).max()), abs=1e-4)
+    assert not detect_failures(out, sr, "a").flags["clipping"]
+    # the same level the corpus is normalised to (data.normalize=peak at -1 dBFS)
+    assert np.abs(out).max() == pytest.approx(np.abs(normalize(loud, "peak", -1.0)).max(), rel=1e-5)
+    quiet = loud * np.float32(0.01)  # never amplified: a faint output stays faint for the silence detector
+    same, gain = limit_peak(quiet, -1.0)
+    assert gain == 0.0 and np.array_equal(same, quiet)
+    assert limit_peak(np.zeros(0, dtype=np.float32), -1.0)[1] == 0.0
+    with pytest.raises(ValueError, match="non-finite"):
+        limit_peak(np.array([0.1, np.nan], dtype=np.float32), -1.0)

@@ -50,11 +50,14 @@ def wav_of(b64: str) -> tuple[np.ndarray, int]:
 def test_champion_loaded_by_alias_returns_decodable_audio(champion):
     _, _, model = champion
     out = model.predict(pd.DataFrame({"text": TEXTS}))
-    assert list(out.columns) == ["audio_b64", "sample_rate", "duration_sec", "text", "ar_frames"]
+    assert list(out.columns) == ["audio_b64", "sample_rate", "duration_sec", "text", "ar_frames", "gain_db"]
     assert list(out["text"]) == TEXTS and (out["sample_rate"] == 24000).all()
     for row in out.itertuples():
         wav, sr = wav_of(row.audio_b64)
         assert sr == 24000 and wav.size / sr == pytest.approx(row.duration_sec)
+        assert row.gain_db <= 0.0  # the peak ceiling's attenuation, recorded
+        if wav.size:  # never past the -1 dBFS ceiling (+ 16-bit rounding)
+            assert np.abs(wav).max() <= 10 ** (-1 / 20) + 1e-4
         assert wav.size == row.ar_frames * 320  # mel_rvq hop length: one AR frame = 320 samples
     assert (out["duration_sec"] > 0).any(), "the tiny model stopped at once on every text"
 

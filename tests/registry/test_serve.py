@@ -80,7 +80,7 @@ def test_served_champion_answers_rest_with_audio(tmp_path, tiny_cache_workdir, t
         status, body, latency = _post(f"{base}/invocations", {"dataframe_records": [{"text": text, "seed": 0}]})
         assert status == 200, body
         [row] = body["predictions"]
-        assert set(row) == {"audio_b64", "sample_rate", "duration_sec", "text", "ar_frames"}
+        assert set(row) == {"audio_b64", "sample_rate", "duration_sec", "text", "ar_frames", "gain_db"}
         assert row["text"] == text and row["sample_rate"] == 24000
         wav, sr = sf.read(io.BytesIO(base64.b64decode(row["audio_b64"])), dtype="float32")
         assert sr == 24000 and wav.size / sr == pytest.approx(row["duration_sec"])
