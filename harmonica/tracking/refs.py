@@ -6,6 +6,7 @@ an artifact URI such as `runs:/<run id>/checkpoints/best`.
 
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class CheckpointRefError(FileNotFoundError):
@@ -43,9 +47,16 @@ def resolve_checkpoint(ref: str, tracking_uri: str, download_dir: Path) -> tuple
             for name in ("best", "last"):
                 try:
                     return _download(f"runs:/{ref}/checkpoints/{name}", download_dir / ref, tracking_uri), ref
-                except (MlflowException, OSError):
+                except (MlflowException, OSError) as exc:
+                    if isinstance(exc, OSError) and exc.errno in UNWRITABLE:
+                        raise  # an unwritable workdir, not a missing artifact: reported below
                     continue
             raise CheckpointRefError(f"run {ref} has no checkpoints/best or checkpoints/last artifact ({tracking_uri})")
     except MlflowException as exc:
         raise CheckpointRefError(f"cannot fetch {ref} from {tracking_uri}: {exc.message}") from None
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            raise
+        raise CheckpointRefError(f"cannot download {ref}'s checkpoint to {download_dir}: {exc.strerror} "
+                                 f"({exc.filename}); run from a writable --workdir") from None
     raise CheckpointRefError(f"{ref!r} is not a checkpoint reference: expected {ACCEPTED}")
