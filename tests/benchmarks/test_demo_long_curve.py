@@ -1,0 +1,78 @@
+"""benchmarks/demo_long_curve.py end to end on the tiny cache: train, evaluate at each point, one curve run."""
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harmonica.config import load_config
+from tests.tiny import TINY, tiny_steps
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_long_curve.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("demo_long_curve", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_points_fall_on_kept_checkpoints():
+    curve = load_script()
+    assert curve.point_steps(2000, 4) == [500, 1000, 1500, 2000]
+    assert curve.point_steps(10, 4) == [3, 5, 8, 10]
+    with pytest.raises(ValueError, match="--points 9"):
+        curve.point_steps(8, 9)
+    cfg = load_config("demo_long", [])
+    assert curve.checkpoint_overrides(cfg, 4) == [
+        "training.ar.ckpt_every=500", "training.ar.keep_last=5",
+        "training.nar.ckpt_every=150", "training.nar.keep_last=5"]
+    # uneven points: every point is still a checkpoint step, and all of them are kept
+    odd = load_config("demo", [*tiny_steps("ar", total=10), *tiny_steps("nar", total=6)])
+    assert curve.checkpoint_overrides(odd, 4) == ["training.ar.ckpt_every=1", "training.ar.keep_last=11",
+                                                "training.nar.ckpt_every=1", "training.nar.keep_last=7"]
+
+
+@pytest.mark.slow  # two trainings + two evaluates with ASR: ~2 min on 2 shared cores
+def test_curve_end_to_end_on_tiny_models(tmp_path, tiny_corpus, tiny_cache_workdir, monkeypatch, capsys):
+    curve = load_script()
+    work = tmp_path / "work"
+    shutil.copytree(tiny_cache_workdir, work)
+    overrides = [*TINY, "data.corpus_format=ljspeech", f"data.corpus_dir={tiny_corpus}", "eval.split=val",
+                 "eval.bootstrap_samples=0", *tiny_steps("ar"), *tiny_steps("nar")]
+    monkeypatch.setattr(sys, "argv", ["demo_long_curve.py", "--project", "demo", "--workdir", str(work),
+                                      "--points", "2", "--eval-utterances", "2", *overrides])
+    curve.main()
+    printed = capsys.readouterr().out
+    result = json.loads(printed.strip().splitlines()[-1])["curve"]
+    assert len(result) == 2 and 0 < result[0]["minutes"] <= result[1]["minutes"]
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("harmonica/demo").experiment_id],
+                              "tags.`harmonica.stage` = 'demo_long_curve'")
+    assert len(runs) == 1  # the whole curve is one run
+    parent = runs[0]
+    for name in ("wer", "cer", "sim", "resynthesis_wer", "minutes", "percent"):
+        history = client.get_metric_history(parent.info.run_id, f"curve/{name}")
+        assert len(history) == 2, name
+    wers = client.get_metric_history(parent.info.run_id, "curve/wer")
+    minutes = client.get_metric_history(parent.info.run_id, "curve/minutes")
+    assert [h.step for h in wers] == [round(m.value * 60) for m in minutes]  # step = seconds of training
+    assert [h.value for h in wers] == [r["wer"] for r in result]
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    stages = sorted(r.data.tags["harmonica.stage"] for r in children)
+    assert stages == ["evaluate", "evaluate", "train_ar", "train_nar"]  # the cache existed: no preprocess
+    evaluated = sorted((r.data.tags["harmonica.ar_step"], r.data.tags["harmonica.nar_step"])
+                       for r in children if r.data.tags["harmonica.stage"] == "evaluate")
+    assert evaluated == [("4", "4"), ("8", "8")]
+    assert all(r.data.metrics["eval/utterances"] == 2 for r in children if r.data.tags["harmonica.stage"] == "evaluate")
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"curve.json", "plots"} <= arts
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "plots")][0].endswith(".png")
+    assert "WER" in printed and "resyn WER" in printed
