@@ -54,6 +54,7 @@ SECTIONS: tuple[str, ...] = (
     "Collapse events", "Failure reasons",
 )
 ARTIFACT_DIR = "report"
+EMPTY_AUDIO = "(no audio: the model decoded 0 samples)"
 MAX_EMBED_BYTES = 8 * 1024 * 1024  # per audio/image file embedded in the HTML
 MAX_SAMPLES = 8
 WORST_N = 5
@@ -555,8 +556,10 @@ def section_eval_summary(r: _RunData) -> Section:
             if audio and r.has(audio):
                 m, _ = _artifact_link(audio)
                 cell = Cell(audio, md=m, html=_audio_html(r.data_uri(audio), audio))
-            else:
-                cell = Cell(audio or "—", html=html.escape(audio or "—") + (" (not logged)" if audio else ""))
+            elif audio:
+                cell = Cell(audio, html=html.escape(audio) + " (not logged)")
+            else:  # the model decoded zero samples: nothing to play
+                cell = Cell(EMPTY_AUDIO, html=html.escape(EMPTY_AUDIO))
             seed_note = f" (seed #{row['seed_index']})" if row.get("seed_index") else ""
             table.append((str(row.get("id", "?")) + seed_note, truncate(row.get("text", ""), 80),
                           truncate(row.get("model_hypothesis", "") or "(empty)", 80),

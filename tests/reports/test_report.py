@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harmonica.reports import SECTIONS, ReportError, build_report
-from harmonica.reports.report import curve_groups
+from harmonica.reports.report import EMPTY_AUDIO, curve_groups
 from tests.reports.store import DIFFERING_PARAM
 
 
@@ -103,9 +103,11 @@ def test_evaluate_run_report(report_store, tmp_path):
         assert label in ev, label
     assert "### Worst 5 utterances" in ev
     worst = [line for line in ev.split("### Worst", 1)[1].splitlines() if line.startswith("| LJ")]
-    assert 1 <= len(worst) <= 5 and all("[audio/" in w and "](../audio/" in w for w in worst)
+    assert 1 <= len(worst) <= 5
+    for w in worst:  # every decoded utterance plays; an empty decode says so instead of a dead link
+        assert ("[audio/" in w and "](../audio/" in w) or ("| (empty) |" in w and EMPTY_AUDIO in w), w
     ev_html = _html_section(html, "Eval summary")
-    assert ev_html.count('src="data:audio/wav;base64,') == len(worst)
+    assert ev_html.count('src="data:audio/wav;base64,') == sum("](../audio/" in w for w in worst) >= 1
     assert "plots/eval_distributions.html" in ev
 
     assert "[audio/" in _md_section(md, "Audio samples")
