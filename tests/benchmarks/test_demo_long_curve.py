@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -58,8 +59,11 @@ def test_curve_end_to_end_on_tiny_models(tmp_path, tiny_corpus, tiny_cache_workd
     assert len(runs) == 1  # the whole curve is one run
     parent = runs[0]
     for name in ("wer", "cer", "sim", "resynthesis_wer", "minutes", "percent"):
-        history = client.get_metric_history(parent.info.run_id, f"curve/{name}")
-        assert len(history) == 2, name
+        history = sorted(client.get_metric_history(parent.info.run_id, f"curve/{name}"), key=lambda h: h.step)
+        # SIM is NaN when a tiny model decodes nothing at a point: the table keeps it, MLflow gets no point
+        want = [r[name] for r in result if math.isfinite(r[name])]
+        assert len(want) == (len(result) if name != "sim" else len(want)) and len(want) >= 1, name
+        assert [h.value for h in history] == pytest.approx(want), name
     wers = client.get_metric_history(parent.info.run_id, "curve/wer")
     minutes = client.get_metric_history(parent.info.run_id, "curve/minutes")
     assert [h.step for h in wers] == [round(m.value * 60) for m in minutes]  # step = seconds of training

@@ -107,13 +107,13 @@ def test_sigkill_then_resume_gives_the_histories_of_an_uninterrupted_run(tmp_pat
 @pytest.mark.slow
 def test_sigint_prints_the_exact_resume_command(tmp_path, tiny_corpus):
     workdir = tmp_path / "work"
-    args = cli_args(tiny_corpus, "ar", "training.ar.total_steps=600", "training.ar.ckpt_every=10",
-                    "training.ar.val_every=600", "training.ar.sample_every=600")
+    args = cli_args(tiny_corpus, "ar", "training.ar.total_steps=400", "training.ar.ckpt_every=40",
+                    "training.ar.val_every=400", "training.ar.sample_every=400")
     pre = run(harmonica("preprocess", "--no-progress", "--workdir", str(workdir), *args), cwd=tmp_path)
     assert pre.returncode == 0, pre.stderr[-2000:]
     proc = subprocess.Popen(harmonica("train", "--model-type", "ar", "--workdir", str(workdir), *args),
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for("*/ckpt/step_0000010", workdir / "checkpoints" / "demo" / "ar")
+    _wait_for("*/ckpt/step_0000040", workdir / "checkpoints" / "demo" / "ar")
     assert proc.poll() is None, "training ended before it could be interrupted: raise total_steps"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -126,4 +126,4 @@ def test_sigint_prints_the_exact_resume_command(tmp_path, tiny_corpus):
     cont = run([sys.executable, "-m", "harmonica.cli", *cmd[1:]], cwd=tmp_path)  # exactly as printed
     assert cont.returncode == 0, cont.stderr[-2000:]
     _, [r] = runs_of(workdir, "train_ar")
-    assert r.info.status == "FINISHED" and r.data.tags["harmonica.steps"] == "600"
+    assert r.info.status == "FINISHED" and r.data.tags["harmonica.steps"] == "400"

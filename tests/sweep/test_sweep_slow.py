@@ -46,8 +46,7 @@ def _sweep_entry_point_wired() -> bool:
 
 @pytest.mark.slow
 def test_mlflow_run_sweep_entry_point(tmp_path, tiny_corpus, sweep_workdir):
-    if not _sweep_entry_point_wired():
-        pytest.skip("the `harmonica sweep` command / MLproject `sweep` entry point is not wired up")
+    assert _sweep_entry_point_wired(), "the `harmonica sweep` command / MLproject `sweep` entry point is gone"
     space = write_space(tmp_path)
     uri = f"sqlite:///{sweep_workdir / 'mlflow.db'}"
     root = tmp_path / "root"  # the best config goes to <root>/projects: not into the checkout
