@@ -276,7 +276,8 @@ class TrainingConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # 1 by default: on 2 shared cores a second thread fighting another process made the demo AR step
-    # 2.5x slower (0.70 s vs 0.28 s); on a quiet machine 2 threads gain only ~6%. 0 = torch's default.
+    # 2.5x slower (0.70 s vs 0.28 s). On 2 quiet cores 2 threads gain ~6% for a small 8 x 256 step and
+    # 1.3-1.5x for the phoneme / 1024-entry demo (projects/demo.yaml sets 2). 0 = torch's default.
     threads: int = Field(1, ge=0, description="intra-op CPU threads (torch.set_num_threads); 0 = torch default")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
