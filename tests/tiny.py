@@ -17,6 +17,7 @@ TINY = [
     "model.nar.prompt_frames=20",
     # the demo recipe's corpus/codec/frontend choices, reset to the plain tiny setting
     "codec.ladder_utterances=0", "text.frontend=chars", "data.workers=1",
+    "training.ar.threads=1", "training.nar.threads=1", "eval.threads=1",
     "training.ar.guided_attention_weight=0", "training.ar.guided_attention_heads=0",
 ]
 
