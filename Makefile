@@ -23,7 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/install_system_deps.sh
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	# two workers, one test file each at a time (module fixtures stay shared): the suite is mostly
+	# single-threaded subprocess work, so 2 cores halve it
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"
