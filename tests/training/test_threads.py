@@ -24,8 +24,10 @@ def test_apply_threads_sets_and_zero_keeps_default(restore_threads):
 
 
 def test_threads_default_is_one_and_negative_is_rejected():
-    cfg = load_config("demo", [])
-    assert cfg.training.ar.threads == 1 and cfg.training.nar.threads == 1
+    base = load_config("demo_collapse", [])  # a project that does not set threads: the schema default
+    assert base.training.ar.threads == 1 and base.training.nar.threads == 1
+    cfg = load_config("demo", [])  # the demo asks for both of its 2 quiet cores (projects/demo.yaml)
+    assert cfg.training.ar.threads == 2 and cfg.training.nar.threads == 2 and cfg.eval.threads == 2
     with pytest.raises(Exception, match="threads"):
         load_config("demo", ["training.ar.threads=-1"])
 
