@@ -15,6 +15,7 @@ import click
 
 from harmonica.cli_recovery import corpus_path, resume_hint
 from harmonica.config import ConfigError, HarmonicaConfig, load_config
+from harmonica.tracking import names
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 
@@ -512,7 +513,7 @@ def registry_show(version: str, model_name: str, project: str | None, workdir: s
     click.echo(info["description"])
     click.echo("")
     for key, value in info["tags"].items():
-        if not key.startswith("gate.") and key != "harmonica.decision_reasons":
+        if not key.startswith("gate.") and key != names.DECISION_REASONS:
             click.echo(f"  {key:<34} {value}")
 
 

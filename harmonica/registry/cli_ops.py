@@ -27,6 +27,7 @@ from harmonica.registry.promote import (
     record_champion_event,
 )
 from harmonica.registry.pyfunc import MODEL_NAME
+from harmonica.tracking import names
 
 
 class RegistryError(ValueError):
@@ -59,16 +60,16 @@ def _row(mv: Any, aliases: dict[str, list[str]]) -> dict[str, Any]:
     return {
         "version": str(mv.version),
         "aliases": sorted(aliases.get(str(mv.version), [])),
-        "decision": t.get("harmonica.decision", "?"),
-        "gates_passed": t.get("harmonica.gates_passed", "?"),
-        "failing_gates": t.get("harmonica.failing_gates", ""),
-        "primary_metric": t.get("harmonica.primary_metric", ""),
-        "primary_value": t.get("harmonica.primary_value", ""),
-        "evaluation_run_id": t.get("harmonica.evaluation_run_id", ""),
-        "code": f"{t.get('harmonica.git_commit', 'unknown')[:12]} dirty={t.get('harmonica.git_dirty', '?')}",
+        "decision": t.get(names.DECISION, "?"),
+        "gates_passed": t.get(names.GATES_PASSED, "?"),
+        "failing_gates": t.get(names.FAILING_GATES, ""),
+        "primary_metric": t.get(names.PRIMARY_METRIC, ""),
+        "primary_value": t.get(names.PRIMARY_VALUE, ""),
+        "evaluation_run_id": t.get(names.EVALUATION_RUN_ID, ""),
+        "code": f"{t.get(names.GIT_COMMIT, 'unknown')[:12]} dirty={t.get(names.GIT_DIRTY, '?')}",
         "created": _when(mv.creation_timestamp),
-        "rollback_reason": t.get("harmonica.rollback_reason", ""),
-        "superseded_by": t.get("harmonica.superseded_by", ""),
+        "rollback_reason": t.get(names.ROLLBACK_REASON, ""),
+        "superseded_by": t.get(names.SUPERSEDED_BY, ""),
     }
 
 
@@ -141,26 +142,26 @@ def rollback(name: str, to_version: str, reason: str, *, tracking_uri: str, forc
             raise RegistryError(f"v{version} already is the champion of '{name}'")
         if current is not None and int(version) > int(current):
             problems.append(f"v{version} is not earlier than the champion v{current} (rollback goes back)")
-        if target.tags.get("harmonica.gates_passed") != "true":
-            failing = target.tags.get("harmonica.failing_gates", "unknown")
+        if target.tags.get(names.GATES_PASSED) != "true":
+            failing = target.tags.get(names.FAILING_GATES, "unknown")
             problems.append(f"v{version} did not pass its gates (failing: {failing})")
-        if target.tags.get("harmonica.promotion_complete") not in (None, "true"):
+        if target.tags.get(names.PROMOTION_COMPLETE) not in (None, "true"):
             problems.append(f"v{version} is an incomplete promotion")
         if problems and not force:
             raise RegistryError("refusing the rollback: " + "; ".join(problems) + " — pass --force to do it anyway")
         client.set_registered_model_alias(name, CHAMPION, version)
         at = now_iso()
         tags = {
-            "harmonica.rollback_reason": reason.strip()[:4900],
-            "harmonica.rolled_back_from": current or "none",
-            "harmonica.rolled_back_at": at,
-            "harmonica.rolled_back_by": actor(),
-            "harmonica.rollback_forced": str(bool(problems)).lower(),
+            names.ROLLBACK_REASON: reason.strip()[:4900],
+            names.ROLLED_BACK_FROM: current or "none",
+            names.ROLLED_BACK_AT: at,
+            names.ROLLED_BACK_BY: actor(),
+            names.ROLLBACK_FORCED: str(bool(problems)).lower(),
         }
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)
         if current is not None:
-            client.set_model_version_tag(name, current, "harmonica.rolled_back_to", f"v{version} at {at}: {reason.strip()}"[:4900])
+            client.set_model_version_tag(name, current, names.ROLLED_BACK_TO, f"v{version} at {at}: {reason.strip()}"[:4900])
         record_champion_event(client, name, {"at": at, "to": version, "from": current, "via": "rollback",
                                              "by": actor(), "reason": reason.strip()[:500],
                                              "forced": bool(problems)})

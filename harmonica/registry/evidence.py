@@ -22,6 +22,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from harmonica.registry.gates import collapse_metric_key, persisting_events
+from harmonica.tracking import names
 
 SHARED_SECTIONS = ("data.", "codec.", "text.")
 
@@ -52,8 +53,8 @@ def training_progress(client: Any, run: Any, kind: str) -> tuple[int | None, dic
     tags, params = run.data.tags, run.data.params
     planned = _int(params.get(f"training.{kind}.total_steps"))
     if run.info.status == "FINISHED":
-        return _int(tags.get("harmonica.steps")) or planned, None
-    last = last_logged_step(client, run, kind) or _int(tags.get("harmonica.steps"))
+        return _int(tags.get(names.STEPS)) or planned, None
+    last = last_logged_step(client, run, kind) or _int(tags.get(names.STEPS))
     event = {"model": kind, "kind": "unfinished", "name": "unfinished run", "step": last, "planned": planned,
              "status": run.info.status}
     return last, event
@@ -73,12 +74,12 @@ def read_collapse(client: Any, run: Any, kind: str, tmp: Path) -> tuple[list[dic
         lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         events = [{**json.loads(ln), "model": kind} for ln in lines]
     except (MlflowException, OSError) as exc:
-        if tags.get("harmonica.collapse") == "true":
+        if tags.get(names.COLLAPSE) == "true":
             unplaced = {"model": kind, "step": None, "kind": "unknown", "name": "collapse_events.jsonl unreadable"}
             return [unplaced, *pending], end, (f"{kind.upper()} run {run.info.run_id} reports a collapse but its "
                                                f"events are unreadable: {exc}")
         return pending, end, (f"{kind.upper()} run {run.info.run_id} has no collapse_events.jsonl (and "
-                              f"harmonica.collapse is {tags.get('harmonica.collapse', 'unset')}): treated as no events")
+                              f"{names.COLLAPSE} is {tags.get(names.COLLAPSE, 'unset')}): treated as no events")
     # a collapse lasts until its metric recovers: add its span's last step (see persisting_events)
     histories: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for key in sorted({k for k in map(collapse_metric_key, events) if k}):
@@ -99,7 +100,7 @@ def checkpoint_utilisation(client: Any, run: Any, kind: str, checkpoint_step: An
                               "at": None, "floor": None, "collapsed_tag": False}
     if run is None:
         return record
-    record["collapsed_tag"] = run.data.tags.get("harmonica.collapse") == "true"
+    record["collapsed_tag"] = run.data.tags.get(names.COLLAPSE) == "true"
     record["floor"] = float(run.data.params.get(f"training.{kind}.collapse.util_floor", 0.10))
     step = _int(checkpoint_step)
     def per_codebook(prefix: str) -> list[str]:
@@ -131,13 +132,13 @@ def status_refusals(runs: Mapping[str, Any], allow_unfinished: bool) -> tuple[li
     for label, run in runs.items():
         if run is None or run.info.status == "FINISHED":
             continue  # an unknown run is refused by the provenance check
-        steps = run.data.tags.get("harmonica.steps", "unknown")
+        steps = run.data.tags.get(names.STEPS, "unknown")
         problems.append(f"{label} {run.info.run_id} is {run.info.status}, not FINISHED (executed steps: {steps}): "
                         "its checkpoint is not the model it was configured to train")
     if not problems:
         return [], []
     if allow_unfinished:
-        return [], [f"unfinished run (allowed by --allow-unfinished, recorded as harmonica.allow_unfinished): {p}"
+        return [], [f"unfinished run (allowed by --allow-unfinished, recorded as {names.ALLOW_UNFINISHED}): {p}"
                     for p in problems]
     return [f"unfinished: {p}" for p in problems] + [
         "unfinished: let the training finish (or resume it), or pass --allow-unfinished to promote the checkpoint "
@@ -145,7 +146,7 @@ def status_refusals(runs: Mapping[str, Any], allow_unfinished: bool) -> tuple[li
 
 
 def _project(run: Any) -> str:
-    return run.data.tags.get("harmonica.project", "unknown")
+    return run.data.tags.get(names.PROJECT, "unknown")
 
 
 def pair_refusals(ar_run: Any, nar_run: Any, allow_mixed: bool) -> tuple[list[str], list[str]]:
@@ -164,10 +165,10 @@ def pair_refusals(ar_run: Any, nar_run: Any, allow_mixed: bool) -> tuple[list[st
         problems.append(f"the AR and NAR were trained on different data/codec/text settings: {shown}{more}")
     if not problems:
         return [], []
-    hashes = (f"config hashes AR {ar_run.data.tags.get('harmonica.config_hash', 'unknown')}, "
-              f"NAR {nar_run.data.tags.get('harmonica.config_hash', 'unknown')}")
+    hashes = (f"config hashes AR {ar_run.data.tags.get(names.CONFIG_HASH, 'unknown')}, "
+              f"NAR {nar_run.data.tags.get(names.CONFIG_HASH, 'unknown')}")
     if allow_mixed:
-        return [], [f"mixed pair (allowed by --allow-mixed-pair, recorded as harmonica.allow_mixed_pair): {p}; {hashes}"
+        return [], [f"mixed pair (allowed by --allow-mixed-pair, recorded as {names.ALLOW_MIXED_PAIR}): {p}; {hashes}"
                     for p in problems]
     return [f"mixed pair: {p}; {hashes}" for p in problems] + [
         "mixed pair: evaluate an AR and a NAR trained by the same project, or pass --allow-mixed-pair "
@@ -180,10 +181,10 @@ def pair_tags(ar_run: Any, nar_run: Any, allow_unfinished: bool, allow_mixed: bo
         return run.data.tags.get(key, "unknown") if run is not None else "unknown"
 
     return {
-        "harmonica.ar_project": of(ar_run, "harmonica.project"),
-        "harmonica.nar_project": of(nar_run, "harmonica.project"),
-        "harmonica.ar_run_status": ar_run.info.status if ar_run is not None else "unknown",
-        "harmonica.nar_run_status": nar_run.info.status if nar_run is not None else "unknown",
-        "harmonica.allow_unfinished": str(allow_unfinished).lower(),
-        "harmonica.allow_mixed_pair": str(allow_mixed).lower(),
+        names.AR_PROJECT: of(ar_run, names.PROJECT),
+        names.NAR_PROJECT: of(nar_run, names.PROJECT),
+        names.AR_RUN_STATUS: ar_run.info.status if ar_run is not None else "unknown",
+        names.NAR_RUN_STATUS: nar_run.info.status if nar_run is not None else "unknown",
+        names.ALLOW_UNFINISHED: str(allow_unfinished).lower(),
+        names.ALLOW_MIXED_PAIR: str(allow_mixed).lower(),
     }

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from harmonica.config.schema import GateConfig, GatesConfig
+from harmonica.tracking import names
 
 # gate name -> (metric suffix under eval/ and baseline/<source>/, direction)
 METRIC_GATES: dict[str, tuple[str, str]] = {
@@ -247,7 +248,7 @@ def utilisation_gate(enabled: bool, records: Iterable[Mapping[str, Any]] | None)
     problems, fine = [], []
     for r in records:
         model, value, floor = str(r.get("model", "?")).upper(), _finite(r.get("value")), _finite(r.get("floor"))
-        tagged = " (run tagged harmonica.collapse=true)" if r.get("collapsed_tag") else ""
+        tagged = f" (run tagged {names.COLLAPSE}=true)" if r.get("collapsed_tag") else ""
         if value is None or floor is None:
             problems.append(f"{model}: no validation utilisation at or before checkpoint step {r.get('checkpoint_step')}"
                             f"{tagged}")

@@ -76,11 +76,12 @@ from harmonica.registry.gates import (
 )
 from harmonica.registry.lock import NOT_FOUND, RegistryLock, lock_name
 from harmonica.registry.pyfunc import MODEL_NAME
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
 CANDIDATE, CHAMPION = "candidate", "champion"
-HISTORY_TAG = "harmonica.champion_history"
+HISTORY_TAG = names.CHAMPION_HISTORY
 HISTORY_KEEP = 30
 DESCRIPTION_LIMIT = 4900  # registered model / version descriptions are VARCHAR(5000) in the registry DB
 
@@ -195,7 +196,8 @@ def _get_run(client: MlflowClient, run_id: str) -> MlflowRun | None:
     try:
         return client.get_run(run_id)
     except MlflowException as exc:
-        if _code(exc) in NOT_FOUND or "not found" in str(exc).lower():
+        # a malformed id ("--allow-unfinished" given as the run id) is no run either
+        if _code(exc) in NOT_FOUND | {"INVALID_PARAMETER_VALUE"} or "not found" in str(exc).lower():
             return None
         raise
 
@@ -205,10 +207,10 @@ def _locate_checkpoint(client: MlflowClient, tracking_uri: str, kind: str, tags:
     """The evaluated checkpoint dir: the evaluate run's local path, else the training run's artifact."""
     from harmonica.tracking.refs import resolve_checkpoint
 
-    local = tags.get(f"harmonica.{kind}_checkpoint", "")
+    local = tags.get(names.kind_checkpoint(kind), "")
     if local and (Path(local) / "meta.json").is_file():
         return Path(local), ""
-    run_id = tags.get(f"harmonica.{kind}_run_id", "")
+    run_id = tags.get(names.kind_run_id(kind), "")
     if run_id:
         try:
             path, _ = resolve_checkpoint(run_id, tracking_uri, downloads)
@@ -227,9 +229,9 @@ def gather_evidence(client: MlflowClient, tracking_uri: str, evaluation_run_id: 
     if run is None:
         raise PromotionError(f"evaluate run {evaluation_run_id} not found on {tracking_uri}")
     tags = dict(run.data.tags)
-    if tags.get("harmonica.stage") != "evaluate":
+    if tags.get(names.STAGE) != "evaluate":
         raise PromotionError(
-            f"run {evaluation_run_id} is a '{tags.get('harmonica.stage', 'unknown')}' run, not an evaluate run: "
+            f"run {evaluation_run_id} is a '{tags.get(names.STAGE, 'unknown')}' run, not an evaluate run: "
             "pass the run id printed by `harmonica evaluate`"
         )
     notes: list[str] = []
@@ -238,8 +240,8 @@ def gather_evidence(client: MlflowClient, tracking_uri: str, evaluation_run_id: 
     notes += [n for n in (note_ar, note_nar) if n]
     ar_meta = read_checkpoint_meta(ar_dir) if ar_dir else {}
     nar_meta = read_checkpoint_meta(nar_dir) if nar_dir else {}
-    ar_run = _get_run(client, tags.get("harmonica.ar_run_id", ""))
-    nar_run = _get_run(client, tags.get("harmonica.nar_run_id", ""))
+    ar_run = _get_run(client, tags.get(names.AR_RUN_ID, ""))
+    nar_run = _get_run(client, tags.get(names.NAR_RUN_ID, ""))
     events: list[dict[str, Any]] = []
     ends: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="harmonica-promote-") as tmp:
@@ -260,7 +262,7 @@ def evaluation_project(tracking_uri: str, evaluation_run_id: str) -> str | None:
     if run is None:
         raise PromotionError(f"evaluate run {evaluation_run_id} not found on {tracking_uri} "
                              "(check --workdir / MLFLOW_TRACKING_URI)")
-    return run.data.tags.get("harmonica.project")
+    return run.data.tags.get(names.PROJECT)
 
 
 def refusal_reasons(ev: Evidence, allow_dirty: bool, allow_unfinished: bool = False,
@@ -282,16 +284,16 @@ def refusal_reasons(ev: Evidence, allow_dirty: bool, allow_unfinished: bool = Fa
                            pair_refusals(ev.ar_run, ev.nar_run, allow_mixed_pair)):
         refusals += refused
         notes += noted
-    weights = tags.get("harmonica.weights", "unknown")
+    weights = tags.get(names.WEIGHTS, "unknown")
     if weights != "ema":
         refusals.append(f"evaluate run {eid} scored '{weights}' weights but the registry serves EMA weights: "
                         "re-run `harmonica evaluate --weights ema`")
     for kind, meta in (("ar", ev.ar_meta), ("nar", ev.nar_meta)):
         if not meta:
             refusals.append(f"the evaluated {kind.upper()} checkpoint cannot be found "
-                            f"({tags.get(f'harmonica.{kind}_checkpoint', 'no path recorded')})")
+                            f"({tags.get(names.kind_checkpoint(kind), 'no path recorded')})")
             continue
-        want = tags.get(f"harmonica.{kind}_step")
+        want = tags.get(names.kind_step(kind))
         if want not in (None, "", "None") and str(meta.get("step")) != want:
             refusals.append(f"{kind.upper()} checkpoint {ev.ar_dir if kind == 'ar' else ev.nar_dir} now holds step "
                             f"{meta.get('step')} but evaluate run {eid} scored step {want} (it was overwritten, e.g. "
@@ -315,26 +317,26 @@ def refusal_reasons(ev: Evidence, allow_dirty: bool, allow_unfinished: bool = Fa
     # provenance
     dirty = []
     for label, run, run_id in (
-        ("AR training run", ev.ar_run, tags.get("harmonica.ar_run_id", "")),
-        ("NAR training run", ev.nar_run, tags.get("harmonica.nar_run_id", "")),
+        ("AR training run", ev.ar_run, tags.get(names.AR_RUN_ID, "")),
+        ("NAR training run", ev.nar_run, tags.get(names.NAR_RUN_ID, "")),
         ("evaluate run", ev.eval_run, eid),
     ):
         if run is None:
             dirty.append(f"{label} {run_id or '(none recorded)'} is unknown to the tracking server, so its code is unknown")
             continue
         t = run.data.tags
-        state = t.get("harmonica.git_dirty", "unknown")
+        state = t.get(names.GIT_DIRTY, "unknown")
         if state != "false":
             kind = "a dirty git tree" if state == "true" else "an unknown tree (no git metadata)"
-            dirty.append(f"{label} {run.info.run_id} ran from {kind} (commit {t.get('harmonica.git_commit', 'unknown')[:12]}, "
-                         f"source hash {t.get('harmonica.source_hash', 'unknown')})")
+            dirty.append(f"{label} {run.info.run_id} ran from {kind} (commit {t.get(names.GIT_COMMIT, 'unknown')[:12]}, "
+                         f"source hash {t.get(names.SOURCE_HASH, 'unknown')})")
     if dirty:
         if allow_dirty:
             notes += [f"provenance (allowed by --allow-dirty): {d}" for d in dirty]
         else:
             refusals += [f"provenance: {d}" for d in dirty]
             refusals.append("provenance: commit the code and retrain/re-evaluate, or pass --allow-dirty to promote "
-                            "anyway (recorded on the version as harmonica.allow_dirty=true)")
+                            f"anyway (recorded on the version as {names.ALLOW_DIRTY}=true)")
     return refusals, notes
 
 
@@ -396,7 +398,7 @@ def ensure_registered_model(client: MlflowClient, name: str) -> Any:
     if rm is not None:
         return rm
     try:
-        client.create_registered_model(name, tags={"harmonica.managed_by": "harmonica promote"},
+        client.create_registered_model(name, tags={names.MANAGED_BY: "harmonica promote"},
                                        description=describe_model(name, []))
     except MlflowException as exc:
         if _code(exc) not in {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}:
@@ -452,7 +454,7 @@ def record_champion_event(client: MlflowClient, name: str, event: dict[str, Any]
         history = history[1:]
         blob = json.dumps(history)
     client.set_registered_model_tag(name, HISTORY_TAG, blob)
-    client.set_registered_model_tag(name, "harmonica.champion", str(event.get("to")))
+    client.set_registered_model_tag(name, names.CHAMPION, str(event.get("to")))
     client.update_registered_model(name, description=describe_model(name, history))
 
 
@@ -470,12 +472,12 @@ def now_iso() -> str:
 
 def champion_value(client: MlflowClient, name: str, version: str, metric: str) -> float | None:
     mv = client.get_model_version(name, version)
-    if mv.tags.get("harmonica.primary_metric") == metric:
+    if mv.tags.get(names.PRIMARY_METRIC) == metric:
         try:
-            return float(mv.tags["harmonica.primary_value"])
+            return float(mv.tags[names.PRIMARY_VALUE])
         except (KeyError, ValueError):
             pass
-    run = _get_run(client, mv.tags.get("harmonica.evaluation_run_id", ""))
+    run = _get_run(client, mv.tags.get(names.EVALUATION_RUN_ID, ""))
     if run is not None and metric in run.data.metrics:
         return float(run.data.metrics[metric])
     return None
@@ -499,7 +501,7 @@ def champion_step(client: MlflowClient, name: str, passed: bool, value: float | 
         return False, current, (f"champion v{current} has no comparable {metric}: it stays; move it by hand with "
                                 "`harmonica registry rollback` if this candidate should serve")
     rows = (eval_rows(client, evaluation_run_id),
-            eval_rows(client, client.get_model_version(name, current).tags.get("harmonica.evaluation_run_id", "")))
+            eval_rows(client, client.get_model_version(name, current).tags.get(names.EVALUATION_RUN_ID, "")))
     move, reason = champion_verdict(value, cval, current, gates, *rows, samples=samples, seed=seed)
     return move, current, reason
 
@@ -549,18 +551,18 @@ def _code_tags(ev: Evidence) -> dict[str, str]:
 
     runs = {"ar": ev.ar_run, "nar": ev.nar_run, "evaluate": ev.eval_run}
     out: dict[str, str] = {}
-    for tag in ("git_commit", "source_hash"):
-        values = {k: of(r, f"harmonica.{tag}") for k, r in runs.items()}
+    for tag in (names.GIT_COMMIT, names.SOURCE_HASH):
+        values = {k: of(r, tag) for k, r in runs.items()}
         trained = {values["ar"], values["nar"]}
-        out[f"harmonica.{tag}"] = values["ar"] if len(trained) == 1 else f"ar={values['ar']},nar={values['nar']}"
-    states = [of(r, "harmonica.git_dirty") for r in runs.values()]
-    out["harmonica.git_dirty"] = "true" if "true" in states else ("unknown" if "unknown" in states else "false")
+        out[tag] = values["ar"] if len(trained) == 1 else f"ar={values['ar']},nar={values['nar']}"
+    states = [of(r, names.GIT_DIRTY) for r in runs.values()]
+    out[names.GIT_DIRTY] = "true" if "true" in states else ("unknown" if "unknown" in states else "false")
     for k, r in runs.items():
-        out[f"harmonica.code.{k}"] = (f"{of(r, 'harmonica.git_commit')[:12]} dirty={of(r, 'harmonica.git_dirty')} "
-                                      f"source={of(r, 'harmonica.source_hash')}")
+        out[names.code_of(k)] = (f"{of(r, names.GIT_COMMIT)[:12]} dirty={of(r, names.GIT_DIRTY)} "
+                                      f"source={of(r, names.SOURCE_HASH)}")
     served = code_version()
-    out["harmonica.serving_source_hash"] = served.source_hash
-    out["harmonica.code.serving"] = f"{served.git_commit[:12]} dirty={str(served.git_dirty).lower()} source={served.source_hash}"
+    out[names.SERVING_SOURCE_HASH] = served.source_hash
+    out[names.CODE_SERVING] = f"{served.git_commit[:12]} dirty={str(served.git_dirty).lower()} source={served.source_hash}"
     return out
 
 
@@ -587,16 +589,16 @@ def _existing_decision(client: MlflowClient, name: str, mv: Any, base: dict[str,
     current = champion_alias(client, name)
     reasons = [
         (f"{why}: evaluation {base['evaluation_run_id']} is already version {mv.version} (decision: "
-         f"{tags.get('harmonica.decision', 'unknown')}, promote run {tags.get('harmonica.promote_run_id', 'unknown')}); "
+         f"{tags.get(names.DECISION, 'unknown')}, promote run {tags.get(names.PROMOTE_RUN_ID, 'unknown')}); "
          "nothing registered, no alias moved"),
         f"current champion: v{current}" if current else "there is no champion yet",
     ]
-    if not current and tags.get("harmonica.decision") != "champion":
+    if not current and tags.get(names.DECISION) != "champion":
         reasons.append(f"to serve v{mv.version} anyway: harmonica registry rollback --to {mv.version} --force "
                        "--reason '...' (recorded on the version)")
     return Decision(**base, version=str(mv.version), registered_new=False, champion_moved=False,
                     decision="existing" if why == "idempotent" else "duplicate", reasons=reasons,
-                    champion_version=current, registered_decision=tags.get("harmonica.decision", ""))
+                    champion_version=current, registered_decision=tags.get(names.DECISION, ""))
 
 
 def promote(
@@ -626,7 +628,7 @@ def promote(
     workdir = Path(workdir)
     client = MlflowClient(tracking_uri)
     ev = gather_evidence(client, tracking_uri, evaluation_run_id, workdir)
-    project = ev.tags.get("harmonica.project", "demo")
+    project = ev.tags.get(names.PROJECT, "demo")
     if cfg is None:
         cfg = load_config(project)
     gates = gates or cfg.gates
@@ -648,11 +650,11 @@ def promote(
     }
     tracker = _tracker(cfg, workdir, tracking_uri)
     run_tags = {
-        "harmonica.evaluation_run_id": evaluation_run_id,
-        "harmonica.ar_run_id": ev.tags.get("harmonica.ar_run_id", ""),
-        "harmonica.nar_run_id": ev.tags.get("harmonica.nar_run_id", ""),
-        "harmonica.model_name": model_name,
-        "harmonica.allow_dirty": str(allow_dirty).lower(),
+        names.EVALUATION_RUN_ID: evaluation_run_id,
+        names.AR_RUN_ID: ev.tags.get(names.AR_RUN_ID, ""),
+        names.NAR_RUN_ID: ev.tags.get(names.NAR_RUN_ID, ""),
+        names.MODEL_NAME: model_name,
+        names.ALLOW_DIRTY: str(allow_dirty).lower(),
         **pair_tags(ev.ar_run, ev.nar_run, allow_unfinished, allow_mixed_pair),
         **(extra_tags or {}),
     }
@@ -668,8 +670,8 @@ def promote(
         raise PromotionRefused(decision)
 
     # ---- idempotency fast path: no run, no packaging
-    existing = find_versions_by_tag(client, model_name, "harmonica.candidate_key", key)
-    complete = [v for v in existing if v.tags.get("harmonica.promotion_complete") == "true"]
+    existing = find_versions_by_tag(client, model_name, names.CANDIDATE_KEY, key)
+    complete = [v for v in existing if v.tags.get(names.PROMOTION_COMPLETE) == "true"]
     if complete:
         decision = _existing_decision(client, model_name, complete[0], base, "idempotent")
         decision.seconds["total"] = time.perf_counter() - t0
@@ -679,7 +681,7 @@ def promote(
                 _record_on_run(run, decision)
         return decision
 
-    same_weights = find_versions_by_tag(client, model_name, "harmonica.weights_key", wkey)
+    same_weights = find_versions_by_tag(client, model_name, names.WEIGHTS_KEY, wkey)
     if same_weights:
         notes.append(f"the same weights are already version(s) {', '.join('v' + str(v.version) for v in same_weights)} "
                      "(scored by another evaluate run): registered as a new candidate because the evidence differs")
@@ -700,10 +702,10 @@ def promote(
             notes.append("no token cache of this model's codec under the workdir: the model bundles no default "
                          "voice prompts, so requests must carry prompt_audio_b64")
         code_tags = _code_tags(ev)
-        trained = {ev.tags.get("harmonica.source_hash")} | {
-            r.data.tags.get("harmonica.source_hash") for r in (ev.ar_run, ev.nar_run) if r is not None}
-        if code_tags["harmonica.serving_source_hash"] not in trained:
-            notes.append(f"the packaged harmonica code (source hash {code_tags['harmonica.serving_source_hash']}) is not "
+        trained = {ev.tags.get(names.SOURCE_HASH)} | {
+            r.data.tags.get(names.SOURCE_HASH) for r in (ev.ar_run, ev.nar_run) if r is not None}
+        if code_tags[names.SERVING_SOURCE_HASH] not in trained:
+            notes.append(f"the packaged harmonica code (source hash {code_tags[names.SERVING_SOURCE_HASH]}) is not "
                          f"the code the candidate was trained/evaluated with ({', '.join(sorted(t or '?' for t in trained))}): "
                          "the served model runs this checkout's inference code")
         settings = {"model_name": model_name, "evaluation_run_id": evaluation_run_id, "decode_source": decode_source,
@@ -722,27 +724,27 @@ def promote(
 
         version_tags = {
             **gate_tags(results),
-            "harmonica.ar_run_id": ev.tags.get("harmonica.ar_run_id", ""),
-            "harmonica.nar_run_id": ev.tags.get("harmonica.nar_run_id", ""),
-            "harmonica.evaluation_run_id": evaluation_run_id,
-            "harmonica.promote_run_id": run.run_id,
-            "harmonica.project": project,
-            "harmonica.ar_step": str(ev.ar_meta.get("step")),
-            "harmonica.nar_step": str(ev.nar_meta.get("step")),
-            "harmonica.config_hash": ev.tags.get("harmonica.config_hash", "unknown"),
-            "harmonica.ar_config_hash": ev.ar_run.data.tags.get("harmonica.config_hash", "unknown") if ev.ar_run else "unknown",
-            "harmonica.nar_config_hash": ev.nar_run.data.tags.get("harmonica.config_hash", "unknown") if ev.nar_run else "unknown",
+            names.AR_RUN_ID: ev.tags.get(names.AR_RUN_ID, ""),
+            names.NAR_RUN_ID: ev.tags.get(names.NAR_RUN_ID, ""),
+            names.EVALUATION_RUN_ID: evaluation_run_id,
+            names.PROMOTE_RUN_ID: run.run_id,
+            names.PROJECT: project,
+            names.AR_STEP: str(ev.ar_meta.get("step")),
+            names.NAR_STEP: str(ev.nar_meta.get("step")),
+            names.CONFIG_HASH: ev.tags.get(names.CONFIG_HASH, "unknown"),
+            names.AR_CONFIG_HASH: ev.ar_run.data.tags.get(names.CONFIG_HASH, "unknown") if ev.ar_run else "unknown",
+            names.NAR_CONFIG_HASH: ev.nar_run.data.tags.get(names.CONFIG_HASH, "unknown") if ev.nar_run else "unknown",
             **code_tags,
-            "harmonica.allow_dirty": str(allow_dirty).lower(),
+            names.ALLOW_DIRTY: str(allow_dirty).lower(),
             **pair_tags(ev.ar_run, ev.nar_run, allow_unfinished, allow_mixed_pair),
-            "harmonica.primary_metric": gates.primary_metric,
-            "harmonica.primary_mode": gates.primary_mode,
-            "harmonica.primary_value": "n/a" if primary_value is None else repr(float(primary_value)),
-            "harmonica.candidate_key": key,
-            "harmonica.weights_key": wkey,
-            "harmonica.gates_passed": str(passed).lower(),
-            "harmonica.failing_gates": ",".join(g.name for g in failing(results)) or "none",
-            "harmonica.model_id": str(getattr(info, "model_id", "") or ""),
+            names.PRIMARY_METRIC: gates.primary_metric,
+            names.PRIMARY_MODE: gates.primary_mode,
+            names.PRIMARY_VALUE: "n/a" if primary_value is None else repr(float(primary_value)),
+            names.CANDIDATE_KEY: key,
+            names.WEIGHTS_KEY: wkey,
+            names.GATES_PASSED: str(passed).lower(),
+            names.FAILING_GATES: ",".join(g.name for g in failing(results)) or "none",
+            names.MODEL_ID: str(getattr(info, "model_id", "") or ""),
         }
 
         t = time.perf_counter()
@@ -751,13 +753,13 @@ def promote(
         with lock:
             seconds["lock_wait"] = lock.waited
             ensure_registered_model(client, model_name)
-            existing = find_versions_by_tag(client, model_name, "harmonica.candidate_key", key)
+            existing = find_versions_by_tag(client, model_name, names.CANDIDATE_KEY, key)
             if existing:
                 mv = existing[0]
-                if mv.tags.get("harmonica.promotion_complete") == "true":
+                if mv.tags.get(names.PROMOTION_COMPLETE) == "true":
                     decision = _existing_decision(client, model_name, mv, base, "concurrent duplicate")
                     decision.promote_run_id = run.run_id
-                    run.set_tags({"harmonica.decision": "duplicate", "harmonica.duplicate_of": str(mv.version)})
+                    run.set_tags({names.DECISION: "duplicate", names.DUPLICATE_OF: str(mv.version)})
                     _record_on_run(run, decision)
                     return decision
                 version = str(mv.version)  # registered by a promotion that died before finishing
@@ -781,7 +783,7 @@ def promote(
                     "at": now_iso(), "to": version, "from": previous, "via": "promote", "by": actor(),
                     "reason": champ_reason, "evaluation_run_id": evaluation_run_id})
                 if previous:
-                    client.set_model_version_tag(model_name, previous, "harmonica.superseded_by", version)
+                    client.set_model_version_tag(model_name, previous, names.SUPERSEDED_BY, version)
             decision = Decision(
                 **base, version=version, registered_new=registered_new, champion_moved=move,
                 decision=CHAMPION if move else CANDIDATE, reasons=[champ_reason, *notes],
@@ -789,16 +791,16 @@ def promote(
                 promote_run_id=run.run_id,
             )
             final_tags = {
-                "harmonica.decision": decision.decision,
-                "harmonica.previous_champion": previous or "none",
-                "harmonica.decision_reasons": "\n".join(decision.reasons)[:4900],
-                "harmonica.promoted_at": now_iso(),
-                "harmonica.promoted_by": actor(),
+                names.DECISION: decision.decision,
+                names.PREVIOUS_CHAMPION: previous or "none",
+                names.DECISION_REASONS: "\n".join(decision.reasons)[:4900],
+                names.PROMOTED_AT: now_iso(),
+                names.PROMOTED_BY: actor(),
             }
             for k, v in final_tags.items():
                 client.set_model_version_tag(model_name, version, k, v)
             client.update_model_version(model_name, version, description=decision.text()[:DESCRIPTION_LIMIT])
-            client.set_model_version_tag(model_name, version, "harmonica.promotion_complete", "true")
+            client.set_model_version_tag(model_name, version, names.PROMOTION_COMPLETE, "true")
         seconds["register"] = time.perf_counter() - t
         seconds["total"] = time.perf_counter() - t0
         decision.seconds = seconds
@@ -810,12 +812,12 @@ def _record_on_run(run: Any, decision: Decision) -> None:
     from harmonica.registry.gates import _finite
 
     tags = {
-        "harmonica.decision": decision.decision,
-        "harmonica.model_version": decision.version or "none",
-        "harmonica.champion_moved": str(decision.champion_moved).lower(),
-        "harmonica.gates_passed": str(decision.passed).lower(),
-        "harmonica.failing_gates": ",".join(decision.failing_gates) or "none",
-        "harmonica.candidate_key": decision.candidate_key,
+        names.DECISION: decision.decision,
+        names.MODEL_VERSION: decision.version or "none",
+        names.CHAMPION_MOVED: str(decision.champion_moved).lower(),
+        names.GATES_PASSED: str(decision.passed).lower(),
+        names.FAILING_GATES: ",".join(decision.failing_gates) or "none",
+        names.CANDIDATE_KEY: decision.candidate_key,
         "mlflow.note.content": decision.text()[:5000],
         **gate_tags(decision.gates),
     }

@@ -12,14 +12,15 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from harmonica.tracking import names
 
-STAGE = "harmonica.stage"
-PROJECT = "harmonica.project"
-CONFIG_HASH = "harmonica.config_hash"
-GIT_COMMIT = "harmonica.git_commit"
-GIT_DIRTY = "harmonica.git_dirty"
-SOURCE_HASH = "harmonica.source_hash"
-VERSION = "harmonica.version"
+STAGE = names.STAGE
+PROJECT = names.PROJECT
+CONFIG_HASH = names.CONFIG_HASH
+GIT_COMMIT = names.GIT_COMMIT
+GIT_DIRTY = names.GIT_DIRTY
+SOURCE_HASH = names.SOURCE_HASH
+VERSION = names.VERSION
 RUN_NAME = "mlflow.runName"
 NOTE = "mlflow.note.content"
 
@@ -59,7 +60,7 @@ def run_name(run: Run) -> str:
 
 def model_kind(run: Run) -> str | None:
     """'ar' / 'nar' for a training run (from its tag, else from its `<kind>/loss` metric)."""
-    kind = run.data.tags.get("harmonica.model_kind")
+    kind = run.data.tags.get(names.MODEL_KIND)
     if kind in ("ar", "nar"):
         return kind
     for key in run.data.metrics:

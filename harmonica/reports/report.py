@@ -46,6 +46,7 @@ from harmonica.reports.common import (
 )
 from harmonica.reports import decomposition
 from harmonica.reports.common import table_rows as _table_rows
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ def section_overview(r: _RunData) -> Section:
          if run.info.end_time else "still running" if run.info.status == "RUNNING" else "—"),
         ("Config hash", r.tags.get(CONFIG_HASH, "—")),
         ("Code version", code),
-        ("Git dirty", "yes" if is_dirty(run) else ("no" if r.tags.get("harmonica.git_dirty") else "unknown")),
+        ("Git dirty", "yes" if is_dirty(run) else ("no" if r.tags.get(names.GIT_DIRTY) else "unknown")),
     ]
     if r.tags.get("mlflow.parentRunId"):
         rows.append(("Parent run", r.tags["mlflow.parentRunId"]))
@@ -456,8 +457,8 @@ def section_best_checkpoint(r: _RunData) -> Section:
     kind = model_kind(r.run)
     if stage.startswith("train") or kind:
         meta = r.json("checkpoints/best/meta.json") or {}
-        step = r.tags.get("harmonica.best_step") or meta.get("best_step")
-        value = r.tags.get("harmonica.best_value") or meta.get("best_value")
+        step = r.tags.get(names.BEST_STEP) or meta.get("best_step")
+        value = r.tags.get(names.BEST_VALUE) or meta.get("best_value")
         metric = meta.get("best_metric") or (r.params.get(f"training.{kind}.best_metric") if kind else None)
         mode = r.params.get(f"training.{kind}.best_mode") if kind else None
         if step is None and not r.has("checkpoints/best"):
@@ -475,33 +476,33 @@ def section_best_checkpoint(r: _RunData) -> Section:
                 rows.append(("model reference", Cell(uri, md=f"`{uri}`", html=f"<code>{html.escape(uri)}</code>")))
             else:
                 rows.append(("artifact", "not logged to the run"))
-            if r.tags.get("harmonica.checkpoint_dir"):
-                rows.append(("local directory", f"{r.tags['harmonica.checkpoint_dir']}/ckpt/best"))
+            if r.tags.get(names.CHECKPOINT_DIR):
+                rows.append(("local directory", f"{r.tags[names.CHECKPOINT_DIR]}/ckpt/best"))
             if meta.get("saved_at"):
                 rows.append(("saved at", str(meta["saved_at"])))
             if meta.get("code_version"):
                 rows.append(("code version", str(meta["code_version"])))
             s.table(["field", "value"], rows, cls="kv")
-        last_steps = r.tags.get("harmonica.steps")
+        last_steps = r.tags.get(names.STEPS)
         if r.has("checkpoints/last"):
             m, h = _artifact_link("checkpoints/last")
             s.para(f"Last checkpoint: {m} (step {last_steps or '?'}).",
                    f"Last checkpoint: {h} (step {html.escape(last_steps or '?')}).")
         return s
-    if stage == "evaluate" or r.tags.get("harmonica.ar_checkpoint"):
+    if stage == "evaluate" or r.tags.get(names.AR_CHECKPOINT):
         rows = []
         for k in ("ar", "nar"):
-            rows.append((k.upper(), r.tags.get(f"harmonica.{k}_run_id") or "—",
-                         r.tags.get(f"harmonica.{k}_step") or "—",
-                         r.tags.get(f"harmonica.{k}_checkpoint") or "—"))
+            rows.append((k.upper(), r.tags.get(names.kind_run_id(k)) or "—",
+                         r.tags.get(names.kind_step(k)) or "—",
+                         r.tags.get(names.kind_checkpoint(k)) or "—"))
         s.para("This run scored these checkpoints "
-               f"({r.tags.get('harmonica.weights', 'unknown')} weights):")
+               f"({r.tags.get(names.WEIGHTS, 'unknown')} weights):")
         s.table(["model", "training run", "step", "checkpoint"], rows)
         return s
     if stage == "promote":
-        version = r.tags.get("harmonica.model_version")
-        s.para(f"Model `{r.tags.get('harmonica.model_name', '?')}` version {version or 'none'} "
-               f"(decision: {r.tags.get('harmonica.decision', 'unknown')}).")
+        version = r.tags.get(names.MODEL_VERSION)
+        s.para(f"Model `{r.tags.get(names.MODEL_NAME, '?')}` version {version or 'none'} "
+               f"(decision: {r.tags.get(names.DECISION, 'unknown')}).")
         return s
     s.note(f"no checkpoint: '{stage}' runs do not train a model")
     return s
@@ -538,7 +539,7 @@ def section_eval_summary(r: _RunData) -> Section:
         n, seeds = r.metrics.get("eval/utterances"), int(r.metrics.get("eval/num_seeds") or 1)
         per = f" x {seeds} decoding seeds" if seeds > 1 else ""
         s.para(f"{fmt_num(n) if n is not None else '?'} utterances{per} of split "
-               f"`{r.tags.get('harmonica.eval_split', '?')}`, {r.tags.get('harmonica.weights', '?')} weights; "
+               f"`{r.tags.get(names.EVAL_SPLIT, '?')}`, {r.tags.get(names.WEIGHTS, '?')} weights; "
                "from what the codec can say to what the model says (95% bootstrap intervals):")
         _baseline_table(s, r.metrics)
         if r.has("plots/eval_distributions.html"):
@@ -566,18 +567,18 @@ def section_eval_summary(r: _RunData) -> Section:
                           row.get("model_wer"), row.get("model_sim"), fails, cell))
         s.table(["id", "text", "model hypothesis", "WER", "SIM", "failures", "audio"], table)
         return s
-    if r.stage == "promote" and r.tags.get("harmonica.evaluation_run_id"):
+    if r.stage == "promote" and r.tags.get(names.EVALUATION_RUN_ID):
         try:
-            ev = r.client.get_run(r.tags["harmonica.evaluation_run_id"])
+            ev = r.client.get_run(r.tags[names.EVALUATION_RUN_ID])
         except MlflowException:
-            s.note(f"evaluate run {r.tags['harmonica.evaluation_run_id']} not found")
+            s.note(f"evaluate run {r.tags[names.EVALUATION_RUN_ID]} not found")
             return s
         m, h = _run_ref(ev)
         s.para(f"Evaluate run {m}:", f"Evaluate run {h}:")
         _baseline_table(s, ev.data.metrics)
         return s
     evals: dict[str, Run] = {}
-    for key in ("harmonica.ar_run_id", "harmonica.nar_run_id"):
+    for key in (names.AR_RUN_ID, names.NAR_RUN_ID):
         for ev in runs_tagged(r.client, r.run.info.experiment_id, key, r.id):
             if ev.data.tags.get(STAGE) == "evaluate":
                 evals[ev.info.run_id] = ev
@@ -660,7 +661,7 @@ def _training_runs(r: _RunData) -> tuple[list[_RunData], list[str]]:
         return [r], []
     out, unknown = [], []
     for kind in ("ar", "nar"):
-        rid = r.tags.get(f"harmonica.{kind}_run_id")
+        rid = r.tags.get(names.kind_run_id(kind))
         if not rid:
             continue
         try:
@@ -684,15 +685,15 @@ def section_collapse(r: _RunData) -> Section:
         events = t.jsonl("collapse_events.jsonl")
         label = "this run" if t is r else f"training run {run_name(t.run)} ({t.id})"
         if not events:
-            if t.tags.get("harmonica.collapse") == "true":
-                s.note(f"{label}: collapse tagged (first at step {t.tags.get('harmonica.collapse_first_step', '?')})"
+            if t.tags.get(names.COLLAPSE) == "true":
+                s.note(f"{label}: collapse tagged (first at step {t.tags.get(names.COLLAPSE_FIRST_STEP, '?')})"
                        " but collapse_events.jsonl is missing")
             else:
                 s.note(f"no collapse events in {label}")
             continue
-        names = sorted({str(e.get("name")) for e in events})
+        affected = sorted({str(e.get("name")) for e in events})
         s.para(f"{label}: {len(events)} collapse event(s), first at step {events[0].get('step')}, "
-               f"affecting {', '.join(names)}:")
+               f"affecting {', '.join(affected)}:")
         s.table(["step", "kind", "metric", "value", "floor", "message"],
                 [(e.get("step"), e.get("kind", "?"), e.get("name", "?"), e.get("value"), e.get("floor"),
                   truncate(e.get("message", ""), 160)) for e in events[:200]])
@@ -725,22 +726,22 @@ def section_failures(r: _RunData) -> Section:
     status = r.run.info.status
     if status != "FINISHED":
         add(f"run status {status}" + (" (the report shows a run still in progress)" if status == "RUNNING" else ""))
-    stop = r.tags.get("harmonica.stop_reason")
+    stop = r.tags.get(names.STOP_REASON)
     if stop and stop != "completed":
         add(f"stop reason: {stop}")
-    if r.tags.get("harmonica.early_stop") and r.tags.get("harmonica.early_stop") != stop:
-        add(f"early stop: {r.tags['harmonica.early_stop']}")
+    if r.tags.get(names.EARLY_STOP) and r.tags.get(names.EARLY_STOP) != stop:
+        add(f"early stop: {r.tags[names.EARLY_STOP]}")
     if not (r.stage.startswith("train") or model_kind(r.run)):
         for t in _training_runs(r)[0]:
-            if t.tags.get("harmonica.collapse") == "true":
+            if t.tags.get(names.COLLAPSE) == "true":
                 add(f"the evaluated training run {run_name(t.run)} ({t.id}) collapsed (first at step "
-                    f"{t.tags.get('harmonica.collapse_first_step', '?')}); see Collapse events")
-    if r.tags.get("harmonica.collapse") == "true":
-        add(f"codebook/attention collapse detected (first at step {r.tags.get('harmonica.collapse_first_step', '?')}, "
+                    f"{t.tags.get(names.COLLAPSE_FIRST_STEP, '?')}); see Collapse events")
+    if r.tags.get(names.COLLAPSE) == "true":
+        add(f"codebook/attention collapse detected (first at step {r.tags.get(names.COLLAPSE_FIRST_STEP, '?')}, "
             f"{fmt_num(r.metrics.get('collapse/events'))} event(s)); see Collapse events")
-    if r.tags.get("harmonica.cache_mismatch") == "true":
+    if r.tags.get(names.CACHE_MISMATCH) == "true":
         add("trained on a stale token cache (--allow-cache-mismatch): "
-            + r.tags.get("harmonica.cache_mismatch_fields", "fields unknown"))
+            + r.tags.get(names.CACHE_MISMATCH_FIELDS, "fields unknown"))
     instab = r.jsonl("instability_events.jsonl")
     n_instab = r.metrics.get("instability/events") or len(instab)
     if n_instab:
@@ -767,15 +768,15 @@ def section_failures(r: _RunData) -> Section:
     if any(k.startswith("gate.") for k in r.tags):
         gate_sources.append(("this run", r.tags))
     elif r.stage == "evaluate":
-        for p in runs_tagged(r.client, r.run.info.experiment_id, "harmonica.evaluation_run_id", r.id, 5):
+        for p in runs_tagged(r.client, r.run.info.experiment_id, names.EVALUATION_RUN_ID, r.id, 5):
             if any(k.startswith("gate.") for k in p.data.tags):
                 gate_sources.append((f"promote run {run_name(p)} ({p.info.run_id})", p.data.tags))
                 break  # the latest promotion
     for label, tags in gate_sources:
-        failing = tags.get("harmonica.failing_gates")
+        failing = tags.get(names.FAILING_GATES)
         if failing and failing != "none":
             add(f"promotion gates failed ({label}): {failing}")
-        if tags.get("harmonica.decision") in ("refused",):
+        if tags.get(names.DECISION) in ("refused",):
             add(f"promotion refused ({label}): {tags.get('mlflow.note.content', '')[:300]}")
 
     if items:
@@ -793,11 +794,11 @@ def section_failures(r: _RunData) -> Section:
         s.table(["detector", "model", "codec resynthesis", "ground truth"], detector_rows)
     for label, tags in gate_sources:
         s.heading(f"Gate results ({label})")
-        decision = tags.get("harmonica.decision")
+        decision = tags.get(names.DECISION)
         if decision:
-            s.para(f"Decision: **{md_escape(decision)}**; gates passed: {tags.get('harmonica.gates_passed', '?')}.",
+            s.para(f"Decision: **{md_escape(decision)}**; gates passed: {tags.get(names.GATES_PASSED, '?')}.",
                    f"Decision: <b>{html.escape(decision)}</b>; gates passed: "
-                   f"{html.escape(tags.get('harmonica.gates_passed', '?'))}.")
+                   f"{html.escape(tags.get(names.GATES_PASSED, '?'))}.")
         s.table(["gate", "verdict", "value", "threshold", "configured", "reason"], _gate_rows(tags))
     if not gate_sources and r.stage in ("evaluate", "promote"):
         s.note("no gate results (this run has not been through `harmonica promote`)")

@@ -24,6 +24,7 @@ from harmonica.inference.synthesize import Synthesizer
 from harmonica.tracking.adapter import Run, Tracker
 from harmonica.tracking.refs import resolve_checkpoint
 from harmonica.training.threads import apply_threads
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +144,16 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
         return synth.synthesize(item.text, prompt=item.prompt, speaker=speakers.get(item.speaker, 0), seed=seed)
 
     tags = {
-        "harmonica.ar_run_id": ar_run or "",
-        "harmonica.nar_run_id": nar_run or "",
-        "harmonica.ar_checkpoint": str(ar_path.resolve()),
-        "harmonica.nar_checkpoint": str(nar_path.resolve()),
-        "harmonica.ar_step": str(synth.ar_meta.get("step")),
-        "harmonica.nar_step": str(synth.nar_meta.get("step")),
-        "harmonica.weights": weights,
-        "harmonica.eval_split": cfg.eval.split,
-        "harmonica.cache_fingerprint": cache.fingerprint,
-        "harmonica.eval_threads": str(threads),
+        names.AR_RUN_ID: ar_run or "",
+        names.NAR_RUN_ID: nar_run or "",
+        names.AR_CHECKPOINT: str(ar_path.resolve()),
+        names.NAR_CHECKPOINT: str(nar_path.resolve()),
+        names.AR_STEP: str(synth.ar_meta.get("step")),
+        names.NAR_STEP: str(synth.nar_meta.get("step")),
+        names.WEIGHTS: weights,
+        names.EVAL_SPLIT: cfg.eval.split,
+        names.CACHE_FINGERPRINT: cache.fingerprint,
+        names.EVAL_THREADS: str(threads),
         **(extra_tags or {}),
     }
     description = (
@@ -165,7 +166,7 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
     with tracker.run("evaluate", name, description=description, tags=tags, parent_run_id=parent_run_id) as run, \
             tempfile.TemporaryDirectory(prefix="harmonica-eval-") as tmp:
         run.log_config(cfg)
-        run.set_tags({"harmonica.config_hash": config_hash(cfg)})
+        run.set_tags({names.CONFIG_HASH: config_hash(cfg)})
         run.log_dataset(name=f"{cfg.project}-tokens", digest=cache.fingerprint, source=cache.directory,
                         context="evaluation")
         bar = (lambda xs: tqdm(xs, desc="evaluate", unit="utt")) if progress else (lambda xs: xs)

@@ -21,11 +21,12 @@ from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.cache import cache_settings, find_cache
 from harmonica.tracking.adapter import Tracker
 from harmonica.tracking.provenance import code_version
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
 STEPS = ("preprocess", "train_ar", "train_nar", "evaluate", "promote")
-STEP_KEY_TAG = "harmonica.step_key"
+STEP_KEY_TAG = names.STEP_KEY
 
 # config sections each step's result depends on (besides its upstream inputs)
 STEP_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -66,7 +67,7 @@ def step_key(stage: str, cfg: HarmonicaConfig, inputs: dict[str, Any]) -> str:
 
 def find_finished(tracker: Tracker, stage: str, key: str) -> Any | None:
     runs = tracker.find_runs(
-        f"tags.`harmonica.stage` = '{stage}' and tags.`{STEP_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        f"tags.`{names.STAGE}` = '{stage}' and tags.`{STEP_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
         max_results=1,
     )
     return runs[0] if runs else None

@@ -9,6 +9,7 @@ from pathlib import Path
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.preprocess import PreprocessError, PreprocessResult, build_token_cache
 from harmonica.tracking.adapter import Run, Tracker
+from harmonica.tracking import names
 
 
 @dataclass
@@ -35,9 +36,9 @@ def log_result(run: Run, cfg: HarmonicaConfig, result: PreprocessResult) -> None
     cache = result.cache
     run.set_tags(
         {
-            "harmonica.cache_fingerprint": cache.fingerprint,
-            "harmonica.cache_dir": str(cache.directory.resolve()),
-            "harmonica.cache_reused": str(result.reused).lower(),
+            names.CACHE_FINGERPRINT: cache.fingerprint,
+            names.CACHE_DIR: str(cache.directory.resolve()),
+            names.CACHE_REUSED: str(result.reused).lower(),
             "codec.pretrained": str(result.codec_pretrained).lower(),
             "codec.name": cache.contract["codec_name"],
             "mlflow.note.content": describe(cfg, result),

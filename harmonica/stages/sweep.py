@@ -32,10 +32,11 @@ from harmonica.sweep import report as rep
 from harmonica.sweep import study as st
 from harmonica.sweep.space import SweepSpace, apply_overrides, format_value, load_space
 from harmonica.tracking.adapter import Run, Tracker
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
-PARENT_ATTR = "harmonica.mlflow_parent_run_id"
+PARENT_ATTR = names.MLFLOW_PARENT_RUN_ID
 
 
 @dataclass
@@ -131,8 +132,8 @@ def run_sweep(
         _settle_parent(tracker, study, parent_id)
         if launcher and launcher != parent_id:
             pointer = Run(tracker.client, launcher, async_logging=False)
-            pointer.set_tags({"harmonica.stage": "sweep", "harmonica.sweep_worker_of": name,
-                              "harmonica.sweep_parent_run_id": parent_id,
+            pointer.set_tags({names.STAGE: "sweep", names.SWEEP_WORKER_OF: name,
+                              names.SWEEP_PARENT_RUN_ID: parent_id,
                               "mlflow.note.content": f"Worker of sweep study '{name}': the study's parent run "
                                                      f"is {parent_id} in experiment '{tracker.experiment_name}'."})
             _publish(pointer, summary)
@@ -144,7 +145,7 @@ def run_sweep(
         counts=st.state_counts(study),
         best_trial=best.trial.number if best.trial else None,
         best_values=list(best.trial.values) if best.trial else None, best_feasible=best.feasible,
-        best_run_id=best.trial.user_attrs.get("harmonica.mlflow_run_id") if best.trial else None,
+        best_run_id=best.trial.user_attrs.get(names.MLFLOW_RUN_ID) if best.trial else None,
         best_config=summary["best_config"], plots=[p.name for p in summary["plots"]], notes=summary["notes"],
         launcher_run_id=launcher if launcher != parent_id else None,
     )
@@ -208,18 +209,18 @@ def _parent_run(study: Any, tracker: Tracker, launcher: str | None, name: str) -
                 parent_id = launcher  # `mlflow run --experiment-name <the project's experiment>`
     if parent_id is None:
         parent_id = tracker.client.create_run(exp_id, run_name=f"sweep-{name}",
-                                              tags={"harmonica.sweep_study": name}).info.run_id
+                                              tags={names.SWEEP_STUDY: name}).info.run_id
     if existing != "elsewhere":
         study.set_user_attr(PARENT_ATTR, parent_id)
-        study.set_user_attr("harmonica.mlflow_tracking_uri", tracker.tracking_uri)
+        study.set_user_attr(names.MLFLOW_TRACKING_URI, tracker.tracking_uri)
     return parent_id, True
 
 
 def _parent_tags(space: SweepSpace, space_path: Path, name: str, url: str) -> dict[str, str]:
     return {
-        "harmonica.sweep_study": name, "optuna.study": name, "optuna.storage": st.redact(url),
-        "harmonica.sweep_space": space_path.name, "harmonica.model_kind": space.kind,
-        "harmonica.sweep_objective": "; ".join(f"{m.direction} {m.name}" for m in space.metrics),
+        names.SWEEP_STUDY: name, "optuna.study": name, "optuna.storage": st.redact(url),
+        names.SWEEP_SPACE: space_path.name, names.MODEL_KIND: space.kind,
+        names.SWEEP_OBJECTIVE: "; ".join(f"{m.direction} {m.name}" for m in space.metrics),
     }
 
 
@@ -286,13 +287,13 @@ def _publish(run: Run, summary: dict[str, Any]) -> None:
         run.log_artifact(summary["best_config"], "best")
     run.log_metrics(summary["metrics"], step=summary["step"])
     best = summary["best"]
-    tags = {"harmonica.sweep_n_finished": summary["step"]}
+    tags = {names.SWEEP_N_FINISHED: summary["step"]}
     if best.trial is not None:
-        tags.update({"harmonica.sweep_best_trial": best.trial.number,
-                     "harmonica.sweep_best_feasible": str(best.feasible).lower(),
-                     "harmonica.sweep_best_run_id": best.trial.user_attrs.get("harmonica.mlflow_run_id", "")})
+        tags.update({names.SWEEP_BEST_TRIAL: best.trial.number,
+                     names.SWEEP_BEST_FEASIBLE: str(best.feasible).lower(),
+                     names.SWEEP_BEST_RUN_ID: best.trial.user_attrs.get(names.MLFLOW_RUN_ID, "")})
     if summary["best_config"] is not None:
-        tags["harmonica.sweep_best_config"] = str(summary["best_config"])
+        tags[names.SWEEP_BEST_CONFIG] = str(summary["best_config"])
     run.set_tags(tags)
 
 

@@ -20,6 +20,7 @@ from harmonica.training.distributed import DistInfo, init_distributed, shutdown_
 from harmonica.training.trainer import Trainer, TrainResult
 from harmonica.tracking.adapter import NullRun, Tracker
 from harmonica.tracking.provenance import code_version
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +93,16 @@ def run_train(
             changes = check_config(target, cfg, kind, accept_config_change)
         digest = config_hash(cfg)
         tags = {
-            "harmonica.model_kind": kind,
-            "harmonica.cache_fingerprint": cache.fingerprint,
-            "harmonica.cache_mismatch": str(bool(mismatch)).lower(),
-            "harmonica.world_size": str(info.world_size),
-            "harmonica.device": str(device),
+            names.MODEL_KIND: kind,
+            names.CACHE_FINGERPRINT: cache.fingerprint,
+            names.CACHE_MISMATCH: str(bool(mismatch)).lower(),
+            names.WORLD_SIZE: str(info.world_size),
+            names.DEVICE: str(device),
             "codec.name": cache.contract["codec_name"],
             "codec.pretrained": str(cache.meta["codec"].get("codec.pretrained", False)).lower(),
         }
         if mismatch:
-            tags["harmonica.cache_mismatch_fields"] = "; ".join(mismatch)[:5000]
+            tags[names.CACHE_MISMATCH_FIELDS] = "; ".join(mismatch)[:5000]
             log.warning("training on a stale token cache (--allow-cache-mismatch):\n  %s", "\n  ".join(mismatch))
         tracker = Tracker(cfg, workdir) if info.is_main else None
         codec = load_codec(cfg.codec, cache.codec_dir) if info.is_main else None
@@ -135,7 +136,7 @@ def run_train(
                     _record_resume(run, cfg, target, changes)
                 run.log_dataset(name=f"{cfg.project}-tokens", digest=cache.fingerprint, source=cache.directory,
                                 context="training", profile={"splits": cache.meta["splits"]})
-                run.set_tags({"harmonica.checkpoint_dir": str(out_dir.resolve())})
+                run.set_tags({names.CHECKPOINT_DIR: str(out_dir.resolve())})
             history = run.get_metric_history if target is not None and tracker is not None else None
             metrics = ResumeDedupMetrics(run, history)
             if trainer is None:
@@ -154,20 +155,20 @@ def run_train(
 def _record_resume(run: Any, cfg: HarmonicaConfig, target: ResumeTarget, changes: list[str]) -> None:
     """Tags for this resume; an accepted config change goes to config.resume-<n>.yaml, never over
     the original config.yaml / params / config hash."""
-    tags = {"harmonica.resumed_from": str(target.path)}
-    reached = run.tags().get("harmonica.steps", "")
+    tags = {names.RESUMED_FROM: str(target.path)}
+    reached = run.tags().get(names.STEPS, "")
     if reached.isdigit() and int(reached) > target.meta["step"]:
         log.warning("resuming run %s at step %d although it had reached step %s: the metric histories keep the "
                     "first values of steps %d..%s (the newer checkpoints were skipped or not chosen)", run.run_id,
                     target.meta["step"], reached, target.meta["step"] + 1, reached)
-        tags["harmonica.resume_rewound"] = f"{reached}->{target.meta['step']}"
+        tags[names.RESUME_REWOUND] = f"{reached}->{target.meta['step']}"
     if target.skipped:
-        tags["harmonica.resume_skipped"] = "; ".join(f"{p.name}: {why}" for p, why in target.skipped)[:5000]
+        tags[names.RESUME_SKIPPED] = "; ".join(f"{p.name}: {why}" for p, why in target.skipped)[:5000]
     if changes:
-        n = 1 + sum(1 for k in run.tags() if k.startswith("harmonica.resume_") and k.endswith(".changes"))
+        n = 1 + sum(1 for k in run.tags() if k.startswith(names.RESUME_PREFIX) and k.endswith(".changes"))
         run.log_text(to_yaml(cfg), f"config.resume-{n}.yaml")
-        tags[f"harmonica.resume_{n}.changes"] = "; ".join(changes)[:5000]
-        tags[f"harmonica.resume_{n}.step"] = str(target.meta["step"])
+        tags[names.resume_changes(n)] = "; ".join(changes)[:5000]
+        tags[names.resume_step(n)] = str(target.meta["step"])
         log.warning("resuming with a changed config (recorded as config.resume-%d.yaml):\n  %s", n, "\n  ".join(changes))
     run.set_tags(tags)
 
@@ -191,9 +192,9 @@ def _log_result(run: Any, result: TrainResult) -> None:
     if state.instability_events:
         run.log_text("".join(json.dumps(e) + "\n" for e in state.instability_events), "instability_events.jsonl")
     run.set_tags({
-        "harmonica.steps": str(state.step),
-        "harmonica.stop_reason": state.stop_reason or "completed",
-        "harmonica.collapse": "true" if state.collapse_events else "false",
+        names.STEPS: str(state.step),
+        names.STOP_REASON: state.stop_reason or "completed",
+        names.COLLAPSE: "true" if state.collapse_events else "false",
     })
     if result.last_checkpoint is not None:
         run.log_artifacts(result.last_checkpoint, "checkpoints/last")

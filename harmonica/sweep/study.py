@@ -53,6 +53,7 @@ from optuna.trial import TrialState
 from harmonica.config.load import ConfigError
 from harmonica.config.schema import HarmonicaConfig, TrainingConfig
 from harmonica.sweep.space import PrunerSpec, SweepSpace, apply_overrides
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ HEARTBEAT_GRACE = 120
 LOCK_STALE_SECONDS = 300.0
 LOCK_SUFFIX = "::harmonica-lock"
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-ATTR_PREFIX = "harmonica."
+ATTR_PREFIX = names.ATTR_PREFIX
 
 
 class TrialPrunedRun(optuna.TrialPruned):
@@ -422,7 +423,7 @@ def run_one_trial(
     trial.set_user_attr(f"{ATTR_PREFIX}worker", worker_id())
     prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
     reporter = ValidationReporter(trial, space, tracker.client, prune)
-    tags = {"optuna.study": study_name, "optuna.trial": str(number), "harmonica.sweep_worker": worker_id()}
+    tags = {"optuna.study": study_name, "optuna.trial": str(number), names.SWEEP_WORKER: worker_id()}
     state, values, steps, error, run_id = TrialState.FAIL, None, 0, None, None
     params: dict[str, Any] = {}
     with heartbeat(storage, trial_id):

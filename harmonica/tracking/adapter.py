@@ -29,6 +29,7 @@ from harmonica.data import locks
 from harmonica.tracking.health import TrackingUnavailable, bound_requests, check_server, is_server, server_answers
 from harmonica.tracking.provenance import code_version
 from harmonica.tracking.spool import Spool
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class Run:
         digest = config_hash(cfg, sections)
         self.log_text(to_yaml(cfg), "config.yaml")
         self.log_params(flatten(cfg.model_dump(mode="json")))
-        self.set_tags({"harmonica.config_hash": digest})
+        self.set_tags({names.CONFIG_HASH: digest})
         return digest
 
     def log_dataset(
@@ -207,7 +208,7 @@ class Run:
         )
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
         self._guard(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset=entity, tags=tags)]),
-                    lambda sp: sp.tags({"harmonica.dataset_unlogged": f"{name} {digest} ({context})"}))
+                    lambda sp: sp.tags({names.DATASET_UNLOGGED: f"{name} {digest} ({context})"}))
 
     def dataset_digests(self) -> list[str]:
         return [d.dataset.digest for d in self.client.get_run(self.run_id).inputs.dataset_inputs]
@@ -338,8 +339,8 @@ class Tracker:
         """
         run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
         all_tags = {
-            "harmonica.stage": stage,
-            "harmonica.project": self.cfg.project,
+            names.STAGE: stage,
+            names.PROJECT: self.cfg.project,
             **code_version().tags(),
             **(tags or {}),
         }

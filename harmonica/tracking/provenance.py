@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import harmonica
+from harmonica.tracking import names
 
 PACKAGE_DIR = Path(harmonica.__file__).resolve().parent
 
@@ -27,10 +28,10 @@ class CodeVersion:
 
     def tags(self) -> dict[str, str]:
         return {
-            "harmonica.git_commit": self.git_commit,
-            "harmonica.git_dirty": "unknown" if self.git_dirty is None else str(self.git_dirty).lower(),
-            "harmonica.source_hash": self.source_hash,
-            "harmonica.version": self.version,
+            names.GIT_COMMIT: self.git_commit,
+            names.GIT_DIRTY: "unknown" if self.git_dirty is None else str(self.git_dirty).lower(),
+            names.SOURCE_HASH: self.source_hash,
+            names.VERSION: self.version,
             "mlflow.source.git.commit": self.git_commit,
         }
 

@@ -50,6 +50,7 @@ from harmonica.training.samples import SampleRenderer
 from harmonica.training.steps import StepOutput, build_task
 from harmonica.training.threads import apply_threads
 from harmonica.training.validation import ValidationExtras
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class Trainer:
         self.meta = meta or {}
         self.on_validation = on_validation  # e.g. a sweep's pruning report; may raise to end the run
         contract = cache.contract
-        self.sink.set_tags({"harmonica.threads": str(apply_threads(self.tcfg.threads))})  # the count in effect
+        self.sink.set_tags({names.THREADS: str(apply_threads(self.tcfg.threads))})  # the count in effect
         torch.manual_seed(self.tcfg.seed)
         self.core: nn.Module = build_model(kind, self.mcfg, contract).to(device)
         self.model: nn.Module = self.core
@@ -263,7 +264,7 @@ class Trainer:
                 log.warning("repeated instability: LR scaled by %s", self.tcfg.collapse.lr_reduce_factor)
             self.sink.log_metrics({"instability/events": len(self.state.instability_events),
                                    "instability/lr_scale": self.scheduler.lr_scale_factor}, step=self.state.step + 1)
-            self.sink.set_tags({"harmonica.instability": "true"})
+            self.sink.set_tags({names.INSTABILITY: "true"})
             if self.scaler:
                 self.scaler.update()
         else:
@@ -316,9 +317,9 @@ class Trainer:
         record = {"step": event.step, "kind": event.kind, "name": event.name, "value": event.value,
                   "floor": event.floor, "message": event.message}
         self.state.collapse_events.append(record)
-        tags = {"harmonica.collapse": "true", "harmonica.collapse_last_step": str(event.step)}
+        tags = {names.COLLAPSE: "true", names.COLLAPSE_LAST_STEP: str(event.step)}
         if len(self.state.collapse_events) == 1:
-            tags["harmonica.collapse_first_step"] = str(event.step)
+            tags[names.COLLAPSE_FIRST_STEP] = str(event.step)
         self.sink.set_tags(tags)
         self.sink.log_text(
             "\n".join(json.dumps(e) for e in self.state.collapse_events) + "\n", "collapse_events.jsonl"
@@ -376,7 +377,7 @@ class Trainer:
                 f"{self.tcfg.collapse.early_stop_window} steps"
             )
             log.warning(self.state.stop_reason)
-            self.sink.set_tags({"harmonica.early_stop": self.state.stop_reason})
+            self.sink.set_tags({names.EARLY_STOP: self.state.stop_reason})
         return metrics
 
     def _samples(self) -> None:
@@ -424,7 +425,7 @@ class Trainer:
         if self.dist.is_main:
             if not (weights_finite(self.core)):
                 log.error("step %d: non-finite weights, checkpoint NOT written", self.state.step)
-                self.sink.set_tags({"harmonica.nonfinite_weights_step": str(self.state.step)})
+                self.sink.set_tags({names.NONFINITE_WEIGHTS_STEP: str(self.state.step)})
             else:
                 try:
                     path = ckpt.save_checkpoint(
@@ -446,8 +447,8 @@ class Trainer:
         if path is not None:
             best = ckpt.copy_as(path, self.ckpt_root / "best")
             self.sink.log_artifacts(best, "checkpoints/best")
-            self.sink.set_tags({"harmonica.best_step": str(self.state.step),
-                                "harmonica.best_value": f"{self.state.best_value:.6g}"})
+            self.sink.set_tags({names.BEST_STEP: str(self.state.step),
+                                names.BEST_VALUE: f"{self.state.best_value:.6g}"})
 
     def load(self, path: Path) -> None:
         """Restore everything from a checkpoint; any damaged or unfitting part raises CheckpointInvalid

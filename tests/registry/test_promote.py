@@ -308,6 +308,8 @@ def test_stage_runner_resolves_the_workdir_store(store, ckpts, monkeypatch):
     assert seen["cfg"].project == "demo" and seen["cfg"].gates.primary_metric == "eval/wer"
     with pytest.raises(PromotionError, match="not found"):
         run_promote("e" * 32, store.workdir)
+    with pytest.raises(PromotionError, match="--allow-unfinished.* not found"):  # a flag typed as the run id
+        run_promote("--allow-unfinished", store.workdir)
 
 
 # ------------------------------------------------------------------------------------ the lock

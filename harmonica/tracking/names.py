@@ -1,0 +1,150 @@
+"""Every MLflow name that more than one module uses: tag keys, artifact paths, metric families.
+
+Runs are read back by these names (the report, promote, the pipeline's step reuse, resume), so a
+key is defined once here and imported everywhere; tests/tracking/test_name_set.py pins the whole set a
+pipeline writes, and tests/tracking/test_boundary.py fails on a `harmonica.*` tag literal elsewhere.
+"""
+
+from __future__ import annotations
+
+
+# --- tags: What a run is (every stage)
+STAGE = "harmonica.stage"
+PROJECT = "harmonica.project"
+CONFIG_HASH = "harmonica.config_hash"
+GIT_COMMIT = "harmonica.git_commit"
+GIT_DIRTY = "harmonica.git_dirty"
+SOURCE_HASH = "harmonica.source_hash"
+VERSION = "harmonica.version"
+STEP_KEY = "harmonica.step_key"
+DEVICE = "harmonica.device"
+WORLD_SIZE = "harmonica.world_size"
+THREADS = "harmonica.threads"
+
+# --- tags: Preprocess: the token cache
+CACHE_DIR = "harmonica.cache_dir"
+CACHE_FINGERPRINT = "harmonica.cache_fingerprint"
+CACHE_REUSED = "harmonica.cache_reused"
+CACHE_MISMATCH = "harmonica.cache_mismatch"
+CACHE_MISMATCH_FIELDS = "harmonica.cache_mismatch_fields"
+DATASET_UNLOGGED = "harmonica.dataset_unlogged"
+
+# --- tags: Training: progress, checkpoints, collapse, resume
+MODEL_KIND = "harmonica.model_kind"
+STEPS = "harmonica.steps"
+BEST_STEP = "harmonica.best_step"
+BEST_VALUE = "harmonica.best_value"
+CHECKPOINT_DIR = "harmonica.checkpoint_dir"
+EARLY_STOP = "harmonica.early_stop"
+STOP_REASON = "harmonica.stop_reason"
+COLLAPSE = "harmonica.collapse"
+COLLAPSE_FIRST_STEP = "harmonica.collapse_first_step"
+COLLAPSE_LAST_STEP = "harmonica.collapse_last_step"
+INSTABILITY = "harmonica.instability"
+NONFINITE_WEIGHTS_STEP = "harmonica.nonfinite_weights_step"
+RESUMED_FROM = "harmonica.resumed_from"
+RESUME_REWOUND = "harmonica.resume_rewound"
+RESUME_SKIPPED = "harmonica.resume_skipped"
+RESUME_PREFIX = "harmonica.resume_"
+
+# --- tags: Evaluate: which checkpoints were scored
+AR_RUN_ID = "harmonica.ar_run_id"
+NAR_RUN_ID = "harmonica.nar_run_id"
+AR_CHECKPOINT = "harmonica.ar_checkpoint"
+NAR_CHECKPOINT = "harmonica.nar_checkpoint"
+AR_STEP = "harmonica.ar_step"
+NAR_STEP = "harmonica.nar_step"
+WEIGHTS = "harmonica.weights"
+EVAL_SPLIT = "harmonica.eval_split"
+EVAL_THREADS = "harmonica.eval_threads"
+
+# --- tags: Promote: the decision, on the promote run and on the registered version
+EVALUATION_RUN_ID = "harmonica.evaluation_run_id"
+PROMOTE_RUN_ID = "harmonica.promote_run_id"
+DECISION = "harmonica.decision"
+DECISION_REASONS = "harmonica.decision_reasons"
+FAILING_GATES = "harmonica.failing_gates"
+GATES_PASSED = "harmonica.gates_passed"
+PRIMARY_METRIC = "harmonica.primary_metric"
+PRIMARY_MODE = "harmonica.primary_mode"
+PRIMARY_VALUE = "harmonica.primary_value"
+PREVIOUS_CHAMPION = "harmonica.previous_champion"
+CHAMPION_MOVED = "harmonica.champion_moved"
+CANDIDATE_KEY = "harmonica.candidate_key"
+WEIGHTS_KEY = "harmonica.weights_key"
+MODEL_ID = "harmonica.model_id"
+MODEL_NAME = "harmonica.model_name"
+MODEL_VERSION = "harmonica.model_version"
+DUPLICATE_OF = "harmonica.duplicate_of"
+SUPERSEDED_BY = "harmonica.superseded_by"
+PROMOTED_AT = "harmonica.promoted_at"
+PROMOTED_BY = "harmonica.promoted_by"
+PROMOTION_COMPLETE = "harmonica.promotion_complete"
+SERVING_SOURCE_HASH = "harmonica.serving_source_hash"
+ALLOW_DIRTY = "harmonica.allow_dirty"
+ALLOW_UNFINISHED = "harmonica.allow_unfinished"
+ALLOW_MIXED_PAIR = "harmonica.allow_mixed_pair"
+AR_PROJECT = "harmonica.ar_project"
+NAR_PROJECT = "harmonica.nar_project"
+AR_CONFIG_HASH = "harmonica.ar_config_hash"
+NAR_CONFIG_HASH = "harmonica.nar_config_hash"
+AR_RUN_STATUS = "harmonica.ar_run_status"
+NAR_RUN_STATUS = "harmonica.nar_run_status"
+CODE_SERVING = "harmonica.code.serving"
+
+# --- tags: Registry: the registered model and rollbacks
+MANAGED_BY = "harmonica.managed_by"
+CHAMPION = "harmonica.champion"
+CHAMPION_HISTORY = "harmonica.champion_history"
+ROLLBACK_REASON = "harmonica.rollback_reason"
+ROLLBACK_FORCED = "harmonica.rollback_forced"
+ROLLED_BACK_AT = "harmonica.rolled_back_at"
+ROLLED_BACK_BY = "harmonica.rolled_back_by"
+ROLLED_BACK_FROM = "harmonica.rolled_back_from"
+ROLLED_BACK_TO = "harmonica.rolled_back_to"
+
+# --- tags: Sweep: the study's parent run and Optuna user attributes
+SWEEP_STUDY = "harmonica.sweep_study"
+SWEEP_SPACE = "harmonica.sweep_space"
+SWEEP_OBJECTIVE = "harmonica.sweep_objective"
+SWEEP_WORKER = "harmonica.sweep_worker"
+SWEEP_WORKER_OF = "harmonica.sweep_worker_of"
+SWEEP_PARENT_RUN_ID = "harmonica.sweep_parent_run_id"
+SWEEP_N_FINISHED = "harmonica.sweep_n_finished"
+SWEEP_BEST_TRIAL = "harmonica.sweep_best_trial"
+SWEEP_BEST_RUN_ID = "harmonica.sweep_best_run_id"
+SWEEP_BEST_CONFIG = "harmonica.sweep_best_config"
+SWEEP_BEST_FEASIBLE = "harmonica.sweep_best_feasible"
+MLFLOW_PARENT_RUN_ID = "harmonica.mlflow_parent_run_id"
+MLFLOW_RUN_ID = "harmonica.mlflow_run_id"
+MLFLOW_TRACKING_URI = "harmonica.mlflow_tracking_uri"
+
+
+def kind_run_id(kind: str) -> str:
+    """`harmonica.ar_run_id` / `harmonica.nar_run_id`: the training run an evaluated checkpoint came from."""
+    return f"harmonica.{kind}_run_id"
+
+
+def kind_checkpoint(kind: str) -> str:
+    return f"harmonica.{kind}_checkpoint"
+
+
+def kind_step(kind: str) -> str:
+    return f"harmonica.{kind}_step"
+
+
+def code_of(part: str) -> str:
+    """`harmonica.code.<part>` on a registered version: the code provenance of its ar/nar/evaluate run."""
+    return f"harmonica.code.{part}"
+
+
+def resume_changes(n: int) -> str:
+    return f"{RESUME_PREFIX}{n}.changes"
+
+
+def resume_step(n: int) -> str:
+    return f"{RESUME_PREFIX}{n}.step"
+
+
+# Optuna user attributes of a sweep trial/study carry the same prefix as tags
+ATTR_PREFIX = "harmonica."

@@ -1,0 +1,227 @@
+"""The read side of the MLflow seam: runs, metric histories, artifacts and registry versions as typed,
+immutable records. Reports, promotion, the pipeline's step reuse and the CLI read the store only through
+a `TrackingReader`; nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from harmonica.tracking import names
+
+RUN_NAME = "mlflow.runName"
+NOTE = "mlflow.note.content"
+PARENT_RUN_ID = "mlflow.parentRunId"
+
+
+class NotFoundError(LookupError):
+    """A run, experiment or registered model that the store does not have; the message names the store."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    experiment_id: str
+    name: str
+    status: str
+    start_time: int | None
+    end_time: int | None
+    artifact_uri: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_mlflow(cls, run: Any) -> RunRecord:
+        info, data = run.info, run.data
+        return cls(run_id=info.run_id, experiment_id=info.experiment_id,
+                   name=info.run_name or data.tags.get(RUN_NAME) or info.run_id[:8], status=info.status,
+                   start_time=info.start_time, end_time=info.end_time, artifact_uri=info.artifact_uri or "",
+                   tags=dict(data.tags), params=dict(data.params), metrics=dict(data.metrics))
+
+    @property
+    def stage(self) -> str | None:
+        return self.tags.get(names.STAGE)
+
+    @property
+    def project(self) -> str | None:
+        return self.tags.get(names.PROJECT)
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.tags.get(PARENT_RUN_ID)
+
+    @property
+    def note(self) -> str:
+        return self.tags.get(NOTE, "")
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    step: int
+    timestamp: int
+    value: float
+
+
+@dataclass(frozen=True)
+class ArtifactEntry:
+    path: str
+    is_dir: bool
+    size: int | None
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    name: str
+    version: str
+    run_id: str
+    source: str
+    status: str
+    description: str
+    created_ms: int | None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    @classmethod
+    def from_mlflow(cls, mv: Any) -> VersionRecord:
+        return cls(name=mv.name, version=str(mv.version), run_id=mv.run_id or "", source=mv.source or "",
+                   status=str(mv.status or ""), description=mv.description or "",
+                   created_ms=mv.creation_timestamp, tags=dict(mv.tags or {}), aliases=tuple(mv.aliases or ()))
+
+
+@dataclass(frozen=True)
+class RegisteredModelRecord:
+    name: str
+    description: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    aliases: Mapping[str, str] = field(default_factory=dict)  # alias -> version
+
+    @classmethod
+    def from_mlflow(cls, rm: Any) -> RegisteredModelRecord:
+        aliases = rm.aliases or {}
+        if not isinstance(aliases, Mapping):  # older clients return a list of alias objects
+            aliases = {a.alias: str(a.version) for a in aliases}
+        return cls(name=rm.name, description=rm.description or "", tags=dict(rm.tags or {}),
+                   aliases={k: str(v) for k, v in aliases.items()})
+
+
+def _quote(value: str) -> str:
+    return str(value).replace("'", "\\'")
+
+
+def run_filter(*, stage: str | None = None, tags: Mapping[str, str] | None = None, status: str | None = None,
+               started_before: int | None = None) -> str:
+    """An MLflow search filter for runs with the given stage, tags, status and start bound."""
+    parts = [f"tags.`{names.STAGE}` = '{_quote(stage)}'"] if stage else []
+    parts += [f"tags.`{k}` = '{_quote(v)}'" for k, v in (tags or {}).items()]
+    if status:
+        parts.append(f"attributes.status = '{status}'")
+    if started_before is not None:
+        parts.append(f"attributes.start_time < {int(started_before)}")
+    return " and ".join(parts)
+
+
+class TrackingReader:
+    """Reads one tracking store (`tracking_uri`: sqlite:///..., http://..., postgresql://...)."""
+
+    def __init__(self, tracking_uri: str, client: MlflowClient | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self._client = client or MlflowClient(tracking_uri)
+
+    # --- runs
+    def get_run(self, run_id: str, *, what: str = "run") -> RunRecord:
+        try:
+            return RunRecord.from_mlflow(self._client.get_run(run_id))
+        except MlflowException as exc:
+            raise NotFoundError(f"{what} {run_id!r} not found on {self.tracking_uri}: {exc.message}") from None
+
+    def find_run(self, run_id: str) -> RunRecord | None:
+        try:
+            return self.get_run(run_id)
+        except NotFoundError:
+            return None
+
+    def experiment_ids(self) -> list[str]:
+        return [e.experiment_id for e in self._client.search_experiments()]
+
+    def experiment_name(self, experiment_id: str) -> str:
+        try:
+            return self._client.get_experiment(experiment_id).name
+        except MlflowException:
+            return experiment_id
+
+    def search_runs(self, filter_string: str = "", *, experiment_ids: Iterable[str] | None = None,
+                    max_results: int = 100, newest_first: bool = True) -> list[RunRecord]:
+        ids = list(experiment_ids) if experiment_ids is not None else self.experiment_ids()
+        if not ids:
+            return []
+        order = ["attributes.start_time DESC" if newest_first else "attributes.start_time ASC"]
+        runs = self._client.search_runs(ids, filter_string=filter_string, max_results=max_results, order_by=order)
+        return [RunRecord.from_mlflow(r) for r in runs]
+
+    def find_runs(self, *, stage: str | None = None, tags: Mapping[str, str] | None = None,
+                  status: str | None = None, started_before: int | None = None,
+                  experiment_ids: Iterable[str] | None = None, max_results: int = 100) -> list[RunRecord]:
+        """Runs matching every given condition, newest first."""
+        flt = run_filter(stage=stage, tags=tags, status=status, started_before=started_before)
+        return self.search_runs(flt, experiment_ids=experiment_ids, max_results=max_results)
+
+    def previous_run(self, run: RunRecord) -> RunRecord | None:
+        """The latest FINISHED run of the same stage in the same experiment that started before `run`."""
+        if not run.stage or run.start_time is None:
+            return None
+        found = self.find_runs(stage=run.stage, status="FINISHED", started_before=run.start_time,
+                               experiment_ids=[run.experiment_id], max_results=5)
+        return next((r for r in found if r.run_id != run.run_id), None)
+
+    def metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
+        points = self._client.get_metric_history(run_id, key)
+        return sorted((MetricPoint(int(m.step), int(m.timestamp), float(m.value)) for m in points),
+                      key=lambda p: (p.step, p.timestamp))
+
+    # --- artifacts
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[ArtifactEntry]:
+        return [ArtifactEntry(f.path, bool(f.is_dir), f.file_size) for f in self._client.list_artifacts(run_id, path)]
+
+    def download_artifacts(self, run_id: str, path: str, dst_dir: str | Path) -> Path:
+        """Download `path` of the run into `dst_dir`; returns the local path. Raises OSError/MlflowException
+        subclasses as MLflow does (callers name the run and the fix)."""
+        return Path(self._client.download_artifacts(run_id, path, str(dst_dir)))
+
+    # --- registry
+    def registered_model(self, name: str) -> RegisteredModelRecord | None:
+        try:
+            return RegisteredModelRecord.from_mlflow(self._client.get_registered_model(name))
+        except MlflowException:
+            return None
+
+    def model_versions(self, name: str) -> list[VersionRecord]:
+        """Every version of `name`, oldest first, with its aliases (search results carry none)."""
+        found = self._client.search_model_versions(f"name = '{_quote(name)}'")
+        model = self.registered_model(name)
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (model.aliases if model else {}).items():
+            by_version.setdefault(version, []).append(alias)
+        out = []
+        for v in found:
+            rec = VersionRecord.from_mlflow(v)
+            out.append(replace(rec, aliases=tuple(sorted(by_version.get(rec.version, ())))))
+        return sorted(out, key=lambda v: int(v.version))
+
+    def model_version(self, name: str, version: str | int) -> VersionRecord:
+        try:
+            return VersionRecord.from_mlflow(self._client.get_model_version(name, str(version)))
+        except MlflowException as exc:
+            raise NotFoundError(f"{name} v{version} not found on {self.tracking_uri}: {exc.message}") from None
+
+    def version_by_alias(self, name: str, alias: str) -> VersionRecord | None:
+        try:
+            return VersionRecord.from_mlflow(self._client.get_model_version_by_alias(name, alias))
+        except MlflowException:
+            return None
