@@ -1,8 +1,9 @@
 """Deterministic signals and the summary numbers of the evaluation's signal code on them.
 
-`python -m tests.evaluation.signal_reference` rewrites data/signal_reference.json. The committed
-file was written by the hand-written numpy mel filterbank, framing and YIN tracker (commit 7e84122),
-before they moved to librosa; tests/evaluation/test_signal_reference.py holds today's code to it.
+The committed data/signal_reference.json was written by the hand-written numpy mel filterbank,
+framing and YIN tracker (commit 7e84122) before they moved to librosa;
+tests/evaluation/test_signal_reference.py holds today's code to it within stated tolerances.
+`python -m tests.evaluation.signal_reference` rewrites it: only for a deliberate change of scores.
 """
 
 from __future__ import annotations
