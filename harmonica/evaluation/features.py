@@ -1,12 +1,14 @@
-"""Small numpy-only spectral helpers shared by the failure detectors and the prosody tracker.
+"""Small spectral helpers shared by the failure detectors and the prosody tracker.
 
-Kept free of torch/librosa so the detectors are cheap, deterministic and importable anywhere.
+numpy + librosa (framing, HTK mel filterbank), no torch: the detectors stay cheap, deterministic and
+importable anywhere. `import librosa` is lazy; its first use loads numba/scipy once (~2-4 s).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+import librosa
 import numpy as np
 import soxr
 
@@ -26,12 +28,17 @@ def to_16k(wav: np.ndarray, sr: int) -> np.ndarray:
     return x
 
 
-def frame(x: np.ndarray, win: int = WIN, hop: int = HOP) -> np.ndarray:
-    """(n_frames, win) view; the tail is zero-padded so every sample belongs to a frame."""
+def pad_to_frames(x: np.ndarray, win: int = WIN, hop: int = HOP) -> np.ndarray:
+    """`x` zero-padded to (n_frames - 1) * hop + win samples: frames of `win` every `hop` cover it all."""
     n = max(1, -(-max(0, x.size - win) // hop) + 1)
     padded = np.zeros((n - 1) * hop + win)
     padded[: x.size] = x[: padded.size]
-    return np.lib.stride_tricks.sliding_window_view(padded, win)[::hop]
+    return padded
+
+
+def frame(x: np.ndarray, win: int = WIN, hop: int = HOP) -> np.ndarray:
+    """(n_frames, win) view; the tail is zero-padded so every sample belongs to a frame."""
+    return librosa.util.frame(pad_to_frames(x, win, hop), frame_length=win, hop_length=hop, axis=0)
 
 
 def power_spectrogram(x: np.ndarray) -> np.ndarray:
@@ -48,19 +55,9 @@ def frame_db(x: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def mel_filterbank(n_mels: int = N_MELS, fmin: float = 60.0, fmax: float = 7600.0) -> np.ndarray:
-    """(n_mels, N_FFT // 2 + 1) triangular HTK-mel filterbank."""
-    def hz_to_mel(f: np.ndarray) -> np.ndarray:
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-
-    def mel_to_hz(m: np.ndarray) -> np.ndarray:
-        return 700.0 * (10 ** (m / 2595.0) - 1.0)
-
-    edges = mel_to_hz(np.linspace(hz_to_mel(np.array(fmin)), hz_to_mel(np.array(fmax)), n_mels + 2))
-    freqs = np.fft.rfftfreq(N_FFT, 1.0 / ANALYSIS_SR)
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    up = (freqs[None] - lo) / (mid - lo)
-    down = (hi - freqs[None]) / (hi - mid)
-    return np.maximum(0.0, np.minimum(up, down))
+    """(n_mels, N_FFT // 2 + 1) triangular HTK-mel filterbank with unit peaks (no area norm)."""
+    return librosa.filters.mel(sr=ANALYSIS_SR, n_fft=N_FFT, n_mels=n_mels, fmin=fmin, fmax=fmax,
+                               htk=True, norm=None, dtype=np.float64)
 
 
 def log_mel(power: np.ndarray) -> np.ndarray:

@@ -1,7 +1,10 @@
 """Prosody statistics: duration, F0 level/variation and voicing, and generated-vs-reference ratios.
 
-The pitch tracker is a compact YIN (de Cheveigne & Kawahara 2002) in numpy: enough to tell a flat
-or wrong-register generation from the reference speaker, without a pitch-model dependency.
+The pitch tracker is librosa's YIN (de Cheveigne & Kawahara 2002) with a voicing decision on top
+(librosa.yin always returns a period): enough to tell a flat or wrong-register generation from the
+reference speaker, without a pitch-model dependency. pYIN was measured and not used: 20x slower and
+its HMM voiced 66 % of the demo corpus's frames where this rule voices 45 % (it voiced 47 % before
+the move to librosa).
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import librosa
 import numpy as np
 from scipy.ndimage import median_filter
 
-from harmonica.evaluation.features import ANALYSIS_SR, HOP, frame, to_16k
+from harmonica.evaluation.features import ANALYSIS_SR, HOP, pad_to_frames, to_16k
 
 F0_MIN = 50.0
 F0_MAX = 400.0
@@ -25,47 +29,27 @@ MIN_VOICED_FRAMES = 10
 VOICED_DB = 35.0  # frames more than this below the loudest are never voiced (breath, noise floor)
 
 
-def _cmndf(frames: np.ndarray, max_lag: int) -> np.ndarray:
-    """Cumulative-mean-normalised difference function for each frame: (n_frames, max_lag + 1)."""
-    n_fft = 1 << math.ceil(math.log2(frames.shape[1] + YIN_WIN))
-    head = frames[:, :YIN_WIN]
-    # r(tau) = sum_{j<W} x_j x_{j+tau} via one cross-correlation in the frequency domain.
-    spec = np.fft.rfft(frames, n_fft, axis=1) * np.conj(np.fft.rfft(head, n_fft, axis=1))
-    r = np.fft.irfft(spec, n_fft, axis=1)[:, : max_lag + 1]
-    sq = np.concatenate([np.zeros((frames.shape[0], 1)), np.cumsum(frames**2, axis=1)], axis=1)
-    lags = np.arange(max_lag + 1)
-    energy0 = sq[:, YIN_WIN][:, None]  # sum x_j^2, j < W
-    energy_tau = sq[:, lags + YIN_WIN] - sq[:, lags]  # sum x_{j+tau}^2, j < W
-    diff = np.maximum(energy0 + energy_tau - 2 * r, 0.0)
-    cum = np.cumsum(diff[:, 1:], axis=1)
-    out = np.ones_like(diff)
-    out[:, 1:] = diff[:, 1:] * np.arange(1, max_lag + 1) / np.maximum(cum, 1e-12)
-    return out
-
-
 def _f0_frames(x16: np.ndarray) -> np.ndarray:
-    """Per 10 ms frame F0 in Hz, NaN where unvoiced."""
-    min_lag = int(ANALYSIS_SR / F0_MAX)
-    max_lag = math.ceil(ANALYSIS_SR / F0_MIN)
-    frames = frame(x16, win=YIN_WIN + max_lag + 1, hop=HOP)
-    energy_db = 10 * np.log10(np.mean(frames[:, :YIN_WIN] ** 2, axis=1) + 1e-10)
-    d = _cmndf(frames, max_lag)
-    f0 = np.full(frames.shape[0], np.nan)
+    """Per 10 ms frame F0 in Hz, NaN where unvoiced.
+
+    librosa.yin gives every frame a period T (the first CMNDF trough below YIN_THRESHOLD, else the
+    global minimum). A frame is voiced when it is loud enough (VOICED_DB) and periodic at T: the
+    normalised difference sum (x_j - x_{j+T})^2 / sum (x_j^2 + x_{j+T}^2) over YIN_WIN samples, the
+    CMNDF at T with the mean difference taken as the two energies, is below YIN_THRESHOLD.
+    """
+    win = YIN_WIN + math.ceil(ANALYSIS_SR / F0_MIN) + 1  # every lag up to F0_MIN's period
+    padded = pad_to_frames(x16, win, HOP)
+    frames = librosa.util.frame(padded, frame_length=win, hop_length=HOP, axis=0)  # (n, win)
+    f0 = librosa.yin(padded, fmin=F0_MIN, fmax=F0_MAX, sr=ANALYSIS_SR, frame_length=win,
+                     hop_length=HOP, trough_threshold=YIN_THRESHOLD, center=False)  # (n,)
+    head = frames[:, :YIN_WIN]  # (n, YIN_WIN)
+    period = np.rint(ANALYSIS_SR / f0).astype(int)  # (n,) samples, <= win - YIN_WIN - 1
+    shifted = np.take_along_axis(frames, np.arange(YIN_WIN)[None] + period[:, None], axis=1)
+    energy = np.sum(head**2, axis=1) + np.sum(shifted**2, axis=1)
+    dip = np.sum((head - shifted) ** 2, axis=1) / np.maximum(energy, 1e-12)
+    energy_db = 10 * np.log10(np.mean(head**2, axis=1) + 1e-10)
     loud = (energy_db > energy_db.max() - VOICED_DB) & (energy_db > -60.0)
-    for i in np.flatnonzero(loud):
-        row = d[i]
-        below = np.flatnonzero(row[min_lag:max_lag] < YIN_THRESHOLD)
-        if below.size == 0:
-            continue
-        tau = min_lag + below[0]
-        while tau + 1 < max_lag and row[tau + 1] < row[tau]:  # walk down to the dip's minimum
-            tau += 1
-        # Parabolic interpolation around the minimum for sub-sample period resolution.
-        a, b, c = row[tau - 1], row[tau], row[min(tau + 1, max_lag)]
-        denom = a - 2 * b + c
-        shift = 0.5 * (a - c) / denom if abs(denom) > 1e-12 else 0.0
-        period = tau + float(np.clip(shift, -1, 1))
-        f0[i] = ANALYSIS_SR / period
+    f0[~(loud & (dip < YIN_THRESHOLD))] = np.nan
     voiced = np.isfinite(f0)
     if voiced.sum() >= 3:
         # A 5-frame median over the voiced frames removes isolated octave jumps.
