@@ -217,6 +217,11 @@ class Run:
         mlflow.flush_async_logging()
 
 
+def attach(tracking_uri: str, run_id: str) -> Run:
+    """A handle on an existing run (any status) to add artifacts or tags after the fact, e.g. a report."""
+    return Run(MlflowClient(tracking_uri), run_id, async_logging=False, uri=tracking_uri)
+
+
 class TrackingLost(RuntimeError):
     """The tracking server went away during a run; the spool holds what it did not get."""
 
