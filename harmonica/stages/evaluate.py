@@ -109,18 +109,21 @@ def run_evaluate(
     progress: bool = True,
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    tracking_uri: str | None = None,
 ) -> EvaluateOutcome:
     threads_before = torch.get_num_threads()
     try:
         threads = apply_threads(cfg.eval.threads)  # fixed: the verdict must not depend on machine load
-        return _evaluate(cfg, workdir, ar_ref, nar_ref, weights, progress, parent_run_id, extra_tags, threads)
+        tracker = Tracker(cfg, workdir, tracking_uri)
+        return _evaluate(cfg, workdir, ar_ref, nar_ref, weights, progress, parent_run_id, extra_tags, threads,
+                         tracker)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, weights: str, progress: bool,
-              parent_run_id: str | None, extra_tags: dict[str, str] | None, threads: int) -> EvaluateOutcome:
-    tracker = Tracker(cfg, workdir)
+              parent_run_id: str | None, extra_tags: dict[str, str] | None, threads: int,
+              tracker: Tracker) -> EvaluateOutcome:
     downloads = Path(workdir) / "downloads"
     (ar_path, ar_run), (nar_path, nar_run) = (
         resolve_checkpoint(ar_ref, tracker.tracking_uri, downloads),

@@ -21,6 +21,7 @@ from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.cache import cache_settings, find_cache
 from harmonica.tracking.adapter import Tracker
 from harmonica.tracking.provenance import code_version
+from harmonica.tracking.read import RunRecord
 from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def step_key(stage: str, cfg: HarmonicaConfig, inputs: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def find_finished(tracker: Tracker, stage: str, key: str) -> Any | None:
+def find_finished(tracker: Tracker, stage: str, key: str) -> RunRecord | None:
     runs = tracker.find_runs(
         f"tags.`{names.STAGE}` = '{stage}' and tags.`{STEP_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
         max_results=1,
@@ -88,7 +89,8 @@ def run_pipeline(
     from harmonica.stages.train import run_train
 
     workdir = Path(workdir)
-    tracker = Tracker(cfg, workdir)
+    tracker = Tracker(cfg, workdir)  # resolves the tracking URI once; every step gets it
+    uri = tracker.tracking_uri
     results: list[StepResult] = []
     description = (
         f"Pipeline for project '{cfg.project}': preprocess -> train_ar -> train_nar -> evaluate -> promote; "
@@ -103,8 +105,8 @@ def run_pipeline(
             previous = None if force else find_finished(tracker, name, key)
             outputs = reuse(previous) if previous is not None else None
             if previous is not None and outputs is not None:
-                log.info("pipeline: %s skipped, identical run %s already finished", name, previous.info.run_id)
-                result = StepResult(name, previous.info.run_id, True, outputs)
+                log.info("pipeline: %s skipped, identical run %s already finished", name, previous.run_id)
+                result = StepResult(name, previous.run_id, True, outputs)
             else:
                 log.info("pipeline: running %s", name)
                 run_id, outputs = run({STEP_KEY_TAG: key})
@@ -123,32 +125,33 @@ def run_pipeline(
             return {"fingerprint": cache.fingerprint}
 
         def do_preprocess(tags: dict[str, str]) -> tuple[str, dict[str, Any]]:
-            out = run_preprocess(cfg, workdir, progress=progress, parent_run_id=parent.run_id, extra_tags=tags)
+            out = run_preprocess(cfg, workdir, progress=progress, parent_run_id=parent.run_id, extra_tags=tags,
+                                 tracking_uri=uri)
             return out.run_id, {"fingerprint": out.result.cache.fingerprint}
 
         pre = step("preprocess", {}, do_preprocess, reuse_cache)
         trained: dict[str, StepResult] = {}
         for kind in ("ar", "nar"):
             def do_train(tags: dict[str, str], kind: str = kind) -> tuple[str, dict[str, Any]]:
-                out = run_train(cfg, kind, workdir, parent_run_id=parent.run_id, extra_tags=tags)
+                out = run_train(cfg, kind, workdir, parent_run_id=parent.run_id, extra_tags=tags, tracking_uri=uri)
                 return out.run_id, {"best": str(out.result.best_checkpoint or out.result.last_checkpoint)}
 
             def reuse_run(run: Any) -> dict[str, Any]:
-                return {"best": run.info.run_id}  # a run id resolves to its logged best checkpoint
+                return {"best": run.run_id}  # a run id resolves to its logged best checkpoint
 
             trained[kind] = step(f"train_{kind}", {"cache": pre.outputs["fingerprint"]}, do_train, reuse_run)
 
         def do_evaluate(tags: dict[str, str]) -> tuple[str, dict[str, Any]]:
             out = run_evaluate(cfg, workdir, trained["ar"].outputs["best"], trained["nar"].outputs["best"],
-                               progress=progress, parent_run_id=parent.run_id, extra_tags=tags)
+                               progress=progress, parent_run_id=parent.run_id, extra_tags=tags, tracking_uri=uri)
             return out.run_id, {"metrics": out.result.metrics}
 
         evaluation = step("evaluate", {"ar": trained["ar"].run_id, "nar": trained["nar"].run_id},
-                          do_evaluate, lambda run: {"metrics": dict(run.data.metrics)})
+                          do_evaluate, lambda run: {"metrics": dict(run.metrics)})
         if promote is not None:
             step("promote", {"evaluation": evaluation.run_id},
                  lambda tags: promote(evaluation.run_id, cfg, workdir, parent.run_id, tags),
-                 lambda run: {"tags": dict(run.data.tags)})
+                 lambda run: {"tags": dict(run.tags)})
         report = build_report(evaluation.run_id, tracking_uri=tracker.tracking_uri,
                               out_dir=workdir / "outputs" / "reports" / evaluation.run_id)
         parent.log_artifact(report.html, "report")

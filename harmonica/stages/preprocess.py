@@ -97,8 +97,9 @@ def run_preprocess(
     progress: bool = True,
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    tracking_uri: str | None = None,
 ) -> PreprocessOutcome:
-    tracker = Tracker(cfg, workdir)
+    tracker = Tracker(cfg, workdir, tracking_uri)
     with tracker.run(
         "preprocess", f"preprocess-{cfg.project}", parent_run_id=parent_run_id, tags=extra_tags
     ) as run:

@@ -131,7 +131,7 @@ def run_sweep(
             _publish(parent, summary)
         _settle_parent(tracker, study, parent_id)
         if launcher and launcher != parent_id:
-            pointer = Run(tracker.client, launcher, async_logging=False)
+            pointer = tracker.handle(launcher)
             pointer.set_tags({names.STAGE: "sweep", names.SWEEP_WORKER_OF: name,
                               names.SWEEP_PARENT_RUN_ID: parent_id,
                               "mlflow.note.content": f"Worker of sweep study '{name}': the study's parent run "
@@ -192,24 +192,23 @@ def _parent_run(study: Any, tracker: Tracker, launcher: str | None, name: str) -
     """The study's parent run in this tracking store (found via the study, else created); call under the lock."""
     existing = study.user_attrs.get(PARENT_ATTR)
     if existing:
-        try:
-            run = tracker.client.get_run(existing)
-            if run.info.lifecycle_stage == "active":
-                return existing, False
+        run = tracker.get_run(existing)
+        if run is not None and not run.deleted:
+            return existing, False
+        if run is not None:
             log.warning("the study's parent run %s was deleted; starting a new one", existing)
-        except Exception:  # noqa: BLE001 - not in this store: the worker logs to another tracking store
+        else:  # not in this store: the worker logs to another tracking store
             log.warning("the study's parent run %s is not in %s; this worker gets its own parent run",
                         existing, tracker.tracking_uri)
             existing = "elsewhere"
     exp_id = tracker.experiment_id()
     parent_id = None
     if launcher:
-        with contextlib.suppress(Exception):
-            if tracker.client.get_run(launcher).info.experiment_id == exp_id:
-                parent_id = launcher  # `mlflow run --experiment-name <the project's experiment>`
+        run = tracker.get_run(launcher)
+        if run is not None and run.experiment_id == exp_id:
+            parent_id = launcher  # `mlflow run --experiment-name <the project's experiment>`
     if parent_id is None:
-        parent_id = tracker.client.create_run(exp_id, run_name=f"sweep-{name}",
-                                              tags={names.SWEEP_STUDY: name}).info.run_id
+        parent_id = tracker.create_run(f"sweep-{name}", {names.SWEEP_STUDY: name})
     if existing != "elsewhere":
         study.set_user_attr(PARENT_ATTR, parent_id)
         study.set_user_attr(names.MLFLOW_TRACKING_URI, tracker.tracking_uri)
@@ -302,6 +301,6 @@ def _settle_parent(tracker: Tracker, study: Any, parent_id: str) -> None:
     Set-then-recheck, so the last worker's FINISHED wins whichever order the two exits happen in."""
     if st.state_counts(study)["RUNNING"] == 0:
         return
-    tracker.client.update_run(parent_id, status="RUNNING")
+    tracker.set_status(parent_id, "RUNNING")
     if st.state_counts(study)["RUNNING"] == 0:
-        tracker.client.set_terminated(parent_id, status="FINISHED")
+        tracker.set_status(parent_id, "FINISHED")

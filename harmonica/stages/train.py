@@ -77,6 +77,7 @@ def run_train(
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
     run_name: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    tracking_uri: str | None = None,
 ) -> TrainOutcome:
     """One training run. on_validation(step, metrics) is called after every validation (rank 0
     metrics on every rank); an exception it raises ends the run with its `run_status` if it has one.
@@ -104,7 +105,7 @@ def run_train(
         if mismatch:
             tags[names.CACHE_MISMATCH_FIELDS] = "; ".join(mismatch)[:5000]
             log.warning("training on a stale token cache (--allow-cache-mismatch):\n  %s", "\n  ".join(mismatch))
-        tracker = Tracker(cfg, workdir) if info.is_main else None
+        tracker = Tracker(cfg, workdir, tracking_uri) if info.is_main else None
         codec = load_codec(cfg.codec, cache.codec_dir) if info.is_main else None
 
         def make_trainer(run_id: str, sink: Any) -> Trainer:

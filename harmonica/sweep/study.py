@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import mlflow
 import optuna
 from optuna.exceptions import (
     DuplicatedStudyError,
@@ -54,6 +53,7 @@ from harmonica.config.load import ConfigError
 from harmonica.config.schema import HarmonicaConfig, TrainingConfig
 from harmonica.sweep.space import PrunerSpec, SweepSpace, apply_overrides
 from harmonica.tracking import names
+from harmonica.tracking.adapter import active_run_id
 
 log = logging.getLogger(__name__)
 
@@ -350,10 +350,10 @@ class ValidationReporter:
     child run never looks like a success even if the process dies right after.
     """
 
-    def __init__(self, trial: optuna.Trial, space: SweepSpace, client: Any, prune: bool) -> None:
+    def __init__(self, trial: optuna.Trial, space: SweepSpace, tracker: Any, prune: bool) -> None:
         self.trial = trial
         self.space = space
-        self.client = client
+        self.tracker = tracker
         self.prune = prune
         self.run_id: str | None = None
         self.last_step = 0
@@ -363,8 +363,7 @@ class ValidationReporter:
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         if self.run_id is None:
-            active = mlflow.active_run()  # the trial's child run, opened by run_train
-            self.run_id = active.info.run_id if active is not None else None
+            self.run_id = active_run_id()  # the trial's child run, opened by run_train
         self.last_step, self.last_metrics = step, dict(metrics)
         if self.space.multi:
             return  # Optuna prunes single-objective studies only
@@ -375,9 +374,9 @@ class ValidationReporter:
         self.trial.report(value, step)
         if self.prune and (self.final_step is None or step < self.final_step) and self.trial.should_prune():
             self.pruned_step = step
-            if self.run_id and self.client is not None:
-                for key, val in (("optuna.pruned", "true"), ("optuna.pruned_step", str(step)), ("optuna.state", "PRUNED")):
-                    self.client.set_tag(self.run_id, key, val)
+            if self.run_id and self.tracker is not None:
+                self.tracker.handle(self.run_id).set_tags(
+                    {"optuna.pruned": "true", "optuna.pruned_step": str(step), "optuna.state": "PRUNED"})
             raise TrialPrunedRun(f"pruned at step {step}: {name}={value:.4f}")
 
 
@@ -422,7 +421,7 @@ def run_one_trial(
     trial = optuna.Trial(study, trial_id)
     trial.set_user_attr(f"{ATTR_PREFIX}worker", worker_id())
     prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
-    reporter = ValidationReporter(trial, space, tracker.client, prune)
+    reporter = ValidationReporter(trial, space, tracker, prune)
     tags = {"optuna.study": study_name, "optuna.trial": str(number), names.SWEEP_WORKER: worker_id()}
     state, values, steps, error, run_id = TrialState.FAIL, None, 0, None, None
     params: dict[str, Any] = {}
@@ -477,13 +476,11 @@ def _find_child(tracker: Any, study_name: str, number: int) -> str | None:
         runs = tracker.find_runs(f"tags.`optuna.study` = '{study_name}' and tags.`optuna.trial` = '{number}'", 1)
     except Exception:  # noqa: BLE001
         return None
-    return runs[0].info.run_id if runs else None
+    return runs[0].run_id if runs else None
 
 
 def _annotate_child(tracker: Any, run_id: str, report: TrialReport, space: SweepSpace) -> None:
-    from harmonica.tracking.adapter import Run
-
-    run = Run(tracker.client, run_id, async_logging=False)
+    run = tracker.handle(run_id)
     run.set_tags({"optuna.state": report.state, "optuna.pruned": str(report.state == "PRUNED").lower()})
     metrics: dict[str, float] = {"optuna/steps": float(report.steps)}
     if report.values:

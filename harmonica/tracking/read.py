@@ -33,6 +33,7 @@ class RunRecord:
     start_time: int | None
     end_time: int | None
     artifact_uri: str
+    deleted: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
@@ -43,7 +44,7 @@ class RunRecord:
         return cls(run_id=info.run_id, experiment_id=info.experiment_id,
                    name=info.run_name or data.tags.get(RUN_NAME) or info.run_id[:8], status=info.status,
                    start_time=info.start_time, end_time=info.end_time, artifact_uri=info.artifact_uri or "",
-                   tags=dict(data.tags), params=dict(data.params), metrics=dict(data.metrics))
+                   deleted=info.lifecycle_stage == "deleted", tags=dict(data.tags), params=dict(data.params), metrics=dict(data.metrics))
 
     @property
     def stage(self) -> str | None:

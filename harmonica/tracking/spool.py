@@ -12,11 +12,14 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from harmonica.config.schema import TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +131,22 @@ def find_spool(workdir: Path, run_id: str) -> Spool | None:
                   *(Path(workdir) / "checkpoints").glob(f"*/*/{run_id}/spool")]
     found = [Spool(c) for c in candidates if (c / OPS).is_file()]
     return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    sent: int
+    spool: Path | None  # None: nothing was pending
+
+
+def sync_run(tracking: TrackingConfig, tracking_uri: str, workdir: Path, run_id: str) -> SyncResult:
+    """Send what `run_id` kept in its local spool while the server was away (`harmonica sync`)."""
+    from harmonica.tracking.health import bound_requests, check_server, is_server
+
+    spool = find_spool(workdir, run_id)
+    if spool is None or not spool.pending:
+        return SyncResult(0, None)
+    if is_server(tracking_uri):
+        bound_requests(tracking.request_timeout, tracking.request_retries)
+        check_server(tracking_uri, tracking.health_timeout)
+    return SyncResult(spool.replay(MlflowClient(tracking_uri), run_id), spool.directory)

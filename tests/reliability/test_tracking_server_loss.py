@@ -83,6 +83,8 @@ def test_server_killed_during_training_then_sync_gives_the_uninterrupted_histori
     workdir = tmp_path / "work"
     args = cli_args(tiny_corpus, "ar", "training.ar.total_steps=80", "training.ar.ckpt_every=10",
                     "training.ar.log_every=2", "training.ar.val_every=20", "training.ar.sample_every=80")
+    sampled = [*args, "tracking.system_metrics=true"]  # MLflow's own monitor, one sample a second
+    sampled_env = {**_env(uri), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
     server = _start_server(tmp_path, port)
     try:
         pre = run(harmonica("preprocess", "--no-progress", "--workdir", str(workdir), *args), cwd=tmp_path, env=_env(uri))
@@ -92,8 +94,8 @@ def test_server_killed_during_training_then_sync_gives_the_uninterrupted_histori
         assert whole.returncode == 0, whole.stderr[-2000:]
         root = workdir / "checkpoints" / "demo" / "ar"
         before = {d.name for d in root.iterdir()}
-        train = subprocess.Popen(harmonica("train", "--model-type", "ar", "--workdir", str(workdir), *args),
-                                 cwd=tmp_path, env=_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        train = subprocess.Popen(harmonica("train", "--model-type", "ar", "--workdir", str(workdir), *sampled),
+                                 cwd=tmp_path, env=sampled_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 300
         while time.time() < deadline and not [p for p in root.glob("*/ckpt/step_*") if p.parts[-3] not in before]:
             time.sleep(0.1)
@@ -107,6 +109,7 @@ def test_server_killed_during_training_then_sync_gives_the_uninterrupted_histori
         [spool] = list(root.glob("*/spool"))
         run_id = spool.parent.name
         assert (spool / "ops.jsonl").stat().st_size > 0
+        assert '"system/cpu_utilization_percentage"' in (spool / "ops.jsonl").read_text()  # sampled while lost
         assert (root / run_id / "ckpt" / "step_0000080").is_dir()  # training went on to the end
 
         server = _start_server(tmp_path, port)
@@ -124,6 +127,8 @@ def test_server_killed_during_training_then_sync_gives_the_uninterrupted_histori
             assert len(got) == len({s for s, _ in got}) and dict(got).keys() == want.keys(), key
             for step, value in got:
                 assert value == pytest.approx(want[step], rel=1e-4, abs=1e-6), (key, step)
+        system = sorted(m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage"))
+        assert system == list(range(len(system))) and len(system) >= 3, system  # no gap, no duplicate
         arts = {a.path for a in client.list_artifacts(run_id)}
         assert {"config.yaml", "checkpoints", "training_summary.json"} <= arts
     finally:

@@ -1,0 +1,56 @@
+"""`harmonica synthesize`: text -> wav with an AR + NAR pair given as paths, run ids or runs:/ URIs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from harmonica.config.schema import HarmonicaConfig
+from harmonica.tracking.adapter import resolve_tracking_uri
+from harmonica.tracking.refs import resolve_checkpoint
+
+
+class SynthesisError(ValueError):
+    """Nothing to write, or a missing input the checkpoint needs; the message says what to pass."""
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    path: Path
+    seconds: float
+    sample_rate: int
+    frames: int
+    hit_length_bound: bool
+    loop_cut: bool
+    gain_db: float
+
+    def summary(self) -> str:
+        return (f"wrote {self.path}: {self.seconds:.2f} s at {self.sample_rate} Hz ({self.frames} frames; "
+                f"length bound hit: {self.hit_length_bound}, loop cut: {self.loop_cut}; "
+                f"peak ceiling gain {self.gain_db:+.2f} dB)")
+
+
+def resolve_pair(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str) -> tuple[Path, Path]:
+    uri = resolve_tracking_uri(cfg.tracking, workdir)
+    (ar, _), (nar, _) = (resolve_checkpoint(ref, uri, workdir / "downloads") for ref in (ar_ref, nar_ref))
+    return ar, nar
+
+
+def run_synthesize(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, text: str, out_path: Path, *,
+                   prompt_wav: str | None = None, speaker: int | None = None, weights: str = "ema",
+                   seed: int = 0) -> Synthesis:
+    from harmonica.data.audio import write_audio
+    from harmonica.inference.synthesize import Synthesizer
+
+    ar_path, nar_path = resolve_pair(cfg, Path(workdir), ar_ref, nar_ref)
+    synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode)
+    prompt = synth.prompt_from_wav(prompt_wav) if prompt_wav else None
+    if synth.speaker_condition == "prompt" and prompt is None:
+        raise SynthesisError("this NAR is conditioned on an acoustic prompt: pass --prompt-wav FILE "
+                             "(a few seconds of the target voice)")
+    wav, info = synth.synthesize(text, prompt=prompt, speaker=speaker, seed=seed)
+    if wav.size == 0:
+        raise SynthesisError("the AR stopped at once: no audio (try another seed or a later checkpoint)")
+    write_audio(out_path, wav, synth.sample_rate)
+    return Synthesis(Path(out_path), wav.size / synth.sample_rate, synth.sample_rate, int(info["ar_frames"]),
+                     bool(info["ar_hit_length_bound"]), bool(info["ar_loop_cut"]), float(info["gain_db"]))
