@@ -25,7 +25,7 @@ from harmonica.tracking.health import bound_requests, check_server, is_server
 from harmonica.tracking.provenance import code_version
 from harmonica.tracking import names
 from harmonica.tracking.read import RunRecord, TrackingReader
-from harmonica.tracking.run import NullRun, Run, TrackingLost, attach, end_lost_run, route_system_metrics
+from harmonica.tracking.run import NullRun, Run, TrackingLost, attach, end_lost_run, start_system_metrics
 from harmonica.tracking.spool import Spool
 
 __all__ = ["NullRun", "Run", "TrackingLost", "Tracker", "WorkdirMovedError", "active_run_id", "attach",
@@ -143,7 +143,10 @@ class Tracker:
             all_tags["mlflow.note.content"] = description
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        kwargs: dict[str, Any] = {"log_system_metrics": self.cfg.tracking.system_metrics}
+        spooled = is_server(self.tracking_uri)  # what a lost server could not take waits in a spool
+        sampled = self.cfg.tracking.system_metrics
+        # MLflow's monitor stops at the first failed request: a spooled run gets one that keeps sampling
+        kwargs: dict[str, Any] = {"log_system_metrics": sampled and not spooled}
         experiment_id = self.experiment_id()  # also refuses a moved workdir before anything is written
         if run_id:
             kwargs["run_id"] = run_id
@@ -152,13 +155,12 @@ class Tracker:
         # a fluent run so MLflow's system-metrics monitor attaches to it
         active = mlflow.start_run(**kwargs, nested=mlflow.active_run() is not None)
         spool = None
-        if is_server(self.tracking_uri):  # what a lost server could not take waits here
+        if spooled:
             rid = active.info.run_id
             spool = Spool(spool_dir(rid) if spool_dir else self.workdir / "spool" / rid)
         run = Run(self.client, active.info.run_id, async_logging=self.cfg.tracking.async_logging, spool=spool,
                   uri=self.tracking_uri)
-        if spool is not None and self.cfg.tracking.system_metrics:
-            route_system_metrics(run)
+        monitor = start_system_metrics(run, resume=bool(run_id)) if spooled and sampled else None
         status = "FAILED"
         ok = False
         try:
@@ -174,6 +176,8 @@ class Tracker:
             status = getattr(exc, "run_status", "FAILED")
             raise
         finally:
+            if monitor is not None:
+                monitor.finish()
             if run.spool is None or (run.lost is None and not run.spool.pending) or run.reconnect():
                 mlflow.flush_async_logging()
                 mlflow.end_run(status=status)

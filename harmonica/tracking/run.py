@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_LOGGED_ARTIFACTS
@@ -257,8 +258,10 @@ def _param_value(value: Any) -> str:
 
 
 class _SystemMetricsToRun:
-    """Stands in for the `mlflow_logger` of MLflow's system-metrics monitor (MLflow 3.17: record_metrics,
-    flush, data), so samples taken while the server is lost are spooled like every other metric."""
+    """Stands in for the monitor's `mlflow_logger` (record_metrics, flush, data): samples go through the
+    run, so those taken while the server is lost are spooled like every other metric."""
+
+    total_training_time = total_log_batch_time = 0.0
 
     def __init__(self, run: Run) -> None:
         self.run, self.data = run, []
@@ -270,12 +273,29 @@ class _SystemMetricsToRun:
         """Nothing is buffered here: the run sends (or spools) each sample at once."""
 
 
-def route_system_metrics(run: Run) -> None:
-    from mlflow.tracking import fluent
+class SpooledSystemMetrics(SystemMetricsMonitor):
+    """MLflow's system-metrics monitor (its CPU/GPU/disk/network samplers and aggregation) for a run on a
+    tracking server. MLflow's own loop asks the server for the run's status after every sample and stops
+    for good when that request fails; this loop ends only at shutdown, and logs through the run, so an
+    outage leaves no gap in `system/*` once the spool is sent."""
 
-    monitor = getattr(fluent, "run_id_to_system_metrics_monitor", {}).get(run.run_id)
-    if monitor is None or not hasattr(monitor, "mlflow_logger"):
-        log.warning("MLflow's system-metrics monitor was not found for run %s: its samples are not spooled if the "
-                    "tracking server is lost", run.run_id)
-        return
-    monitor.mlflow_logger = _SystemMetricsToRun(run)
+    def __init__(self, run: Run, resume: bool) -> None:
+        super().__init__(run.run_id, resume_logging=resume, tracking_uri=run.uri)
+        self.mlflow_logger = _SystemMetricsToRun(run)
+
+    def monitor(self) -> None:
+        while not self._shutdown_event.is_set():
+            for _ in range(self.samples_before_logging):
+                self.collect_metrics()
+                if self._shutdown_event.wait(self.sampling_interval):
+                    return
+            try:
+                self.publish_metrics(self.aggregate_metrics())
+            except Exception as exc:  # noqa: BLE001 -- a sample must never stop the training
+                log.warning("system metrics sample not logged: %s", exc)
+
+
+def start_system_metrics(run: Run, resume: bool) -> SpooledSystemMetrics:
+    monitor = SpooledSystemMetrics(run, resume)
+    monitor.start()
+    return monitor
