@@ -320,8 +320,8 @@ def pipeline(project: str, workdir: str, force: bool, allow_dirty: bool, no_prog
     def promote_step(evaluation_run_id: str, cfg: HarmonicaConfig, wd: Path, parent_run_id: str,
                      tags: dict[str, str]) -> tuple[str, dict]:
         try:
-            d = run_promote(evaluation_run_id, wd, allow_dirty=allow_dirty, project=cfg.project,
-                            overrides=split_overrides(overrides), extra_tags=tags)
+            d = run_promote(evaluation_run_id, wd, cfg=cfg, allow_dirty=allow_dirty, extra_tags=tags,
+                            parent_run_id=parent_run_id)
         except PromotionRefused as exc:
             d = exc.decision
         decisions.append(d)
@@ -404,7 +404,7 @@ def compare(run_ids: tuple[str, ...], project: str, workdir: str, width: int) ->
 
 def _registry_errors() -> tuple[type[BaseException], ...]:
     from harmonica.registry.cli_ops import RegistryError
-    from harmonica.registry.lock import LockTimeout
+    from harmonica.tracking.lock import LockTimeout
     from harmonica.registry.promote import PromotionError
 
     return (*_user_errors(), PromotionError, RegistryError, LockTimeout)

@@ -51,6 +51,11 @@ def resolve_tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
+def launched_run_id() -> str | None:
+    """The run `mlflow run` created for this process (MLFLOW_RUN_ID), None when not launched by it."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
 def experiment_name(cfg: TrackingConfig, project: str) -> str:
     return f"{cfg.experiment_prefix}/{project}"
 
@@ -266,10 +271,11 @@ def _param_value(value: Any) -> str:
 class Tracker:
     """Opens runs in the project's experiment on the resolved tracking store."""
 
-    def __init__(self, cfg: HarmonicaConfig, workdir: Path) -> None:
+    def __init__(self, cfg: HarmonicaConfig, workdir: Path, tracking_uri: str | None = None) -> None:
+        """tracking_uri: the store to use (default: resolved from MLFLOW_TRACKING_URI, cfg.tracking, workdir)."""
         self.cfg = cfg
         self.workdir = Path(workdir)
-        self.tracking_uri = resolve_tracking_uri(cfg.tracking, self.workdir)
+        self.tracking_uri = tracking_uri or resolve_tracking_uri(cfg.tracking, self.workdir)
         self.experiment_name = experiment_name(cfg.tracking, cfg.project)
         before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.tracking_uri)  # the fluent run (system metrics) needs it
@@ -342,7 +348,7 @@ class Tracker:
         Under `mlflow run`, MLFLOW_RUN_ID names the run the project launcher created; it is adopted
         so the entry point's run is the one that holds everything.
         """
-        run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
+        run_id = run_id or launched_run_id()
         all_tags = {
             names.STAGE: stage,
             names.PROJECT: self.cfg.project,

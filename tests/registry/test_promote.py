@@ -17,7 +17,7 @@ from harmonica.registry.cli_ops import (
     show_version,
 )
 from harmonica.registry.gates import GATE_NAMES
-from harmonica.registry.lock import LockTimeout, RegistryLock, lock_name
+from harmonica.tracking.lock import LockTimeout, RegistryLock, lock_name
 from harmonica.registry.promote import PromotionError, PromotionRefused, promote
 from harmonica.stages.promote import run_promote
 from tests.registry.fakes import with_metrics
