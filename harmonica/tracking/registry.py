@@ -45,8 +45,10 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _quote(value: str) -> str:
-    return str(value).replace("'", "\\'")
+def _literal(value: str) -> str:
+    """A string literal of MLflow's search syntax: single quotes, double quotes around a value holding one."""
+    value = str(value)
+    return f'"{value}"' if "'" in value else f"'{value}'"
 
 
 def describe_model(name: str, history: list[dict[str, Any]]) -> str:
@@ -125,12 +127,11 @@ class ModelRegistry:
     def find_versions(self, name: str, key: str, value: str) -> list[VersionRecord]:
         """Versions of `name` with tag key=value, oldest first (the search filter, else a full listing)."""
         try:
-            found = list(self._client.search_model_versions(
-                f"name='{_quote(name)}' and tags.`{key}`='{_quote(value)}'"))
+            found = list(self._client.search_model_versions(f"name={_literal(name)} and tags.`{key}`={_literal(value)}"))
         except MlflowException as exc:
             if error_code(exc) in NOT_FOUND:
                 return []
-            found = [v for v in self._client.search_model_versions(f"name='{_quote(name)}'")
+            found = [v for v in self._client.search_model_versions(f"name={_literal(name)}")
                      if (v.tags or {}).get(key) == value]
         return sorted((VersionRecord.from_mlflow(v) for v in found), key=lambda v: int(v.version))
 
