@@ -168,26 +168,11 @@ def evaluate(project: str, ar_ref: str, nar_ref: str, weights: str, workdir: str
 def pipeline(project: str, workdir: str, force: bool, allow_dirty: bool, no_progress: bool,
              overrides: tuple[str, ...]) -> None:
     """preprocess -> train_ar -> train_nar -> evaluate -> promote, each step its own run under one parent."""
-    from harmonica.registry.promote import PromotionRefused
     from harmonica.stages.pipeline import run_pipeline
-    from harmonica.stages.promote import run_promote
-
-    decisions = []
-
-    def promote_step(evaluation_run_id: str, cfg, wd: Path, parent_run_id: str,  # noqa: ANN001
-                     tags: dict[str, str]) -> tuple[str, dict]:
-        try:
-            d = run_promote(evaluation_run_id, wd, allow_dirty=allow_dirty, project=cfg.project,
-                            overrides=split_overrides(overrides), extra_tags=tags)
-        except PromotionRefused as exc:
-            d = exc.decision
-        decisions.append(d)
-        return d.promote_run_id or "", {"decision": d.decision, "version": d.version}
 
     with user_facing(registry_errors):
         out = run_pipeline(config(project, overrides), Path(workdir), force=force, progress=not no_progress,
-                           promote=promote_step)
-    out.decisions = decisions
+                           allow_dirty=allow_dirty)
     echo(text.pipeline_summary(out, Path(workdir)))
 
 

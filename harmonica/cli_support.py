@@ -43,7 +43,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def registry_errors() -> tuple[type[BaseException], ...]:
     from harmonica.registry.cli_ops import RegistryError
-    from harmonica.registry.lock import LockTimeout
+    from harmonica.tracking.lock import LockTimeout
     from harmonica.registry.promote import PromotionError
 
     return (*user_errors(), PromotionError, RegistryError, LockTimeout)

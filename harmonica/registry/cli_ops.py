@@ -13,38 +13,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
-from harmonica.registry.lock import RegistryLock, lock_name
-from harmonica.registry.promote import (
-    CHAMPION,
-    HISTORY_TAG,
-    _registered,
-    actor,
-    now_iso,
-    read_history,
-    record_champion_event,
-)
-from harmonica.registry.pyfunc import MODEL_NAME
+from harmonica.registry.package import MODEL_NAME
 from harmonica.tracking import names
+from harmonica.tracking.read import NotFoundError, RegisteredModelRecord, VersionRecord
+from harmonica.tracking.registry import CHAMPION, ModelRegistry, actor, now_iso
+
+HISTORY_TAG = names.CHAMPION_HISTORY
 
 
 class RegistryError(ValueError):
     """A registry request that cannot be served; the message says what exists."""
 
 
-def _model(client: MlflowClient, name: str) -> Any:
-    rm = _registered(client, name)
+def _model(registry: ModelRegistry, name: str) -> RegisteredModelRecord:
+    rm = registry.model(name)
     if rm is None:
-        raise RegistryError(f"no registered model '{name}' on {client.tracking_uri}: promote an evaluation first "
+        raise RegistryError(f"no registered model '{name}' on {registry.tracking_uri}: promote an evaluation first "
                             "(`harmonica promote --evaluation RUN_ID`)")
     return rm
 
 
-def _aliases_by_version(rm: Any) -> dict[str, list[str]]:
+def _aliases_by_version(rm: RegisteredModelRecord) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for alias, version in (rm.aliases or {}).items():
+    for alias, version in rm.aliases.items():
         out.setdefault(str(version), []).append(alias)
     return out
 
@@ -55,11 +46,11 @@ def _when(millis: int | None) -> str:
     return datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _row(mv: Any, aliases: dict[str, list[str]]) -> dict[str, Any]:
+def _row(mv: VersionRecord, aliases: dict[str, list[str]]) -> dict[str, Any]:
     t = mv.tags
     return {
-        "version": str(mv.version),
-        "aliases": sorted(aliases.get(str(mv.version), [])),
+        "version": mv.version,
+        "aliases": sorted(aliases.get(mv.version, [])),
         "decision": t.get(names.DECISION, "?"),
         "gates_passed": t.get(names.GATES_PASSED, "?"),
         "failing_gates": t.get(names.FAILING_GATES, ""),
@@ -67,7 +58,7 @@ def _row(mv: Any, aliases: dict[str, list[str]]) -> dict[str, Any]:
         "primary_value": t.get(names.PRIMARY_VALUE, ""),
         "evaluation_run_id": t.get(names.EVALUATION_RUN_ID, ""),
         "code": f"{t.get(names.GIT_COMMIT, 'unknown')[:12]} dirty={t.get(names.GIT_DIRTY, '?')}",
-        "created": _when(mv.creation_timestamp),
+        "created": _when(mv.created_ms),
         "rollback_reason": t.get(names.ROLLBACK_REASON, ""),
         "superseded_by": t.get(names.SUPERSEDED_BY, ""),
     }
@@ -75,40 +66,39 @@ def _row(mv: Any, aliases: dict[str, list[str]]) -> dict[str, Any]:
 
 def list_versions(name: str = MODEL_NAME, *, tracking_uri: str) -> list[dict[str, Any]]:
     """All versions, newest first, with aliases, decision, gates, primary metric and code."""
-    client = MlflowClient(tracking_uri)
-    rm = _model(client, name)
-    aliases = _aliases_by_version(rm)
-    versions = list(client.search_model_versions(f"name='{name}'"))
-    return [_row(mv, aliases) for mv in sorted(versions, key=lambda v: -int(v.version))]
+    registry = ModelRegistry(tracking_uri)
+    aliases = _aliases_by_version(_model(registry, name))
+    return [_row(mv, aliases) for mv in sorted(registry.versions(name), key=lambda v: -int(v.version))]
 
 
-def resolve_version(client: MlflowClient, name: str, ref: str) -> Any:
+def resolve_version(registry: ModelRegistry, name: str, ref: str) -> VersionRecord:
     """A version number or an alias (champion, candidate, ...)."""
     ref = str(ref).lstrip("v") if str(ref).lstrip("v").isdigit() else str(ref)
     try:
-        if ref.isdigit():
-            return client.get_model_version(name, ref)
-        return client.get_model_version_by_alias(name, ref)
-    except MlflowException:
-        rm = _model(client, name)
+        found = registry.version(name, ref) if ref.isdigit() else registry.version_by_alias(name, ref)
+    except NotFoundError:
+        found = None
+    if found is None:
+        rm = _model(registry, name)
         raise RegistryError(f"'{name}' has no version or alias {ref!r} (aliases: "
-                            f"{', '.join(f'{a}=v{v}' for a, v in (rm.aliases or {}).items()) or 'none'})") from None
+                            f"{', '.join(f'{a}=v{v}' for a, v in rm.aliases.items()) or 'none'})")
+    return found
 
 
 def show_version(name: str, ref: str, *, tracking_uri: str) -> dict[str, Any]:
     """Everything about one version: tags (gates, provenance, decision), description, aliases, source."""
-    client = MlflowClient(tracking_uri)
-    mv = resolve_version(client, name, ref)
-    rm = _model(client, name)
+    registry = ModelRegistry(tracking_uri)
+    mv = resolve_version(registry, name, ref)
+    rm = _model(registry, name)
     return {
         "name": name,
-        "version": str(mv.version),
-        "aliases": sorted(_aliases_by_version(rm).get(str(mv.version), [])),
+        "version": mv.version,
+        "aliases": sorted(_aliases_by_version(rm).get(mv.version, [])),
         "status": mv.status,
         "source": mv.source,
         "run_id": mv.run_id,
-        "created": _when(mv.creation_timestamp),
-        "description": mv.description or "",
+        "created": _when(mv.created_ms),
+        "description": mv.description,
         "tags": dict(sorted(mv.tags.items())),
         "gates": {k: v for k, v in sorted(mv.tags.items()) if k.startswith("gate.")},
         "uri": f"models:/{name}/{mv.version}",
@@ -130,13 +120,12 @@ def rollback(name: str, to_version: str, reason: str, *, tracking_uri: str, forc
     """Move `champion` to an earlier version and record why."""
     if not reason or not reason.strip():
         raise RegistryError("a rollback needs a reason (--reason): it is recorded on the version and in the history")
-    client = MlflowClient(tracking_uri)
-    _model(client, name)
-    target = resolve_version(client, name, to_version)
-    version = str(target.version)
-    with RegistryLock(client, lock_name(name), purpose=f"rollback to v{version}", timeout=lock_timeout):
-        current = (_model(client, name).aliases or {}).get(CHAMPION)
-        current = str(current) if current is not None else None
+    registry = ModelRegistry(tracking_uri)
+    _model(registry, name)
+    target = resolve_version(registry, name, to_version)
+    version = target.version
+    with registry.lock(name, purpose=f"rollback to v{version}", timeout=lock_timeout):
+        current = _model(registry, name).aliases.get(CHAMPION)
         problems = []
         if current == version:
             raise RegistryError(f"v{version} already is the champion of '{name}'")
@@ -149,7 +138,7 @@ def rollback(name: str, to_version: str, reason: str, *, tracking_uri: str, forc
             problems.append(f"v{version} is an incomplete promotion")
         if problems and not force:
             raise RegistryError("refusing the rollback: " + "; ".join(problems) + " — pass --force to do it anyway")
-        client.set_registered_model_alias(name, CHAMPION, version)
+        registry.set_alias(name, CHAMPION, version)
         at = now_iso()
         tags = {
             names.ROLLBACK_REASON: reason.strip()[:4900],
@@ -158,11 +147,11 @@ def rollback(name: str, to_version: str, reason: str, *, tracking_uri: str, forc
             names.ROLLED_BACK_BY: actor(),
             names.ROLLBACK_FORCED: str(bool(problems)).lower(),
         }
-        for k, v in tags.items():
-            client.set_model_version_tag(name, version, k, v)
+        registry.set_version_tags(name, version, tags)
         if current is not None:
-            client.set_model_version_tag(name, current, names.ROLLED_BACK_TO, f"v{version} at {at}: {reason.strip()}"[:4900])
-        record_champion_event(client, name, {"at": at, "to": version, "from": current, "via": "rollback",
+            registry.set_version_tags(name, current,
+                                      {names.ROLLED_BACK_TO: f"v{version} at {at}: {reason.strip()}"[:4900]})
+        registry.record_champion_event(name, {"at": at, "to": version, "from": current, "via": "rollback",
                                              "by": actor(), "reason": reason.strip()[:500],
                                              "forced": bool(problems)})
     forced = f", forced: {'; '.join(problems)}" if problems else ""
@@ -174,9 +163,9 @@ def rollback(name: str, to_version: str, reason: str, *, tracking_uri: str, forc
 
 
 def champion_history(name: str = MODEL_NAME, *, tracking_uri: str) -> list[dict[str, Any]]:
-    client = MlflowClient(tracking_uri)
-    _model(client, name)
-    return read_history(client, name)
+    registry = ModelRegistry(tracking_uri)
+    _model(registry, name)
+    return registry.champion_history(name)
 
 
 __all__ = ["HISTORY_TAG", "RegistryError", "RollbackResult", "champion_history", "list_versions", "rollback",

@@ -1,4 +1,12 @@
-"""`harmonica-tts`: an MLflow pyfunc model that turns text into speech with an AR + NAR EMA pair.
+"""`harmonica-tts`: the MLflow pyfunc model that turns text into speech with an AR + NAR EMA pair.
+
+Why this module imports mlflow (the one exception to "only harmonica/tracking/ imports mlflow", see
+harmonica.tracking.MLFLOW_OUTSIDE_TRACKING): MLflow itself loads this class when it serves or loads
+the model (`mlflow models serve`, `mlflow.pyfunc.load_model`), so it must subclass
+`mlflow.pyfunc.PythonModel`, and a bad request must raise an `MlflowException` to become an HTTP 400.
+model_code.py next to it is the models-from-code entry MLflow executes (`mlflow.models.set_model`).
+Everything else about the model (staging its files, logging it, registering it) happens elsewhere:
+harmonica.registry.package and harmonica.tracking.models.
 
 What the logged model holds (artifacts):
     ar/, nar/     EMA-only copies of the two checkpoint directories: meta.json (contract, model /
@@ -31,15 +39,12 @@ speaker's table index (unknown speaker name -> error listing the known ones).
 from __future__ import annotations
 
 import base64
-import importlib.metadata
 import io
 import json
-import logging
 import math
 import shutil
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +52,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-log = logging.getLogger(__name__)
-
-MODEL_NAME = "harmonica-tts"
-EMA_FILES = ("meta.json", "ema.safetensors")
-OUTPUT_COLUMNS = ("audio_b64", "sample_rate", "duration_sec", "text", "ar_frames", "gain_db")
-# what inference imports (training-only deps such as optuna, faster-whisper stay out)
-# espeakng-loader: the phoneme text frontend phonemises request texts in the serving process
-INFERENCE_PACKAGES = ("torch", "numpy", "mlflow", "pydantic", "pyyaml", "soundfile", "soxr", "safetensors",
-                      "einops", "pandas", "espeakng-loader")
+# the signature (name, MLflow type, required) the model is logged with; predict answers these columns
+INPUTS = (("text", "string", True), ("speaker", "string", False), ("prompt_audio_b64", "string", False),
+          ("seed", "long", False), ("temperature", "double", False))
+OUTPUTS = (("audio_b64", "string"), ("sample_rate", "long"), ("duration_sec", "double"), ("text", "string"),
+           ("ar_frames", "long"), ("gain_db", "double"))
+OUTPUT_COLUMNS = tuple(name for name, _ in OUTPUTS)
 
 
 class ServingInputError(MlflowException):
@@ -90,191 +90,6 @@ def decode_wav_b64(text: str) -> tuple[np.ndarray, int]:
     except Exception as exc:  # noqa: BLE001  (soundfile raises several types)
         raise ServingInputError(f"prompt_audio_b64 is not a base64-encoded audio file: {exc}") from None
     return data.mean(axis=1), int(sr)
-
-
-# -------------------------------------------------------------------------------------- packaging
-
-
-def stage_ema_checkpoint(src: Path, dst: Path) -> Path:
-    """Copy meta.json, ema.safetensors and codec/ of a checkpoint dir (nothing else)."""
-    src, dst = Path(src), Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in EMA_FILES:
-        if not (src / name).is_file():
-            raise FileNotFoundError(f"{src / name} is missing: the registry serves EMA weights only")
-        shutil.copy2(src / name, dst / name)
-    if (src / "codec").is_dir():
-        shutil.copytree(src / "codec", dst / "codec", dirs_exist_ok=True)
-    return dst
-
-
-def find_prompt_cache(nar_meta: dict[str, Any], workdir: Path | None, cfg: Any = None) -> Any:
-    """The token cache the NAR was trained on (by fingerprint), else the project's cache when it
-    was encoded by the same codec, else None."""
-    if workdir is None:
-        return None
-    from harmonica.data.cache import cache_root, find_cache, is_complete, open_cache
-
-    want = nar_meta.get("cache_fingerprint")
-    root = cache_root(Path(workdir))
-    for directory in sorted(root.glob("*")) if root.is_dir() else []:
-        if directory.is_dir() and is_complete(directory):
-            cache = open_cache(directory)
-            if want and cache.fingerprint == want:
-                return cache
-    if cfg is not None:
-        try:
-            cache, _ = find_cache(cfg, Path(workdir), allow_mismatch=True)
-        except (FileNotFoundError, ValueError, RuntimeError):
-            return None
-        if cache.contract.get("codec_fingerprint") == nar_meta["contract"].get("codec_fingerprint"):
-            return cache
-    return None
-
-
-def default_prompts(cache: Any, prompt_frames: int) -> tuple[dict[str, Any], list[str]]:
-    """Per speaker, the first prompt-split utterance (by id, as the evaluate stage picks it)."""
-    if cache is None or "prompt" not in cache.splits():
-        return {}, []
-    tokens = cache.load_split("prompt")
-    chosen: dict[str, Any] = {}
-    for i in sorted(range(len(tokens)), key=lambda j: tokens.index[j]["id"]):
-        _, codes, row = tokens.item(i)
-        chosen.setdefault(row["speaker"], (row["id"], codes[:, :prompt_frames].to(dtype=codes.dtype).contiguous()))
-    speakers = sorted(chosen)
-    tensors = {f"prompt_{i}": chosen[s][1].clone() for i, s in enumerate(speakers)}
-    return {"tensors": tensors, "ids": [chosen[s][0] for s in speakers]}, speakers
-
-
-def write_prompts(directory: Path, cache: Any, prompt_frames: int) -> list[str]:
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    found, speakers = default_prompts(cache, prompt_frames)
-    index = {"speakers": speakers, "utterances": found.get("ids", []),
-             "source": str(cache.directory) if cache is not None else None,
-             "cache_fingerprint": cache.fingerprint if cache is not None else None}
-    if speakers:
-        save_file(found["tensors"], str(directory / "prompts.safetensors"))
-    (directory / "speakers.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
-    return speakers
-
-
-def stage_code(directory: Path) -> Path:
-    """A clean copy of the harmonica package (no caches, no bundled demo corpus) for code_paths."""
-    import harmonica
-
-    src = Path(harmonica.__file__).resolve().parent
-    dst = Path(directory) / "harmonica"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "demo_corpus"))
-    return dst
-
-
-def pip_requirements(codec_name: str = "mel_rvq") -> list[str]:
-    """Pinned like pyproject.toml (the installed harmonica's metadata), else the installed versions."""
-    names = list(INFERENCE_PACKAGES) + (["encodec"] if codec_name == "encodec" else [])
-    declared: dict[str, str] = {}
-    try:
-        for req in importlib.metadata.requires("harmonica") or []:
-            if ";" in req:
-                continue
-            base = req.split("[")[0]
-            for sep in ("==", ">=", "<=", "~=", ">", "<", "!="):
-                base = base.split(sep)[0]
-            declared[base.strip().lower()] = req.replace(" ", "")
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    out = []
-    for name in names:
-        if name in declared:
-            out.append(declared[name])
-            continue
-        try:
-            version = importlib.metadata.version(name).split("+")[0]
-            out.append(f"{name}=={version}")
-        except importlib.metadata.PackageNotFoundError:
-            out.append(name)
-    return out
-
-
-def model_signature(default_temperature: float) -> ModelSignature:
-    inputs = Schema([
-        ColSpec("string", "text"),
-        ColSpec("string", "speaker", required=False),
-        ColSpec("string", "prompt_audio_b64", required=False),
-        ColSpec("long", "seed", required=False),
-        ColSpec("double", "temperature", required=False),
-    ])
-    outputs = Schema([
-        ColSpec("string", "audio_b64"),
-        ColSpec("long", "sample_rate"),
-        ColSpec("double", "duration_sec"),
-        ColSpec("string", "text"),
-        ColSpec("long", "ar_frames"),
-        ColSpec("double", "gain_db"),
-    ])
-    params = ParamSchema([ParamSpec("seed", "long", 0), ParamSpec("temperature", "double", default_temperature)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
-
-
-def build_artifacts(ar_dir: Path, nar_dir: Path, out: Path, *, decode: dict[str, Any],
-                    settings: dict[str, Any] | None = None, prompt_cache: Any = None) -> dict[str, str]:
-    """Stage everything the model needs under `out`; -> the `artifacts` mapping for log_model."""
-    from harmonica.inference.synthesize import read_checkpoint_meta
-
-    out = Path(out)
-    ar = stage_ema_checkpoint(ar_dir, out / "ar")
-    nar = stage_ema_checkpoint(nar_dir, out / "nar")
-    ar_meta, nar_meta = read_checkpoint_meta(ar), read_checkpoint_meta(nar)
-    prompt_frames = int(nar_meta["model_config"].get("prompt_frames", 150))
-    speakers = write_prompts(out / "prompts", prompt_cache, prompt_frames)
-    artifacts = {"ar": str(ar), "nar": str(nar), "prompts": str(out / "prompts")}
-    codec_cfg = nar_meta.get("codec_config", {})
-    if codec_cfg.get("name") == "encodec" and not any((nar / "codec").glob("*.safetensors")):
-        from harmonica.codec.encodec_loading import hub_checkpoint_path
-
-        hub = hub_checkpoint_path()
-        if hub.is_file():
-            (out / "encodec").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(hub, out / "encodec" / hub.name)
-            artifacts["encodec"] = str(out / "encodec")
-        else:
-            log.warning("the EnCodec checkpoint is not in the torch hub cache (%s): the served model will need "
-                        "it there (or network access)", hub)
-    (out / "settings").mkdir(parents=True, exist_ok=True)
-    full = {
-        "decode": decode,
-        "ar_contract": ar_meta["contract"],
-        "nar_contract": nar_meta["contract"],
-        "sample_rate": int(nar_meta["contract"]["sample_rate"]),
-        "speaker_condition": nar_meta["model_config"].get("speaker_condition"),
-        "bundled_prompt_speakers": speakers,
-        "ar_step": ar_meta.get("step"),
-        "nar_step": nar_meta.get("step"),
-        **(settings or {}),
-    }
-    (out / "settings" / "settings.json").write_text(json.dumps(full, indent=2, default=str), encoding="utf-8")
-    artifacts["settings"] = str(out / "settings")
-    return artifacts
-
-
-def log_tts_model(name: str, artifacts: dict[str, str], *, decode: dict[str, Any], code_dir: Path,
-                  codec_name: str, metadata: dict[str, Any] | None = None) -> Any:
-    """`mlflow.pyfunc.log_model` into the active run; -> ModelInfo (model_uri models:/<model id>)."""
-    temps = decode.get("temperature") or [1.0]
-    with warnings.catch_warnings():
-        # no input_example on purpose: MLflow would load the model and predict to validate it, which
-        # promote's smoke test already does on the staged artifacts
-        warnings.filterwarnings("ignore", message=".*An input example was not provided")
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(Path(__file__).with_name("model_code.py")),  # models from code: nothing pickled
-            artifacts=artifacts,
-            code_paths=[str(code_dir)],
-            pip_requirements=pip_requirements(codec_name),
-            signature=model_signature(float(temps[0])),
-            metadata=metadata,
-        )
 
 
 # -------------------------------------------------------------------------------------- the model

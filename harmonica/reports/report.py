@@ -22,15 +22,13 @@ Both are logged back to the run as `report/report.md` and `report/report.html`.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import json
 import logging
 import math
-import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +45,7 @@ from harmonica.reports.common import (
 from harmonica.reports import decomposition
 from harmonica.reports.common import table_rows as _table_rows
 from harmonica.tracking import names
+from harmonica.tracking.read import quiet_downloads
 
 log = logging.getLogger(__name__)
 
@@ -855,24 +854,9 @@ def build_report(
 ) -> ReportPaths:
     """Write `report.md` and `report.html` for `run_id` into out_dir and (by default) log both to the
     run under `report/`. baseline_run_id None: the previous finished run of the same stage, if any."""
-    with _no_progress_bars():
+    with quiet_downloads():  # MLflow draws a progress bar per download; a report downloads dozens
         return _build(run_id, tracking_uri=tracking_uri, baseline_run_id=baseline_run_id, out_dir=out_dir,
                       log_to_run=log_to_run)
-
-
-@contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """MLflow draws a progress bar per artifact download; a report downloads dozens of small files."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
 
 
 def _build(run_id: str, *, tracking_uri: str, baseline_run_id: str | None, out_dir: Path | str,

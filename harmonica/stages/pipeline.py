@@ -53,6 +53,7 @@ class PipelineOutcome:
     tracking_uri: str
     experiment: str
     report: Path | None = None
+    decisions: list[Any] = field(default_factory=list)  # the promote step's Decision (none when reused)
 
 
 def step_key(stage: str, cfg: HarmonicaConfig, inputs: dict[str, Any]) -> str:
@@ -80,12 +81,14 @@ def run_pipeline(
     *,
     force: bool = False,
     progress: bool = True,
-    promote: Callable[..., Any] | None = None,
+    allow_dirty: bool = False,
+    promote: bool = True,
 ) -> PipelineOutcome:
-    """promote(evaluation_run_id, cfg, workdir, parent_run_id, extra_tags) -> (run_id, outputs)."""
+    """promote=False stops after evaluate; allow_dirty lets promote register models from a dirty tree."""
     from harmonica.reports import build_report
     from harmonica.stages.evaluate import run_evaluate
     from harmonica.stages.preprocess import run_preprocess
+    from harmonica.stages.promote import promote_step
     from harmonica.stages.train import run_train
 
     workdir = Path(workdir)
@@ -148,12 +151,19 @@ def run_pipeline(
 
         evaluation = step("evaluate", {"ar": trained["ar"].run_id, "nar": trained["nar"].run_id},
                           do_evaluate, lambda run: {"metrics": dict(run.metrics)})
-        if promote is not None:
-            step("promote", {"evaluation": evaluation.run_id},
-                 lambda tags: promote(evaluation.run_id, cfg, workdir, parent.run_id, tags),
-                 lambda run: {"tags": dict(run.tags)})
+        decisions: list[Any] = []
+
+        def do_promote(tags: dict[str, str]) -> tuple[str, dict[str, Any]]:
+            d = promote_step(cfg, evaluation.run_id, workdir, tracking_uri=uri, parent_run_id=parent.run_id,
+                             allow_dirty=allow_dirty, extra_tags=tags)
+            decisions.append(d)
+            return d.promote_run_id or "", {"decision": d.decision, "version": d.version}
+
+        if promote:
+            step("promote", {"evaluation": evaluation.run_id}, do_promote, lambda run: {"tags": dict(run.tags)})
         report = build_report(evaluation.run_id, tracking_uri=tracker.tracking_uri,
                               out_dir=workdir / "outputs" / "reports" / evaluation.run_id)
         parent.log_artifact(report.html, "report")
         parent.log_artifact(report.markdown, "report")
-        return PipelineOutcome(parent.run_id, results, tracker.tracking_uri, tracker.experiment_name, report.html)
+        return PipelineOutcome(parent.run_id, results, tracker.tracking_uri, tracker.experiment_name, report.html,
+                               decisions)

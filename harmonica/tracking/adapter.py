@@ -47,6 +47,11 @@ def resolve_tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
+def launched_run_id() -> str | None:
+    """The run `mlflow run` created for this process (MLFLOW_RUN_ID), None when not launched by it."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
 def experiment_name(cfg: TrackingConfig, project: str) -> str:
     return f"{cfg.experiment_prefix}/{project}"
 
@@ -55,6 +60,7 @@ class Tracker:
     """Opens runs in the project's experiment on the resolved tracking store."""
 
     def __init__(self, cfg: HarmonicaConfig, workdir: Path, tracking_uri: str | None = None) -> None:
+        """tracking_uri: the store to use (default: resolved from MLFLOW_TRACKING_URI, cfg.tracking, workdir)."""
         self.cfg = cfg
         self.workdir = Path(workdir)
         self.tracking_uri = tracking_uri or resolve_tracking_uri(cfg.tracking, self.workdir)
@@ -130,9 +136,9 @@ class Tracker:
         Under `mlflow run`, MLFLOW_RUN_ID names the run the project launcher created; it is adopted
         so the entry point's run is the one that holds everything.
         """
-        if run_id is None and parent_run_id is None and mlflow.active_run() is None:
+        if run_id is None and parent_run_id is None and mlflow.active_run() is None and launched_run_id():
             # consumed once, as mlflow.start_run would: a pipeline's steps must not adopt it again
-            run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+            run_id = os.environ.pop("MLFLOW_RUN_ID")
         all_tags = {
             names.STAGE: stage,
             names.PROJECT: self.cfg.project,

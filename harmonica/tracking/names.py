@@ -103,6 +103,10 @@ ROLLED_BACK_BY = "harmonica.rolled_back_by"
 ROLLED_BACK_FROM = "harmonica.rolled_back_from"
 ROLLED_BACK_TO = "harmonica.rolled_back_to"
 
+# --- registry aliases of the served model
+CANDIDATE_ALIAS = "candidate"  # the latest registered version
+CHAMPION_ALIAS = "champion"  # the version to serve
+
 # --- tags: Sweep: the study's parent run and Optuna user attributes
 SWEEP_STUDY = "harmonica.sweep_study"
 SWEEP_SPACE = "harmonica.sweep_space"

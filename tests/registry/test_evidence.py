@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from harmonica.registry.promote import PromotionRefused, champion_alias, promote
+from harmonica.registry.promote import PromotionRefused, promote
+from harmonica.tracking.registry import ModelRegistry
 
 NAME = "harmonica-tts"
 
@@ -34,7 +35,7 @@ def test_the_issue_14_scenario_is_refused_and_names_each_reason(store, killed_pa
     assert "unfinished: NAR training run" in text and "is RUNNING, not FINISHED" in text and "--allow-unfinished" in text
     assert "mixed pair: the AR run" in text and "'demo' but the NAR run" in text and "'demo_collapse'" in text
     assert "--allow-mixed-pair" in text
-    assert champion_alias(store.client, NAME) is None
+    assert ModelRegistry(store.tracking_uri).alias(NAME, "champion") is None
 
 
 def test_with_the_overrides_the_unreached_tail_fails_the_collapse_gate(store, killed_pair):
@@ -51,7 +52,7 @@ def test_with_the_overrides_the_unreached_tail_fails_the_collapse_gate(store, ki
     assert tags["harmonica.ar_project"] == "demo" and tags["harmonica.nar_project"] == "demo_collapse"
     assert tags["harmonica.nar_run_status"] == "RUNNING"
     assert tags["harmonica.ar_config_hash"] == "cfg-ar" and tags["harmonica.nar_config_hash"] == "cfg-nar"
-    assert champion_alias(store.client, NAME) is None
+    assert ModelRegistry(store.tracking_uri).alias(NAME, "champion") is None
 
 
 def test_an_unfinished_run_that_reached_its_tail_is_judged_on_what_it_trained(store, ckpts):

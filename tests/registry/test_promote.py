@@ -17,7 +17,7 @@ from harmonica.registry.cli_ops import (
     show_version,
 )
 from harmonica.registry.gates import GATE_NAMES
-from harmonica.registry.lock import LockTimeout, RegistryLock, lock_name
+from harmonica.tracking.lock import LockTimeout, RegistryLock, lock_name
 from harmonica.registry.promote import PromotionError, PromotionRefused, promote
 from harmonica.stages.promote import run_promote
 from tests.registry.fakes import with_metrics
@@ -310,6 +310,15 @@ def test_stage_runner_resolves_the_workdir_store(store, ckpts, monkeypatch):
         run_promote("e" * 32, store.workdir)
     with pytest.raises(PromotionError, match="--allow-unfinished.* not found"):  # a flag typed as the run id
         run_promote("--allow-unfinished", store.workdir)
+    # the pipeline hands its config over: nothing is loaded; a project: its config is loaded once
+    loads = []
+    real_load = stage.load_config
+    monkeypatch.setattr(stage, "load_config", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    run_promote(eid, store.workdir, cfg=store.cfg, parent_run_id="p" * 32)
+    assert loads == [] and seen["cfg"] is store.cfg and seen["parent_run_id"] == "p" * 32
+    assert seen["tracking_uri"] == store.tracking_uri
+    run_promote(eid, store.workdir, project="demo", overrides=["gates.max_wer.threshold=0.3"])
+    assert loads == [("demo", ["gates.max_wer.threshold=0.3"])] and seen["cfg"].gates.max_wer.threshold == 0.3
 
 
 # ------------------------------------------------------------------------------------ the lock

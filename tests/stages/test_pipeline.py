@@ -15,14 +15,19 @@ def test_pipeline_runs_steps_as_children_and_reuses_identical_ones(tmp_path, tin
     shutil.copytree(tiny_cache_workdir, work)
     cfg = tiny_cfg(tiny_corpus, *tiny_steps("ar"), *tiny_steps("nar"), "eval.split=val")
     first = run_pipeline(cfg, work, progress=False)
-    assert [s.name for s in first.steps] == ["preprocess", "train_ar", "train_nar", "evaluate"]
+    assert [s.name for s in first.steps] == ["preprocess", "train_ar", "train_nar", "evaluate", "promote"]
     assert not any(s.skipped for s in first.steps)
     client = MlflowClient(first.tracking_uri)
-    for s in first.steps:
+    for s in first.steps:  # the promote step too: its parent is passed, not taken from MLflow's active run
         assert client.get_run(s.run_id).data.tags["mlflow.parentRunId"] == first.parent_run_id
+    [decision] = first.decisions
+    promote = client.get_run(first.steps[-1].run_id).data.tags
+    assert decision.promote_run_id == first.steps[-1].run_id
+    assert promote["harmonica.evaluation_run_id"] == first.steps[3].run_id
+    assert promote["harmonica.decision"] == decision.decision  # gates fail on a tiny model, or a dirty tree refuses
 
     again = run_pipeline(cfg, work, progress=False)
-    assert all(s.skipped for s in again.steps)
+    assert all(s.skipped for s in again.steps) and again.decisions == []
     assert [s.run_id for s in again.steps] == [s.run_id for s in first.steps]
     parent = client.get_run(again.parent_run_id).data.tags
     assert parent["pipeline.train_nar.skipped"] == "true"
@@ -30,5 +35,5 @@ def test_pipeline_runs_steps_as_children_and_reuses_identical_ones(tmp_path, tin
     changed = tiny_cfg(tiny_corpus, *tiny_steps("ar"), *tiny_steps("nar"), "eval.split=val", "training.nar.lr=2e-4")
     third = run_pipeline(changed, work, progress=False)
     assert {s.name: s.skipped for s in third.steps} == {
-        "preprocess": True, "train_ar": True, "train_nar": False, "evaluate": False,
+        "preprocess": True, "train_ar": True, "train_nar": False, "evaluate": False, "promote": False,
     }

@@ -53,3 +53,25 @@ def test_the_check_sees_a_literal_and_ignores_module_paths():
                      'z = f"tags.`harmonica.project` = {x}"\nw = "harmonica.codec.mel_rvq:MelRVQCodec"\n')
     hits = [n.value for n in _strings(tree) if TAG.search(n.value) and not _is_module(n.value)]
     assert hits == ["harmonica.stage", "tags.`harmonica.project` = "]
+
+
+def _mlflow_imports(path: Path) -> list[int]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "mlflow" for a in node.names):
+            out.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mlflow":
+            out.append(node.lineno)
+    return out
+
+
+def test_the_registry_reaches_mlflow_only_through_the_tracking_package():
+    """harmonica/registry imports mlflow only in the documented serving exception (the pyfunc class
+    MLflow itself loads, and its models-from-code entry)."""
+    from harmonica.tracking import MLFLOW_OUTSIDE_TRACKING
+
+    assert all((PKG / p).is_file() for p in MLFLOW_OUTSIDE_TRACKING), MLFLOW_OUTSIDE_TRACKING
+    found = [f"{path.relative_to(PKG)}:{line}" for path in sorted((PKG / "registry").rglob("*.py"))
+             if path.relative_to(PKG).as_posix() not in MLFLOW_OUTSIDE_TRACKING for line in _mlflow_imports(path)]
+    assert not found, "mlflow imported outside harmonica/tracking/:\n" + "\n".join(found)
+    assert _mlflow_imports(PKG / "registry" / "pyfunc.py")  # the exception is real, not a stale entry

@@ -50,7 +50,8 @@ def lock_name(model_name: str) -> str:
     return f"{model_name}.promotion-lock"
 
 
-def _code(exc: MlflowException) -> str:
+def error_code(exc: MlflowException) -> str:
+    """The MLflow error code of an exception (RESOURCE_DOES_NOT_EXIST, ...), "" when it has none."""
     return str(getattr(exc, "error_code", ""))
 
 
@@ -83,7 +84,7 @@ class RegistryLock:
             self.client.create_registered_model(self.name, tags=tags, description=description)
             return True
         except MlflowException as exc:
-            if _code(exc) in ALREADY_EXISTS:
+            if error_code(exc) in ALREADY_EXISTS:
                 return False
             raise
 
@@ -91,7 +92,7 @@ class RegistryLock:
         try:
             return dict(self.client.get_registered_model(self.name).tags)
         except MlflowException as exc:
-            if _code(exc) in NOT_FOUND:
+            if error_code(exc) in NOT_FOUND:
                 return None
             raise
 
@@ -106,7 +107,7 @@ class RegistryLock:
         try:
             self.client.rename_registered_model(self.name, f"{self.name}.stale.{old}")
         except MlflowException as exc:
-            if _code(exc) in ALREADY_EXISTS | NOT_FOUND:
+            if error_code(exc) in ALREADY_EXISTS | NOT_FOUND:
                 return  # someone else broke it (and maybe re-acquired): just retry
             raise
         self.broke.append(old)
@@ -164,7 +165,7 @@ class RegistryLock:
                 self.client.delete_registered_model(self.name)
                 return
             except MlflowException as exc:
-                if _code(exc) in NOT_FOUND:
+                if error_code(exc) in NOT_FOUND:
                     return
                 time.sleep(0.05 * (attempt + 1))  # transient (SQLite busy): retry
         log.error("could not release the registry lock %s; it will be broken after %g s", self.name,
