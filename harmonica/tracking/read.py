@@ -5,7 +5,9 @@ a `TrackingReader`; nothing here writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ from harmonica.tracking import names
 RUN_NAME = "mlflow.runName"
 NOTE = "mlflow.note.content"
 PARENT_RUN_ID = "mlflow.parentRunId"
+
+# what a store request raises (MlflowException and its subclasses): callers catch it without importing mlflow
+StoreError = MlflowException
 
 
 class NotFoundError(LookupError):
@@ -109,6 +114,21 @@ class RegisteredModelRecord:
             aliases = {a.alias: str(a.version) for a in aliases}
         return cls(name=rm.name, description=rm.description or "", tags=dict(rm.tags or {}),
                    aliases={k: str(v) for k, v in aliases.items()})
+
+
+@contextlib.contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No MLflow progress bar per artifact transfer while inside (readable command-line output)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def _quote(value: str) -> str:
