@@ -1,5 +1,8 @@
 """A tiny token cache (synthetic corpus, 3-codebook mel_rvq) and tiny-model configs for trainer tests."""
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +46,21 @@ def tiny_cache_workdir(tmp_path_factory, tiny_corpus: Path) -> Path:
 
 def tiny_cfg(corpus: Path, *extra: str):
     return load_config("demo", [*TINY, "data.corpus_format=ljspeech", f"data.corpus_dir={corpus}", *extra])
+
+
+def run_tiny_pipeline(work: Path, corpus: Path, cache_workdir: Path) -> subprocess.CompletedProcess:
+    """`harmonica pipeline` (a real process, promote step included) of the tiny config into a copy of
+    the tiny cache workdir at `work`; fails the test when it fails."""
+    shutil.copytree(cache_workdir, work)
+    overrides = [*TINY, "data.corpus_format=ljspeech", f"data.corpus_dir={corpus}",
+                 *tiny_steps("ar"), *tiny_steps("nar"), "eval.split=val"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "harmonica.cli", "pipeline", "--project", "demo", "--workdir", str(work),
+         "--no-progress", "--allow-dirty", *overrides],
+        capture_output=True, text=True, timeout=900, cwd=work,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 class RecordingSink:

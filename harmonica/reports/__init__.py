@@ -1,4 +1,5 @@
-"""Run reports (`harmonica report`) and run comparison (`harmonica compare`) over the MLflow store."""
+"""Run reports (`harmonica report`) and run comparison (`harmonica compare`) over the tracking store,
+read through harmonica.tracking.read."""
 
 from harmonica.reports.common import ReportError
 from harmonica.reports.compare import CompareResult, compare_runs, format_table

@@ -1,28 +1,16 @@
-"""Shared read-side helpers for run reports and run comparison: fetching runs, finding related runs,
-picking the key metrics of a run and formatting numbers. Nothing here writes to the store."""
+"""Shared helpers of run reports and run comparison: fetching a run (a clear error when it is not
+there), what kind of run it is, picking its key metrics and formatting numbers."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from harmonica.tracking import names
-
-STAGE = names.STAGE
-PROJECT = names.PROJECT
-CONFIG_HASH = names.CONFIG_HASH
-GIT_COMMIT = names.GIT_COMMIT
-GIT_DIRTY = names.GIT_DIRTY
-SOURCE_HASH = names.SOURCE_HASH
-VERSION = names.VERSION
-RUN_NAME = "mlflow.runName"
-NOTE = "mlflow.note.content"
+from harmonica.tracking.read import NotFoundError, RunRecord, TrackingReader
 
 KIND_LOSS = re.compile(r"^(ar|nar)/loss$")
 FAIL_KINDS = ("silence", "clipping", "looping", "noise", "too_long", "too_short")
@@ -43,55 +31,51 @@ def table_rows(table: Any) -> list[dict[str, Any]]:
     return [dict(zip(cols, row, strict=False)) for row in data if isinstance(row, list)]
 
 
-def client_for(tracking_uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri)
-
-
-def get_run(client: MlflowClient, run_id: str, *, what: str = "run") -> Run:
+def get_run(reader: TrackingReader, run_id: str, *, what: str = "run") -> RunRecord:
     try:
-        return client.get_run(run_id)
-    except MlflowException as exc:
-        raise ReportError(f"{what} {run_id!r} not found on {client.tracking_uri}: {exc.message}") from None
+        return reader.get_run(run_id, what=what)
+    except NotFoundError as exc:
+        raise ReportError(str(exc)) from None
 
 
-def run_name(run: Run) -> str:
-    return run.info.run_name or run.data.tags.get(RUN_NAME) or run.info.run_id[:8]
-
-
-def model_kind(run: Run) -> str | None:
+def model_kind(run: RunRecord) -> str | None:
     """'ar' / 'nar' for a training run (from its tag, else from its `<kind>/loss` metric)."""
-    kind = run.data.tags.get(names.MODEL_KIND)
+    kind = run.tags.get(names.MODEL_KIND)
     if kind in ("ar", "nar"):
         return kind
-    for key in run.data.metrics:
+    for key in run.metrics:
         m = KIND_LOSS.match(key)
         if m:
             return m.group(1)
     return None
 
 
-def is_dirty(run: Run) -> bool:
-    return run.data.tags.get(GIT_DIRTY, "").lower() == "true"
+def is_training(run: RunRecord) -> bool:
+    """A run that trains a model (its stage says so, or it logged a training loss)."""
+    return (run.stage or "").startswith("train") or model_kind(run) is not None
 
 
-def previous_run(client: MlflowClient, run: Run) -> Run | None:
-    """The latest FINISHED run of the same stage in the same experiment that started before `run`."""
-    stage = run.data.tags.get(STAGE)
-    if not stage:
-        return None
-    flt = (f"tags.`{STAGE}` = '{stage}' and attributes.status = 'FINISHED' "
-           f"and attributes.start_time < {int(run.info.start_time)}")
-    found = client.search_runs([run.info.experiment_id], filter_string=flt, max_results=5,
-                               order_by=["attributes.start_time DESC"])
-    found = [r for r in found if r.info.run_id != run.info.run_id]
-    return found[0] if found else None
+def is_dirty(run: RunRecord) -> bool:
+    return run.tags.get(names.GIT_DIRTY, "").lower() == "true"
 
 
-def runs_tagged(client: MlflowClient, experiment_id: str, key: str, value: str, max_results: int = 20) -> list[Run]:
-    if not value:
-        return []
-    return list(client.search_runs([experiment_id], filter_string=f"tags.`{key}` = '{value}'",
-                                   max_results=max_results, order_by=["attributes.start_time DESC"]))
+def curve_groups(metric_names: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """(title, metric keys) of the key-curve figures, only the groups that have metrics."""
+    keys = sorted(set(metric_names))
+
+    def order(pattern: str) -> list[str]:
+        rx = re.compile(pattern)
+        found = [n for n in keys if rx.match(n)]
+        return sorted(found, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+
+    loss = [n for n in ("ar/loss", "nar/loss", "val/loss", "val_ema/loss") if n in keys]
+    util = order(r"^(ar|nar)/cb\d+/util_pred$") + [n for n in ("ar/util_pred_median", "nar/util_pred_median")
+                                                 if n in keys]
+    attn = order(r"^(ar|nar)/attn_entropy/layer\d+(_min)?$")
+    grad = order(r"^grad_norm/.+$")
+    groups = [("Loss", loss), ("Per-codebook predicted utilisation", util),
+              ("Attention entropy per layer (mean and min)", attn), ("Gradient norms per group", grad)]
+    return [(t, found) for t, found in groups if found]
 
 
 def key_metric_names(metrics: Iterable[str]) -> list[str]:
@@ -152,8 +136,3 @@ def fmt_duration(start_ms: int | None, end_ms: int | None) -> str:
 def truncate(text: str, width: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
-
-
-def differing(values_by_run: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
-    """Keys whose values are not all identical (a missing value counts as a value)."""
-    return {k: v for k, v in values_by_run.items() if len({repr(x) for x in v}) > 1}

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harmonica.reports.common import (
-    CONFIG_HASH, GIT_COMMIT, GIT_DIRTY, STAGE, better_is_higher, client_for, fmt_num, get_run, key_metric_names,
-    run_name, truncate,
-)
+from harmonica.reports.common import better_is_higher, fmt_num, get_run, key_metric_names, truncate
+from harmonica.tracking import names
+from harmonica.tracking.read import TrackingReader
 
 MISSING = "—"
 
@@ -50,28 +49,27 @@ class CompareResult:
 def compare_runs(run_ids: Sequence[str], *, tracking_uri: str) -> CompareResult:
     if len(run_ids) < 2:
         raise ValueError("compare needs at least two run ids")
-    client = client_for(tracking_uri)
-    runs = [get_run(client, rid) for rid in run_ids]
-    out = CompareResult([ComparedRun(r.info.run_id, run_name(r), r.data.tags.get(STAGE, "?"), r.info.status)
-                         for r in runs])
+    reader = TrackingReader(tracking_uri)
+    runs = [get_run(reader, rid) for rid in run_ids]
+    out = CompareResult([ComparedRun(r.run_id, r.name, r.tags.get(names.STAGE, "?"), r.status) for r in runs])
     out.tags = [
-        ("stage", [r.data.tags.get(STAGE, MISSING) for r in runs]),
-        ("status", [r.info.status for r in runs]),
-        ("config_hash", [r.data.tags.get(CONFIG_HASH, MISSING) for r in runs]),
-        ("git_commit", [r.data.tags.get(GIT_COMMIT, MISSING)[:8] for r in runs]),
-        ("dirty", [r.data.tags.get(GIT_DIRTY, MISSING) for r in runs]),
+        ("stage", [r.tags.get(names.STAGE, MISSING) for r in runs]),
+        ("status", [r.status for r in runs]),
+        ("config_hash", [r.tags.get(names.CONFIG_HASH, MISSING) for r in runs]),
+        ("git_commit", [r.tags.get(names.GIT_COMMIT, MISSING)[:8] for r in runs]),
+        ("dirty", [r.tags.get(names.GIT_DIRTY, MISSING) for r in runs]),
     ]
-    keys = sorted(set().union(*(r.data.params for r in runs)))
+    keys = sorted(set().union(*(r.params for r in runs)))
     for key in keys:
-        values = [r.data.params.get(key) for r in runs]
+        values = [r.params.get(key) for r in runs]
         if len(set(values)) > 1:
             out.params.append((key, values))
         else:
             out.identical_params += 1
-    metric_keys = key_metric_names(set().union(*(r.data.metrics for r in runs)))
-    out.metrics = [(k, [r.data.metrics.get(k) for r in runs]) for k in metric_keys]
+    metric_keys = key_metric_names(set().union(*(r.metrics for r in runs)))
+    out.metrics = [(k, [r.metrics.get(k) for r in runs]) for k in metric_keys]
     for key in metric_keys:
-        bounds = [(r.data.metrics.get(f"{key}_ci_low"), r.data.metrics.get(f"{key}_ci_high")) for r in runs]
+        bounds = [(r.metrics.get(f"{key}_ci_low"), r.metrics.get(f"{key}_ci_high")) for r in runs]
         if any(lo is not None and hi is not None for lo, hi in bounds):
             out.intervals[key] = [(lo, hi) if lo is not None and hi is not None else None for lo, hi in bounds]
     return out

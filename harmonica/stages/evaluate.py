@@ -71,7 +71,7 @@ def log_result(run: Run, result: EvalResult, work: Path) -> None:
         "eval/throughput/utterances_per_sec": len(result.rows) / max(result.wall_seconds, 1e-9),
         "eval/throughput/model_time_share": result.model_seconds / max(result.wall_seconds, 1e-9),
     }, step=0)
-    run.log_table(_table(result.rows), "eval_table.json")
+    run.log_table(_table(result.rows), names.EVAL_TABLE)
     run.log_artifacts(result.audio_dir, "audio")
     run.log_artifact(distribution_html(result.rows, work / "eval_distributions.html"), "plots")
 

@@ -189,9 +189,9 @@ def _log_result(run: Any, result: TrainResult) -> None:
         "final_metrics": result.final_metrics,
     }
     run.log_dict(summary, "training_summary.json")
-    run.log_text("".join(json.dumps(e) + "\n" for e in state.collapse_events), "collapse_events.jsonl")
+    run.log_text("".join(json.dumps(e) + "\n" for e in state.collapse_events), names.COLLAPSE_EVENTS)
     if state.instability_events:
-        run.log_text("".join(json.dumps(e) + "\n" for e in state.instability_events), "instability_events.jsonl")
+        run.log_text("".join(json.dumps(e) + "\n" for e in state.instability_events), names.INSTABILITY_EVENTS)
     run.set_tags({
         names.STEPS: str(state.step),
         names.STOP_REASON: state.stop_reason or "completed",

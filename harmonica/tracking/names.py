@@ -152,3 +152,10 @@ def resume_step(n: int) -> str:
 
 # Optuna user attributes of a sweep trial/study carry the same prefix as tags
 ATTR_PREFIX = "harmonica."
+
+
+# --- artifacts: paths inside a run that one module writes and another reads (the report, promote)
+COLLAPSE_EVENTS = "collapse_events.jsonl"  # training runs: the collapse monitor's events, one JSON object a line
+INSTABILITY_EVENTS = "instability_events.jsonl"  # training runs: skipped optimizer steps
+EVAL_TABLE = "eval_table.json"  # evaluate runs: one row per utterance (an MLflow table)
+REPORT_DIR = "report"  # `harmonica report`: report.md and report.html

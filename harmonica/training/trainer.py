@@ -322,7 +322,7 @@ class Trainer:
             tags[names.COLLAPSE_FIRST_STEP] = str(event.step)
         self.sink.set_tags(tags)
         self.sink.log_text(
-            "\n".join(json.dumps(e) for e in self.state.collapse_events) + "\n", "collapse_events.jsonl"
+            "\n".join(json.dumps(e) for e in self.state.collapse_events) + "\n", names.COLLAPSE_EVENTS
         )
 
     # ------------------------------------------------------------------------------ validation

@@ -8,15 +8,12 @@ a refactor that renames or drops a key fails here. A deliberate change rewrites 
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.tiny import TINY, tiny_steps
+from tests.tiny import run_tiny_pipeline
 
 BASELINE = Path(__file__).with_name("name_set.json")
 # tags MLflow itself sets from the environment (user, source file, git remote): not harmonica's interface
@@ -57,15 +54,7 @@ def name_set(tracking_uri: str) -> dict:
 @pytest.mark.slow
 def test_tiny_pipeline_names_are_the_committed_ones(tmp_path, tiny_corpus, tiny_cache_workdir):
     work = tmp_path / "work"
-    shutil.copytree(tiny_cache_workdir, work)
-    overrides = [*TINY, "data.corpus_format=ljspeech", f"data.corpus_dir={tiny_corpus}",
-                 *tiny_steps("ar"), *tiny_steps("nar"), "eval.split=val"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "harmonica.cli", "pipeline", "--project", "demo", "--workdir", str(work),
-         "--no-progress", "--allow-dirty", *overrides],
-        capture_output=True, text=True, timeout=900, cwd=work,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_tiny_pipeline(work, tiny_corpus, tiny_cache_workdir)
     assert "promote" in proc.stdout and "champion:" in proc.stdout, proc.stdout[-2000:]
     got = name_set(f"sqlite:///{work / 'mlflow.db'}")
     assert set(got["stages"]) == {"pipeline", "preprocess", "train_ar", "train_nar", "evaluate", "promote"}
