@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import click
+from harmonica.tracking import names
 
 
 def corpus_path(corpus_dir: str) -> Path:
@@ -32,7 +33,7 @@ def resume_hint(kind: str, project: str, project_name: str, workdir: str, overri
 
     root = checkpoints_root(Path(workdir), project_name, kind)
     ckpts = sorted((c for d in root.glob("*") for c in list_checkpoints(d / "ckpt")),
-                   key=lambda c: (c / "meta.json").stat().st_mtime) if root.is_dir() else []
+                   key=lambda c: (c / names.CKPT_META).stat().st_mtime) if root.is_dir() else []
     cmd = ["harmonica", "train", "--model-type", kind, "--project", project, "--workdir", str(Path(workdir).resolve())]
     if not ckpts:
         return ("\ninterrupted before the first checkpoint: nothing to resume; start again with\n  "

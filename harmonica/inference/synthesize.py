@@ -26,6 +26,7 @@ from harmonica.data.text import TextFrontend, build_frontend
 from harmonica.inference.decode import decode_ar, decode_nar, limit_peak
 from harmonica.models import build_model
 from harmonica.models.contract import require_compatible
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class CheckpointError(FileNotFoundError):
 
 
 def read_checkpoint_meta(path: Path) -> dict[str, Any]:
-    meta_file = Path(path) / "meta.json"
+    meta_file = Path(path) / names.CKPT_META
     if not meta_file.is_file():
         raise CheckpointError(
             f"{path} is not a harmonica checkpoint (no meta.json); pass a checkpoint directory such as "
@@ -51,7 +52,7 @@ def load_model(path: Path, weights: str = "ema", device: torch.device | str = "c
     kind = meta["kind"]
     cfg_cls = ARModelConfig if kind == "ar" else NARModelConfig
     model = build_model(kind, cfg_cls.model_validate(meta["model_config"]), meta["contract"])
-    file = Path(path) / ("ema.safetensors" if weights == "ema" else "model.safetensors")
+    file = Path(path) / (names.CKPT_EMA if weights == "ema" else names.CKPT_MODEL)
     if not file.is_file():
         raise CheckpointError(f"{file} is missing (weights={weights}); use --weights raw or another checkpoint")
     # the EMA shadow also holds non-persistent buffers, hence not strict; missing weights are fatal

@@ -127,7 +127,7 @@ def gather_evidence(reader: TrackingReader, evaluation_run_id: str, workdir: Pat
         meta = read_checkpoint_meta(directory) if directory else {}
         setattr(ev, f"{kind}_dir", directory or Path(""))
         setattr(ev, f"{kind}_meta", meta)
-        ev.ema_present[kind] = bool(directory) and (directory / "ema.safetensors").is_file()
+        ev.ema_present[kind] = bool(directory) and (directory / names.CKPT_EMA).is_file()
     if ev.ar_meta and ev.nar_meta:
         ev.codec_fingerprint, ev.codec_problem = codec_state(ev.nar_dir, ev.nar_meta)
     if all(ev.ema_present.values()):
@@ -151,7 +151,7 @@ def locate_checkpoint(reader: TrackingReader, kind: str, tags: dict[str, str] | 
     from harmonica.tracking.refs import resolve_checkpoint
 
     local = tags.get(names.kind_checkpoint(kind), "")
-    if local and (Path(local) / "meta.json").is_file():
+    if local and (Path(local) / names.CKPT_META).is_file():
         return Path(local), ""
     run_id = tags.get(names.kind_run_id(kind), "")
     if run_id:
@@ -189,7 +189,7 @@ def weights_key(ar_dir: Path, nar_dir: Path, ar_meta: dict[str, Any], nar_meta: 
     """sha256 over the AR EMA file, the AR contract, the NAR EMA file and the NAR contract."""
     digest = hashlib.sha256()
     for directory, meta in ((ar_dir, ar_meta), (nar_dir, nar_meta)):
-        _sha_file(digest, Path(directory) / "ema.safetensors")
+        _sha_file(digest, Path(directory) / names.CKPT_EMA)
         digest.update(json.dumps(meta.get("contract", {}), sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -249,7 +249,7 @@ def read_collapse(reader: TrackingReader, run: RunRecord | None, kind: str,
     end, unfinished = training_progress(reader, run, kind)  # an unfinished run: its tail may be unobserved
     pending = [unfinished] if unfinished else []
     try:
-        path = reader.download_artifacts(run.run_id, "collapse_events.jsonl", tmp / kind)
+        path = reader.download_artifacts(run.run_id, names.COLLAPSE_EVENTS, tmp / kind)
         lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         events = [{**json.loads(ln), "model": kind} for ln in lines]
     except (StoreError, OSError) as exc:
@@ -316,7 +316,7 @@ def eval_rows(reader: TrackingReader, run_id: str) -> list[dict[str, Any]] | Non
         return None
     try:
         with tempfile.TemporaryDirectory(prefix="harmonica-table-") as tmp:
-            path = reader.download_artifacts(run_id, "eval_table.json", tmp)
+            path = reader.download_artifacts(run_id, names.EVAL_TABLE, tmp)
             rows = table_rows(json.loads(path.read_text(encoding="utf-8")))
     except Exception:  # noqa: BLE001  (any unreadable table is "no per-utterance evidence")
         return None

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "harmonica-tts"
 MODEL_CODE = Path(__file__).with_name("model_code.py")  # the models-from-code entry MLflow executes
-EMA_FILES = ("meta.json", "ema.safetensors")
+EMA_FILES = (names.CKPT_META, names.CKPT_EMA)
 # what inference imports (training-only deps such as optuna, faster-whisper stay out)
 # espeakng-loader: the phoneme text frontend phonemises request texts in the serving process
 INFERENCE_PACKAGES = ("torch", "numpy", "mlflow", "pydantic", "pyyaml", "soundfile", "soxr", "safetensors",

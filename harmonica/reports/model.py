@@ -19,38 +19,33 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
-class Code:
-    """Monospace text (a metric key, a run id)."""
-
+class _Text:
     text: str
 
 
 @dataclass(frozen=True)
-class ArtifactLink:
+class _Artifact:
+    path: str
+
+
+class Code(_Text):
+    """Monospace text (a metric key, a run id)."""
+
+
+class ArtifactLink(_Artifact):
     """A link to an artifact of the reported run, relative to `report/` where the report is logged."""
 
-    path: str
 
-
-@dataclass(frozen=True)
-class Audio:
+class Audio(_Artifact):
     """A run artifact to play: an audio player in the HTML, a link in the Markdown."""
 
-    path: str
 
-
-@dataclass(frozen=True)
-class Spectrogram:
+class Spectrogram(_Artifact):
     """A run artifact image: shown in the HTML, "(in report.html)" in the Markdown."""
 
-    path: str
 
-
-@dataclass(frozen=True)
-class NotLogged:
+class NotLogged(_Artifact):
     """An artifact path the run refers to but did not log."""
-
-    path: str
 
 
 Inline = Code | ArtifactLink | Audio | Spectrogram | NotLogged | str | float | int | None
@@ -71,18 +66,12 @@ class Paragraph:
         return self.md if self.html is None else self.html
 
 
-@dataclass(frozen=True)
-class Note:
+class Note(_Text):
     """A plain sentence, e.g. why a section has nothing to show."""
 
-    text: str
 
-
-@dataclass(frozen=True)
-class Alert:
+class Alert(_Text):
     """A warning the reader must not miss."""
-
-    text: str
 
 
 @dataclass(frozen=True)
@@ -105,9 +94,8 @@ class Bullets:
     items: Sequence[Inline]
 
 
-@dataclass(frozen=True)
-class Heading:
-    text: str
+class Heading(_Text):
+    """A sub-heading inside a section."""
 
 
 @dataclass(frozen=True)

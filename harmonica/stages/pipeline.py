@@ -163,7 +163,7 @@ def run_pipeline(
             step("promote", {"evaluation": evaluation.run_id}, do_promote, lambda run: {"tags": dict(run.tags)})
         report = build_report(evaluation.run_id, tracking_uri=tracker.tracking_uri,
                               out_dir=workdir / "outputs" / "reports" / evaluation.run_id)
-        parent.log_artifact(report.html, "report")
-        parent.log_artifact(report.markdown, "report")
+        parent.log_artifact(report.html, names.REPORT_DIR)
+        parent.log_artifact(report.markdown, names.REPORT_DIR)
         return PipelineOutcome(parent.run_id, results, tracker.tracking_uri, tracker.experiment_name, report.html,
                                decisions)

@@ -198,4 +198,4 @@ def _log_result(run: Any, result: TrainResult) -> None:
         names.COLLAPSE: "true" if state.collapse_events else "false",
     })
     if result.last_checkpoint is not None:
-        run.log_artifacts(result.last_checkpoint, "checkpoints/last")
+        run.log_artifacts(result.last_checkpoint, names.LAST_CHECKPOINT)

@@ -159,3 +159,11 @@ COLLAPSE_EVENTS = "collapse_events.jsonl"  # training runs: the collapse monitor
 INSTABILITY_EVENTS = "instability_events.jsonl"  # training runs: skipped optimizer steps
 EVAL_TABLE = "eval_table.json"  # evaluate runs: one row per utterance (an MLflow table)
 REPORT_DIR = "report"  # `harmonica report`: report.md and report.html
+
+# --- a checkpoint directory (step_*/, checkpoints/best, checkpoints/last): written by training, read by
+# resume, evaluate, synthesize and promote
+CKPT_META = "meta.json"  # step, kind, contract, config: the checkpoint's identity
+CKPT_MODEL = "model.safetensors"  # raw weights
+CKPT_EMA = "ema.safetensors"  # EMA weights (what evaluate and promote use by default)
+BEST_CHECKPOINT = "checkpoints/best"  # artifact paths on a training run
+LAST_CHECKPOINT = "checkpoints/last"

@@ -38,10 +38,10 @@ class RunRecord:
     start_time: int | None
     end_time: int | None
     artifact_uri: str
-    deleted: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
+    deleted: bool = False
 
     @classmethod
     def from_mlflow(cls, run: Any) -> RunRecord:

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from harmonica.training import ckpt_check as check
+from harmonica.tracking import names
 
 __all__ = [
     "Checkpoint", "NonFiniteWeightsError", "clean_temp", "copy_as", "flatten_state", "latest_checkpoint",
@@ -210,15 +211,15 @@ def save_checkpoint(root: Path, step: int, *, model: dict[str, Tensor], ema: dic
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}step_{step:07d}-", dir=root))
     try:
-        _save_tensors(tmp / "model.safetensors", model)
+        _save_tensors(tmp / names.CKPT_MODEL, model)
         if ema is not None:
-            _save_tensors(tmp / "ema.safetensors", ema)
+            _save_tensors(tmp / names.CKPT_EMA, ema)
         for name, state in (("optimizer", optimizer), ("trainer", trainer)):
             tensors, skeleton = flatten_state(state)
             save_file(tensors, str(tmp / f"{name}.safetensors"))
             _write_json(tmp / f"{name}.json", skeleton)
         saved_at = datetime.now(UTC).isoformat(timespec="seconds")
-        _write_json(tmp / "meta.json", _plain_json({**meta, "step": step, "saved_at": saved_at}))
+        _write_json(tmp / names.CKPT_META, _plain_json({**meta, "step": step, "saved_at": saved_at}))
         for name, src in (bundle or {}).items():
             shutil.copytree(src, tmp / name)
         for f in tmp.iterdir():
@@ -254,9 +255,9 @@ def _load_state(path: Path, name: str) -> Any:
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    meta = check.read_json(Path(path), "meta.json")
+    meta = check.read_json(Path(path), names.CKPT_META)
     if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
-        raise check.CheckpointInvalid(Path(path), "meta.json", "has no integer 'step'")
+        raise check.CheckpointInvalid(Path(path), names.CKPT_META, "has no integer 'step'")
     return meta
 
 
@@ -264,8 +265,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     """Every damaged part raises `CheckpointInvalid` naming the file (never pickle)."""
     path = Path(path)
     meta = read_meta(path)
-    ema = check.read_tensors(path, "ema.safetensors") if (path / "ema.safetensors").exists() else None
-    return Checkpoint(path=path, step=int(meta["step"]), model=check.read_tensors(path, "model.safetensors"),
+    ema = check.read_tensors(path, names.CKPT_EMA) if (path / names.CKPT_EMA).exists() else None
+    return Checkpoint(path=path, step=int(meta["step"]), model=check.read_tensors(path, names.CKPT_MODEL),
                       ema=ema, optimizer=_load_state(path, "optimizer"), trainer=_load_state(path, "trainer"),
                       meta=meta)
 
@@ -279,7 +280,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), d) for d in root.iterdir()
-             if (m := STEP_DIR.match(d.name)) and d.is_dir() and (d / "meta.json").is_file()]
+             if (m := STEP_DIR.match(d.name)) and d.is_dir() and (d / names.CKPT_META).is_file()]
     return [d for _, d in sorted(found)]
 
 

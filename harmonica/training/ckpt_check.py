@@ -14,6 +14,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor
+from harmonica.tracking import names
 
 TRAINER_META_KEYS = ("step", "kind", "contract", "model_config")
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2, torch.save's zip container
@@ -69,23 +70,23 @@ def read_tensors(path: Path, name: str) -> dict[str, Tensor]:
 
 def check_trainer_meta(path: Path, meta: Any) -> dict[str, Any]:
     if not isinstance(meta, dict):
-        raise CheckpointInvalid(path, "meta.json", "does not hold a JSON object")
+        raise CheckpointInvalid(path, names.CKPT_META, "does not hold a JSON object")
     missing = [k for k in TRAINER_META_KEYS if k not in meta]
     if missing:
-        raise CheckpointInvalid(path, "meta.json", f"lacks the key(s) {missing}: not a complete trainer checkpoint")
+        raise CheckpointInvalid(path, names.CKPT_META, f"lacks the key(s) {missing}: not a complete trainer checkpoint")
     if not isinstance(meta["step"], int) or meta["step"] < 0:
-        raise CheckpointInvalid(path, "meta.json", f"has an invalid step {meta['step']!r}")
+        raise CheckpointInvalid(path, names.CKPT_META, f"has an invalid step {meta['step']!r}")
     return meta
 
 
 def validate(path: Path) -> dict[str, Any]:
     """Cheap full check of a trainer checkpoint (every file present and parseable); returns its meta."""
     path = Path(path)
-    meta = check_trainer_meta(path, read_json(path, "meta.json"))
-    for name in ("model.safetensors", "optimizer.safetensors", "trainer.safetensors"):
+    meta = check_trainer_meta(path, read_json(path, names.CKPT_META))
+    for name in (names.CKPT_MODEL, "optimizer.safetensors", "trainer.safetensors"):
         check_tensors(path, name)
-    if (path / "ema.safetensors").exists():
-        check_tensors(path, "ema.safetensors")
+    if (path / names.CKPT_EMA).exists():
+        check_tensors(path, names.CKPT_EMA)
     for name in ("optimizer.json", "trainer.json"):
         read_json(path, name)
     return meta

@@ -18,6 +18,7 @@ from harmonica.config.load import NON_RESULT_KEYS, flatten
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.training import checkpoint as ckpt
 from harmonica.training.ckpt_check import CheckpointInvalid, validate
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,11 @@ def select_checkpoint(runs_root: Path, kind: str, project: str, resume_from: str
         path = Path(resume_from).resolve()
         meta = validate(path)  # an explicitly named checkpoint must be valid: no silent fallback
         if meta["kind"] != kind:
-            raise CheckpointInvalid(path, "meta.json", f"is a {meta['kind']} checkpoint, not {kind}")
+            raise CheckpointInvalid(path, names.CKPT_META, f"is a {meta['kind']} checkpoint, not {kind}")
         run_id = str(meta.get("run_id") or path.parent.parent.name)
         return ResumeTarget(run_id, path, meta)
     runs = [d for d in runs_root.iterdir() if d.is_dir()] if runs_root.is_dir() else []
-    latest = [(max((c / "meta.json").stat().st_mtime for c in ckpt.list_checkpoints(d / "ckpt")), d)
+    latest = [(max((c / names.CKPT_META).stat().st_mtime for c in ckpt.list_checkpoints(d / "ckpt")), d)
               for d in runs if ckpt.list_checkpoints(d / "ckpt")]
     if not latest:
         raise FileNotFoundError(f"--resume: no checkpoint of a {kind} run of project '{project}' under {runs_root}")

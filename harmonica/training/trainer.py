@@ -446,7 +446,7 @@ class Trainer:
         path = self.save()
         if path is not None:
             best = ckpt.copy_as(path, self.ckpt_root / "best")
-            self.sink.log_artifacts(best, "checkpoints/best")
+            self.sink.log_artifacts(best, names.BEST_CHECKPOINT)
             self.sink.set_tags({names.BEST_STEP: str(self.state.step),
                                 names.BEST_VALUE: f"{self.state.best_value:.6g}"})
 
@@ -456,11 +456,11 @@ class Trainer:
         c = ckpt.load_checkpoint(path)
         check_trainer_meta(c.path, c.meta)
         if c.meta["kind"] != self.kind:
-            raise CheckpointInvalid(c.path, "meta.json", f"is a {c.meta['kind']} checkpoint, not {self.kind}")
+            raise CheckpointInvalid(c.path, names.CKPT_META, f"is a {c.meta['kind']} checkpoint, not {self.kind}")
         own = self.core.state_dict()
-        check_shapes(c.path, "model.safetensors", c.model, own)
+        check_shapes(c.path, names.CKPT_MODEL, c.model, own)
         if c.ema is not None:
-            check_shapes(c.path, "ema.safetensors", {k: v for k, v in c.ema.items() if k in own},
+            check_shapes(c.path, names.CKPT_EMA, {k: v for k, v in c.ema.items() if k in own},
                          {k: v for k, v in own.items() if k in c.ema})
         tr = c.trainer
         missing = [k for k in ("state", "scheduler", "stream", "generator", "torch_rng", "ema_meta", "guard", "early")

@@ -68,7 +68,7 @@ def best_checkpoint(d: ReportData) -> Section:
         value = tags.get(names.BEST_VALUE) or meta.get("best_value")
         metric = meta.get("best_metric") or (params.get(f"training.{kind}.best_metric") if kind else None)
         mode = params.get(f"training.{kind}.best_mode") if kind else None
-        if step is None and not d.has("checkpoints/best"):
+        if step is None and not d.has(names.BEST_CHECKPOINT):
             s.add(Note("no best checkpoint recorded (no validation finished with a finite value)"))
         else:
             rows: list[tuple[str, Inline]] = [
@@ -76,8 +76,8 @@ def best_checkpoint(d: ReportData) -> Section:
                 ("step", str(step) if step is not None else "—"),
                 ("value", fmt_num(value, 6) if value is not None else "—"),
             ]
-            if d.has("checkpoints/best"):
-                rows += [("artifact", ArtifactLink("checkpoints/best")),
+            if d.has(names.BEST_CHECKPOINT):
+                rows += [("artifact", ArtifactLink(names.BEST_CHECKPOINT)),
                          ("model reference", Code(f"runs:/{d.run.run_id}/checkpoints/best"))]
             else:
                 rows.append(("artifact", "not logged to the run"))
@@ -86,7 +86,7 @@ def best_checkpoint(d: ReportData) -> Section:
             rows += [(label, str(meta[key])) for label, key in (("saved at", "saved_at"),
                                                                  ("code version", "code_version")) if meta.get(key)]
             s.add(Table(["field", "value"], rows, cls="kv"))
-        if d.has("checkpoints/last"):
+        if d.has(names.LAST_CHECKPOINT):
             s.add(Paragraph(f"Last checkpoint: {md_link('checkpoints/last')} (step {tags.get(names.STEPS) or '?'})."))
         return s
     if d.stage == "evaluate" or tags.get(names.AR_CHECKPOINT):
