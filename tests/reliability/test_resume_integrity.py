@@ -111,8 +111,11 @@ def test_sigint_prints_the_exact_resume_command(tmp_path, tiny_corpus):
                     "training.ar.val_every=400", "training.ar.sample_every=400")
     pre = run(harmonica("preprocess", "--no-progress", "--workdir", str(workdir), *args), cwd=tmp_path)
     assert pre.returncode == 0, pre.stderr[-2000:]
+    # as from a terminal: a suite started in the background of a non-interactive shell inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt (found when CI was launched with `&`)
     proc = subprocess.Popen(harmonica("train", "--model-type", "ar", "--workdir", str(workdir), *args),
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for("*/ckpt/step_0000040", workdir / "checkpoints" / "demo" / "ar")
     assert proc.poll() is None, "training ended before it could be interrupted: raise total_steps"
     proc.send_signal(signal.SIGINT)
