@@ -27,6 +27,7 @@ pair_options = options(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="harmonica", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(verbose: bool) -> None:
     """harmonica: VALL-E-style TTS training with every run tracked in MLflow."""
