@@ -71,13 +71,26 @@ class RecordingSink:
         self.tags: dict[str, str] = {}
         self.texts: dict[str, str] = {}
         self.artifacts: list[tuple[str, str | None]] = []
+        self.links: dict[tuple[str, int], tuple[str, tuple[str, str] | None]] = {}  # (key, step) -> model, dataset
+        self.models: dict[str, int] = {}  # published checkpoint model id -> step (pruned ones removed)
         self.fail_at_step = fail_at_step
 
-    def log_metrics(self, metrics, step=None):
+    def log_metrics(self, metrics, step=None, model_ids=None, dataset=None):
         if self.fail_at_step is not None and step is not None and step >= self.fail_at_step:
             raise KeyboardInterrupt("simulated kill")
         for k, v in metrics.items():
             self.metrics.setdefault(k, {})[step] = float(v)
+            linked = next((m for prefix, m in (model_ids or {}).items() if k.startswith(prefix) and m), None)
+            if linked:
+                self.links[(k, step)] = (linked, dataset)
+
+    def publish_checkpoint(self, directory, *, kind, step, params, tags):
+        ids = {w: f"m-{kind}-{w}-{step}" for w in ("raw", "ema")}
+        self.models.update({i: step for i in ids.values()})
+        return ids
+
+    def prune_checkpoint_models(self, keep_steps):
+        self.models = {i: s for i, s in self.models.items() if s in keep_steps}
 
     def set_tags(self, tags):
         self.tags.update({k: str(v) for k, v in tags.items()})

@@ -156,7 +156,8 @@ def locate_checkpoint(reader: TrackingReader, kind: str, tags: dict[str, str] | 
     run_id = tags.get(names.kind_run_id(kind), "")
     if run_id:
         try:
-            path, _ = resolve_checkpoint(run_id, reader.tracking_uri, downloads)
+            path = resolve_checkpoint(tags.get(names.kind_model_id(kind)) or run_id, reader.tracking_uri,
+                                      downloads).path
             note = (f"{kind.upper()} checkpoint {local or '(no path)'} is not on this machine; used the "
                     f"training run's artifact ({path})")
             return path, note

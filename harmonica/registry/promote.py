@@ -127,7 +127,7 @@ def promote(
         seconds["register"] = time.perf_counter() - t
         seconds["total"] = time.perf_counter() - t0
         decision.seconds = seconds
-        record_on_run(run, decision)
+        record_on_run(run, decision, model_id=logged.model_id, evaluation=ev.metrics)
         return decision
 
 

@@ -111,8 +111,11 @@ def version_tags(ev: Evidence, j: Judgement, gates: GatesConfig, flags: Flags, *
     }
 
 
-def record_on_run(run: Run, decision: Decision) -> None:
-    """The decision on the promote run: tags, gate metrics and decision.json."""
+def record_on_run(run: Run, decision: Decision, model_id: str = "",
+                  evaluation: Mapping[str, float] | None = None) -> None:
+    """The decision on the promote run: tags, gate metrics and decision.json. With the packaged model's
+    `model_id`, the gate metrics and the `evaluation` metrics (eval/*) are linked to that model, so its
+    registry version shows them."""
     run.set_tags({
         names.DECISION: decision.decision,
         names.MODEL_VERSION: decision.version or "none",
@@ -126,7 +129,9 @@ def record_on_run(run: Run, decision: Decision) -> None:
     metrics = {f"gate/{g.name}/value": g.value for g in decision.gates
                if g.value is not None and math.isfinite(g.value)}
     metrics.update({f"gate/{g.name}/passed": float(g.passed) for g in decision.gates})
-    run.log_metrics(metrics, step=0)
+    if model_id:
+        metrics.update({k: v for k, v in (evaluation or {}).items() if k.startswith("eval/")})
+    run.log_metrics(metrics, step=0, model_ids={"": model_id})
     run.log_dict(decision.as_dict(), "decision.json")
 
 

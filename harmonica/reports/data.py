@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from harmonica.reports.common import curve_groups, get_run, is_training, table_rows
 from harmonica.reports.model import Series
 from harmonica.tracking import names
+from harmonica.tracking.checkpoints import CheckpointModel, CheckpointModelError, CheckpointModels
 from harmonica.tracking.read import ArtifactEntry, RunRecord, StoreError, TrackingReader
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,11 @@ AUDIO_MIME = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", 
 IMAGE_MIME = {".png": "image/png", ".jpg": "image/jpeg"}
 SAMPLES, REFERENCES, AUDIO, PLOTS, CHECKPOINTS = "samples", "samples/reference", "audio", "plots", "checkpoints"
 BEST_META = "checkpoints/best/meta.json"
-READ_ERRORS = (StoreError, OSError)
+READ_ERRORS = (StoreError, OSError, CheckpointModelError)
 
 # parts of the data whose read can fail as a whole (a store request), and the sections that need them
 HISTORIES, SCORED_BY, PROMOTIONS = "metric histories", "evaluate runs of this run", "promote runs of this run"
+MODELS = "checkpoint models"
 
 T = TypeVar("T")
 
@@ -57,7 +59,8 @@ class ReportData:
     histories: Mapping[str, Series] = field(default_factory=dict)  # the key curves' metric histories
     collapse_events: tuple[dict[str, Any], ...] = ()
     instability_events: tuple[dict[str, Any], ...] = ()
-    best_meta: Mapping[str, Any] = field(default_factory=dict)  # checkpoints/best/meta.json
+    best_meta: Mapping[str, Any] = field(default_factory=dict)  # the best checkpoint's meta.json
+    checkpoint_models: tuple[CheckpointModel, ...] = ()  # a training run's EMA checkpoint models, best first
     eval_rows: tuple[dict[str, Any], ...] = ()  # eval_table.json as row dicts
     evaluation: RunRecord | None = None  # a promote run's evaluate run
     scored_by: tuple[RunRecord, ...] = ()  # evaluate runs that scored this (training) run, newest first
@@ -150,7 +153,9 @@ def latest_sample_dir(entries: Iterable[ArtifactEntry]) -> str | None:
 
 
 def has_eval_metrics(run: RunRecord) -> bool:
-    return any(k.startswith("eval/") for k in run.metrics)
+    """An evaluate run's own scores (a promote run holds a copy, linked to its packaged model: its report shows
+    them from the evaluate run it names)."""
+    return run.tags.get(names.STAGE) != "promote" and any(k.startswith("eval/") for k in run.metrics)
 
 
 def has_gates(run: RunRecord) -> bool:
@@ -185,11 +190,15 @@ def load_report_data(reader: TrackingReader, run_id: str, baseline_run_id: str |
     training, unknown = _training_runs(reader, run, art, tmp)
     stage = run.tags.get(names.STAGE)
     evaluation_id = run.tags.get(names.EVALUATION_RUN_ID)
+    models = part(MODELS, lambda: _checkpoint_models(reader, run), ()) if is_training(run) else ()
+    best_meta = art.json(BEST_META)  # runs from before checkpoints were models
+    if not isinstance(best_meta, dict) and models:
+        best_meta = part(MODELS, lambda: CheckpointModels(reader.tracking_uri).read_meta(models[0], tmp / "best"), {})
     return ReportData(
         run=run, experiment=reader.experiment_name(run.experiment_id), baseline=baseline, explicit_baseline=explicit,
         histories=part(HISTORIES, lambda: {k: _history(reader, run_id, k) for k in keys}, {}),
         collapse_events=art.jsonl(names.COLLAPSE_EVENTS), instability_events=art.jsonl(names.INSTABILITY_EVENTS),
-        best_meta=meta if isinstance(meta := art.json(BEST_META), dict) else {}, eval_rows=rows,
+        best_meta=best_meta if isinstance(best_meta, dict) else {}, checkpoint_models=models, eval_rows=rows,
         evaluation=reader.find_run(evaluation_id) if stage == "promote" and evaluation_id else None,
         scored_by=part(SCORED_BY, lambda: _scored_by(reader, run), ())
         if not has_eval_metrics(run) and not (stage == "promote" and evaluation_id) else (),
@@ -244,3 +253,12 @@ def fetch_media(reader: TrackingReader, data: ReportData, paths: Iterable[str], 
     art = _Artifacts(reader, data.run.run_id, tmp)
     art.listings.update(data.listings)
     return {p: art.data_uri(p) for p in dict.fromkeys(paths)}
+
+
+def _checkpoint_models(reader: TrackingReader, run: RunRecord) -> tuple[CheckpointModel, ...]:
+    """The run's EMA checkpoint models, best first by the metric its training chose best by."""
+    metric = run.tags.get(names.BEST_METRIC) or "val_ema/loss"
+    mode = run.tags.get(names.BEST_MODE) or "min"
+    ranked = CheckpointModels(reader.tracking_uri).of_run(run.run_id, weights="ema", order_by=metric,
+                                                          ascending=mode == "min")
+    return tuple(ranked)

@@ -22,7 +22,7 @@ from harmonica.evaluation.seeds import utterance_seed
 from harmonica.evaluation.suite import EvalError, EvalItem, EvalResult, Scorer, build_eval_slice, run_suite
 from harmonica.inference.synthesize import Synthesizer
 from harmonica.tracking.adapter import Run, Tracker
-from harmonica.tracking.refs import resolve_checkpoint
+from harmonica.tracking.refs import model_of, resolve_checkpoint
 from harmonica.training.threads import apply_threads
 from harmonica.tracking import names
 
@@ -65,8 +65,10 @@ def _table(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
             for k in keys}
 
 
-def log_result(run: Run, result: EvalResult, work: Path) -> None:
-    run.log_metrics(result.metrics, step=0)
+def log_result(run: Run, result: EvalResult, work: Path, model_ids: list[str] | None = None,
+               dataset: tuple[str, str] | None = None) -> None:
+    """model_ids: the evaluated checkpoint models; every eval/* metric is linked to each of them."""
+    run.log_metrics(result.metrics, step=0, model_ids={"": model_ids or []}, dataset=dataset)
     run.log_metrics({
         "eval/throughput/utterances_per_sec": len(result.rows) / max(result.wall_seconds, 1e-9),
         "eval/throughput/model_time_share": result.model_seconds / max(result.wall_seconds, 1e-9),
@@ -125,13 +127,14 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
               parent_run_id: str | None, extra_tags: dict[str, str] | None, threads: int,
               tracker: Tracker) -> EvaluateOutcome:
     downloads = Path(workdir) / "downloads"
-    (ar_path, ar_run), (nar_path, nar_run) = (
-        resolve_checkpoint(ar_ref, tracker.tracking_uri, downloads),
-        resolve_checkpoint(nar_ref, tracker.tracking_uri, downloads),
-    )
+    ar, nar = (resolve_checkpoint(ref, tracker.tracking_uri, downloads) for ref in (ar_ref, nar_ref))
+    ar_path, nar_path = ar.path, nar.path
     synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode)  # contract checked here
-    ar_run = ar_run or synth.ar_meta.get("run_id")
-    nar_run = nar_run or synth.nar_meta.get("run_id")
+    ar_run = ar.run_id or synth.ar_meta.get("run_id")
+    nar_run = nar.run_id or synth.nar_meta.get("run_id")
+    # the evaluated checkpoint models: what the reference named, else the model of that run and step
+    ar_model = ar.model_id or model_of(tracker.tracking_uri, ar_run, synth.ar_meta.get("step"), weights)
+    nar_model = nar.model_id or model_of(tracker.tracking_uri, nar_run, synth.nar_meta.get("step"), weights)
     cache, _ = find_cache(cfg, workdir, allow_mismatch=True)
     if cache.contract["codec_fingerprint"] != synth.nar_meta["contract"]["codec_fingerprint"]:
         raise EvalError(
@@ -153,6 +156,8 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
         names.NAR_CHECKPOINT: str(nar_path.resolve()),
         names.AR_STEP: str(synth.ar_meta.get("step")),
         names.NAR_STEP: str(synth.nar_meta.get("step")),
+        names.AR_MODEL_ID: ar_model or "",
+        names.NAR_MODEL_ID: nar_model or "",
         names.WEIGHTS: weights,
         names.EVAL_SPLIT: cfg.eval.split,
         names.CACHE_FINGERPRINT: cache.fingerprint,
@@ -181,5 +186,7 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
                            bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed,
                            num_seeds=cfg.eval.num_seeds)
         result.model_seconds += synth.timings.total
-        log_result(run, result, Path(tmp))
+        run.link_models([ar_model or "", nar_model or ""])
+        dataset = (f"{cfg.project}-tokens", cache.fingerprint)
+        log_result(run, result, Path(tmp), [m for m in (ar_model, nar_model) if m], dataset)
         return EvaluateOutcome(result, run.run_id, tracker.tracking_uri, tracker.experiment_name)

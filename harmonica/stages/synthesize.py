@@ -32,7 +32,7 @@ class Synthesis:
 
 def resolve_pair(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str) -> tuple[Path, Path]:
     uri = resolve_tracking_uri(cfg.tracking, workdir)
-    (ar, _), (nar, _) = (resolve_checkpoint(ref, uri, workdir / "downloads") for ref in (ar_ref, nar_ref))
+    ar, nar = (resolve_checkpoint(ref, uri, workdir / "downloads").path for ref in (ar_ref, nar_ref))
     return ar, nar
 
 

@@ -95,6 +95,8 @@ def run_train(
         digest = config_hash(cfg)
         tags = {
             names.MODEL_KIND: kind,
+            names.BEST_METRIC: getattr(cfg.training, kind).best_metric,
+            names.BEST_MODE: getattr(cfg.training, kind).best_mode,
             names.CACHE_FINGERPRINT: cache.fingerprint,
             names.CACHE_MISMATCH: str(bool(mismatch)).lower(),
             names.WORLD_SIZE: str(info.world_size),
@@ -197,5 +199,3 @@ def _log_result(run: Any, result: TrainResult) -> None:
         names.STOP_REASON: state.stop_reason or "completed",
         names.COLLAPSE: "true" if state.collapse_events else "false",
     })
-    if result.last_checkpoint is not None:
-        run.log_artifacts(result.last_checkpoint, names.LAST_CHECKPOINT)

@@ -34,6 +34,10 @@ MODEL_KIND = "harmonica.model_kind"
 STEPS = "harmonica.steps"
 BEST_STEP = "harmonica.best_step"
 BEST_VALUE = "harmonica.best_value"
+BEST_METRIC = "harmonica.best_metric"  # the validation metric "best" is chosen by, and its mode
+BEST_MODE = "harmonica.best_mode"
+BEST_MODEL_ID = "harmonica.best_model_id"  # the EMA checkpoint model that is best so far
+CKPT_STEP_TAG = "harmonica.checkpoint_step"  # on a checkpoint LoggedModel: the optimizer step it was saved at
 CHECKPOINT_DIR = "harmonica.checkpoint_dir"
 EARLY_STOP = "harmonica.early_stop"
 STOP_REASON = "harmonica.stop_reason"
@@ -52,6 +56,8 @@ AR_RUN_ID = "harmonica.ar_run_id"
 NAR_RUN_ID = "harmonica.nar_run_id"
 AR_CHECKPOINT = "harmonica.ar_checkpoint"
 NAR_CHECKPOINT = "harmonica.nar_checkpoint"
+AR_MODEL_ID = "harmonica.ar_model_id"  # the checkpoint LoggedModels that were scored (kind_model_id)
+NAR_MODEL_ID = "harmonica.nar_model_id"
 AR_STEP = "harmonica.ar_step"
 NAR_STEP = "harmonica.nar_step"
 WEIGHTS = "harmonica.weights"
@@ -137,6 +143,11 @@ def kind_step(kind: str) -> str:
     return f"harmonica.{kind}_step"
 
 
+def kind_model_id(kind: str) -> str:
+    """`harmonica.ar_model_id` / `harmonica.nar_model_id`: the checkpoint LoggedModel an evaluate run scored."""
+    return f"harmonica.{kind}_model_id"
+
+
 def code_of(part: str) -> str:
     """`harmonica.code.<part>` on a registered version: the code provenance of its ar/nar/evaluate run."""
     return f"harmonica.code.{part}"
@@ -165,5 +176,5 @@ REPORT_DIR = "report"  # `harmonica report`: report.md and report.html
 CKPT_META = "meta.json"  # step, kind, contract, config: the checkpoint's identity
 CKPT_MODEL = "model.safetensors"  # raw weights
 CKPT_EMA = "ema.safetensors"  # EMA weights (what evaluate and promote use by default)
-BEST_CHECKPOINT = "checkpoints/best"  # artifact paths on a training run
-LAST_CHECKPOINT = "checkpoints/last"
+BEST_CHECKPOINT = "checkpoints/best"  # artifact paths on training runs made before checkpoints were
+LAST_CHECKPOINT = "checkpoints/last"  # LoggedModels (still resolved by run id)

@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_LOGGED_ARTIF
 
 from harmonica.config.load import config_hash, flatten, to_yaml
 from harmonica.config.schema import HarmonicaConfig
-from harmonica.tracking import names
+from harmonica.tracking import checkpoints, names
 from harmonica.tracking.health import server_answers
 from harmonica.tracking.spool import Spool
 
@@ -118,8 +118,14 @@ class Run:
 
         self._guard(send, lambda sp: sp.tags({t.key: t.value for t in items}))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Non-finite values are dropped with a warning: MLflow stores them but plots break."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, *,
+                    model_ids: Mapping[str, str | Sequence[str]] | None = None,
+                    dataset: tuple[str, str] | None = None) -> None:
+        """Non-finite values are dropped with a warning: MLflow stores them but plots break.
+
+        model_ids: metric-name prefix -> LoggedModel id(s), e.g. {"val_ema/": <EMA checkpoint model>}: a
+        metric under a prefix is linked to those models (and to `dataset`, (name, digest)), so the Models
+        tab ranks them by it; the run's own history holds it once."""
         ts = int(time.time() * 1000)
         items = []
         for key, value in metrics.items():
@@ -127,7 +133,10 @@ class Run:
             if not math.isfinite(value):
                 log.warning("metric %s=%s at step %s is not finite; not logged", key, value, step)
                 continue
-            items.append(Metric(key, value, ts, step or 0))
+            linked = next((ids for prefix, ids in (model_ids or {}).items() if key.startswith(prefix) and ids), None)
+            for model_id in ([linked] if isinstance(linked, str) else list(linked or [None])):
+                ds = {"dataset_name": dataset[0], "dataset_digest": dataset[1][:36]} if model_id and dataset else {}
+                items.append(Metric(key, value, ts, step or 0, model_id=model_id, **ds))
 
         def send() -> None:
             for i in range(0, len(items), MAX_METRICS_PER_BATCH):
@@ -204,6 +213,40 @@ class Run:
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
         self._guard(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset=entity, tags=tags)]),
                     lambda sp: sp.tags({names.DATASET_UNLOGGED: f"{name} {digest} ({context})"}))
+
+    # ------------------------------------------------------------------ checkpoint models
+    def publish_checkpoint(self, directory: Path, *, kind: str, step: int, params: Mapping[str, Any],
+                           tags: Mapping[str, str]) -> dict[str, str]:
+        """The checkpoint as raw + EMA LoggedModels of this run ({weights: model id}); {} while the
+        server is lost (the local checkpoint stays; the run then has no model for that step)."""
+        with self._lock:
+            if self.lost is not None and not self.reconnect():
+                log.warning("checkpoint step %d not published as a model: the tracking server is lost", step)
+                return {}
+            try:
+                return checkpoints.publish_checkpoint(self.client, self.run_id, Path(directory), kind=kind,
+                                                      step=step, params=params, tags=tags)
+            except Exception as exc:  # noqa: BLE001 -- classified like every other request
+                if self.spool is None or server_answers(self.uri, 2.0):
+                    raise
+                self.lost = f"{type(exc).__name__}: {str(exc)[:300]}"
+                self._next_probe = time.monotonic() + self.PROBE_EVERY
+                log.warning("checkpoint step %d not published as a model: the tracking server is lost", step)
+                return {}
+
+    def prune_checkpoint_models(self, keep_steps: set[int]) -> None:
+        """Delete this run's checkpoint models whose step is not kept (`training.*.keep_last` + the best)."""
+        def send() -> None:
+            models = checkpoints.CheckpointModels(self.uri, self.client).of_run(self.run_id)
+            checkpoints.delete_models(self.client, [m.model_id for m in models if m.step not in keep_steps])
+
+        self._guard(send, lambda sp: None)
+
+    def link_models(self, model_ids: list[str]) -> None:
+        """Record the LoggedModels this run used as its inputs (evaluate: the AR and NAR checkpoints)."""
+        ids = [m for m in model_ids if m]
+        if ids:
+            self._guard(lambda: checkpoints.link_inputs(self.client, self.run_id, ids), lambda sp: None)
 
     def dataset_digests(self) -> list[str]:
         return [d.dataset.digest for d in self.client.get_run(self.run_id).inputs.dataset_inputs]

@@ -44,7 +44,8 @@ class Spool:
             os.fsync(fh.fileno())
 
     def metrics(self, items: list[Metric]) -> None:
-        self._append({"op": "metrics", "items": [[m.key, m.value, m.timestamp, m.step] for m in items]})
+        rows = [[m.key, m.value, m.timestamp, m.step, m.model_id, m.dataset_name, m.dataset_digest] for m in items]
+        self._append({"op": "metrics", "items": rows})
 
     def params(self, params: dict[str, str]) -> None:
         self._append({"op": "params", "items": params})
@@ -103,7 +104,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _send(client: MlflowClient, run_id: str, root: Path, op: dict[str, Any]) -> None:
     kind = op["op"]
     if kind == "metrics":
-        items = [Metric(k, v, ts, step) for k, v, ts, step in op["items"]]
+        items = [Metric(k, v, ts, step, *linked) for k, v, ts, step, *linked in op["items"]]
         for i in range(0, len(items), BATCH):
             client.log_batch(run_id, metrics=items[i : i + BATCH], synchronous=True)
     elif kind == "params":

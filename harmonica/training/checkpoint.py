@@ -34,7 +34,7 @@ from harmonica.training import ckpt_check as check
 from harmonica.tracking import names
 
 __all__ = [
-    "Checkpoint", "NonFiniteWeightsError", "clean_temp", "copy_as", "flatten_state", "latest_checkpoint",
+    "Checkpoint", "NonFiniteWeightsError", "clean_temp", "flatten_state", "latest_checkpoint",
     "list_checkpoints", "load_checkpoint", "prune_checkpoints", "read_meta", "save_checkpoint",
     "unflatten_state",
 ]
@@ -307,29 +307,3 @@ def clean_temp(root: Path) -> list[Path]:
     for d in stale:
         shutil.rmtree(d, ignore_errors=True)
     return stale
-
-
-def copy_as(path: Path, dest: Path) -> Path:
-    """Atomically make `dest` (e.g. root / "best") a copy of checkpoint `path`.
-
-    Files are hard-linked when the filesystem allows (checkpoint files are never modified in place,
-    so a link is as good as a copy and costs no space); otherwise copied."""
-    path, dest = Path(path), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{dest.name}-", dir=dest.parent))
-    try:
-        for f in sorted(path.iterdir()):
-            if f.is_dir():  # bundled directories (codec state)
-                shutil.copytree(f, tmp / f.name)
-                continue
-            try:
-                os.link(f, tmp / f.name)
-            except OSError:
-                shutil.copy2(f, tmp / f.name)
-                _fsync(tmp / f.name)
-        _fsync(tmp)
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest

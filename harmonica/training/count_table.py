@@ -35,7 +35,6 @@ def cooccurrence(codes: Sequence[Tensor], codebook_size: int) -> Tensor:
 
 def table_log_probs(counts: Tensor, alpha: float) -> Tensor:
     """counts [n_q, V, V] -> log p(codebook k = j | codebook 0 = i) [n_q, V, V]."""
-    V = counts.size(-1)
     unigram = counts.sum(dim=1) + 0.5  # [n_q, V]
     unigram = unigram / unigram.sum(dim=-1, keepdim=True)  # [n_q, V]
     rows = counts + alpha * unigram[:, None, :]  # [n_q, V, V]

@@ -28,11 +28,12 @@ class ResumeDedupMetrics:
             self.logged_to[key] = max(steps, default=-1)
         return self.logged_to[key]
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, **links: Any) -> None:
+        """links: the sink's model/dataset links (model_ids=, dataset=), passed on unchanged."""
         if self.history is not None and step is not None:
             metrics = {k: v for k, v in metrics.items() if step > self._last_logged(k)}
         if metrics:
-            self.sink.log_metrics(dict(metrics), step=step)
+            self.sink.log_metrics(dict(metrics), step=step, **links)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sink, name)

@@ -58,10 +58,13 @@ log = logging.getLogger(__name__)
 class MetricSink(Protocol):
     """What the trainer needs from a tracking run (the adapter's `Run`, or a no-op on rank > 0)."""
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, **links: Any) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_artifacts(self, directory: Path | str, artifact_path: str | None = None) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
+    def publish_checkpoint(self, directory: Path, *, kind: str, step: int, params: dict[str, Any],
+                           tags: dict[str, str]) -> dict[str, str] | None: ...
+    def prune_checkpoint_models(self, keep_steps: set[int]) -> None: ...
 
 
 @dataclass
@@ -154,6 +157,7 @@ class Trainer:
         self.guard = InstabilityGuard(self.tcfg.collapse)
         self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and self.tcfg.precision == "fp16" else None
         self.state = TrainState()
+        self._saved_step, self._last_saved = -1, None  # the newest save() of this process: step, directory
         self.generator = torch.Generator().manual_seed(self.tcfg.seed + 1 + dist_info.rank)
 
         max_frames = contract["max_audio_frames"]
@@ -234,16 +238,18 @@ class Trainer:
                 final.update(self._validate())
             if self.renderer is not None and (next_step % t.sample_every == 0 or next_step == t.total_steps):
                 self._samples()
-            if next_step % t.ckpt_every == 0 or next_step == t.total_steps or self.state.stop_reason:
-                last_ckpt = self.save() or last_ckpt
+            if (self._ckpt_due(next_step) or self.state.stop_reason) and self._saved_step != next_step:
+                self._checkpoint_models(self.save())
+            last_ckpt = self._last_saved or last_ckpt
             window.excluded += time.perf_counter() - paused  # throughput counts training time only
             if broadcast_flag(self.state.stop_reason is not None, self.dist, self.device):
                 self.state.stop_reason = self.state.stop_reason or "stopped by rank 0"
                 break
         if self.state.stop_reason and last_ckpt is not None and ckpt.read_meta(last_ckpt)["step"] != self.state.step:
-            last_ckpt = self.save() or last_ckpt
-        best = self.ckpt_root / "best"
-        return TrainResult(self.state, last_ckpt, best if best.exists() else None, final)
+            self._checkpoint_models(self.save())
+            last_ckpt = self._last_saved or last_ckpt
+        best = ckpt.step_dir(self.ckpt_root, self.state.best_step) if self.state.best_step is not None else None
+        return TrainResult(self.state, last_ckpt, best if best and best.is_dir() else None, final)
 
     def _optimizer_step(self, step_loss: torch.Tensor, log_now: bool, window: _Window) -> bool:
         """Clip, guard, step, EMA; False when the instability guard skipped the update."""
@@ -358,16 +364,20 @@ class Trainer:
             metrics.update(self._evaluate(self.core, "val_ema", batches))
         step = self.state.step
         metrics.update(self.extras(self.core, self.ema, batches, metrics, step))
-        self.sink.log_metrics(metrics, step=step)
         self.scheduler.on_validation(metrics["val/loss"])
         value = metrics.get(self.tcfg.best_metric)
-        if value is not None and math.isfinite(value):
-            better = self.state.best_value is None or (
-                value < self.state.best_value if self.tcfg.best_mode == "min" else value > self.state.best_value
-            )
-            if better:
-                self.state.best_value, self.state.best_step = value, step
-                self._save_best()
+        better = value is not None and math.isfinite(value) and (self.state.best_value is None or (
+            value < self.state.best_value if self.tcfg.best_mode == "min" else value > self.state.best_value))
+        if better:
+            self.state.best_value, self.state.best_step = value, step
+        models = self._checkpoint_models(self.save()) if better or self._ckpt_due(step) else {}
+        # val/* scores the raw weights, val_ema/* the EMA weights: linked to the checkpoint models of this step
+        links = {"model_ids": {"val_ema/": models.get("ema", ""), "val/": models.get("raw", "")},
+                 "dataset": (f"{self.cfg.project}-tokens", self.cache.fingerprint)} if models else {}
+        self.sink.log_metrics(metrics, step=step, **links)
+        if better:
+            self.sink.set_tags({names.BEST_STEP: str(step), names.BEST_VALUE: f"{value:.6g}",
+                                names.BEST_MODEL_ID: models.get("ema", "")})
         if self.on_validation is not None:
             self.on_validation(step, metrics)
         util = metrics.get("val/util_pred_median")
@@ -419,9 +429,26 @@ class Trainer:
             "early": self.early.state_dict(),
         }
 
+    def _ckpt_due(self, step: int) -> bool:
+        return step % self.tcfg.ckpt_every == 0 or step == self.tcfg.total_steps
+
+    def _checkpoint_models(self, path: Path | None) -> dict[str, str]:
+        """Publish a just-saved checkpoint as raw + EMA models of the run, then prune the run's models to the
+        checkpoints kept on disk; {weights: model id} ({} on ranks > 0 or when the store is unreachable)."""
+        if path is None or not self.dist.is_main:
+            return {}
+        meta = self._meta()
+        params = {"kind": self.kind, "config_hash": meta.get("config_hash", ""), "step": self.state.step,
+                  "contract": meta["contract"], "cache_fingerprint": self.cache.fingerprint}
+        tags = {names.PROJECT: self.cfg.project, names.CONFIG_HASH: str(meta.get("config_hash", ""))}
+        models = self.sink.publish_checkpoint(path, kind=self.kind, step=self.state.step, params=params, tags=tags)
+        self.sink.prune_checkpoint_models({int(ckpt.read_meta(p)["step"]) for p in ckpt.list_checkpoints(self.ckpt_root)})
+        return models or {}
+
     def save(self) -> Path | None:
         """Rank 0 writes; never a checkpoint with non-finite weights."""
         path = None
+        self._saved_step = self.state.step
         if self.dist.is_main:
             if not (weights_finite(self.core)):
                 log.error("step %d: non-finite weights, checkpoint NOT written", self.state.step)
@@ -437,18 +464,12 @@ class Trainer:
                 except ckpt.NonFiniteWeightsError as exc:
                     log.error("checkpoint refused: %s", exc)
                 else:
-                    protect = {self.ckpt_root / "best"}
+                    self._last_saved = path
+                    best = self.state.best_step  # "best" is a kept step directory, never a copy
+                    protect = {ckpt.step_dir(self.ckpt_root, best)} if best is not None else set()
                     ckpt.prune_checkpoints(self.ckpt_root, self.tcfg.keep_last, protect=protect)
         barrier(self.dist)
         return path
-
-    def _save_best(self) -> None:
-        path = self.save()
-        if path is not None:
-            best = ckpt.copy_as(path, self.ckpt_root / "best")
-            self.sink.log_artifacts(best, names.BEST_CHECKPOINT)
-            self.sink.set_tags({names.BEST_STEP: str(self.state.step),
-                                names.BEST_VALUE: f"{self.state.best_value:.6g}"})
 
     def load(self, path: Path) -> None:
         """Restore everything from a checkpoint; any damaged or unfitting part raises CheckpointInvalid

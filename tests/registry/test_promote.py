@@ -79,6 +79,13 @@ def test_first_passing_candidate_becomes_champion_with_every_gate_tagged(store, 
     assert "decision.json" in arts
     history = champion_history(NAME, tracking_uri=store.tracking_uri)
     assert history[-1]["to"] == "1" and history[-1]["via"] == "promote"
+    # the version is created from the logged model, which carries the gate and evaluation metrics (what the
+    # registry page shows: MLflow's SQL registry keeps the model as the version's models:/ source)
+    assert mv.source == f"models:/{t['harmonica.model_id']}"
+    linked = {m.key: m.value for m in store.client.get_logged_model(t["harmonica.model_id"]).metrics}
+    assert linked["gate/max_wer/value"] == 0.2 and linked["gate/max_wer/passed"] == 1.0
+    assert linked["eval/wer"] == store.client.get_run(eid).data.metrics["eval/wer"]
+    assert {f"gate/{g}/passed" for g in GATE_NAMES} <= set(linked)
 
 
 def test_promoting_the_same_evaluation_twice_registers_one_version(store, ckpts):

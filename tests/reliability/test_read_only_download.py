@@ -17,7 +17,7 @@ def test_unwritable_download_dir_is_named_not_a_missing_checkpoint(tmp_path, rea
     best.mkdir()
     (best / "meta.json").write_text("{}")
     client.log_artifacts(run.info.run_id, str(best), "checkpoints/best")
-    ok, _ = resolve_checkpoint(run.info.run_id, uri, tmp_path / "downloads")
+    ok = resolve_checkpoint(run.info.run_id, uri, tmp_path / "downloads").path
     assert (ok / "meta.json").is_file()  # the same reference works where it can be written
     with pytest.raises(CheckpointRefError) as err:
         resolve_checkpoint(run.info.run_id, uri, ro / "downloads")

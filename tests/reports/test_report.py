@@ -57,7 +57,8 @@ def test_training_run_report(report_store, tmp_path):
 
     best = _md_section(md, "Best checkpoint")
     assert "| metric | val_ema/loss (min) |" in best and "| step | 8 |" in best
-    assert "[checkpoints/best](../checkpoints/best)" in best
+    assert "| model | nar-ema-step0000008 |" in best and "| model reference | `models:/m-" in best
+    assert "best first by val_ema/loss" in best and "| nar-ema-step0000004 | 4 |" in best
 
     # the evaluate run scored this run's checkpoint
     assert "evaluate-" in _md_section(md, "Eval summary")

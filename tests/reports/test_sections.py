@@ -96,7 +96,7 @@ def test_best_checkpoint_per_run_kind():
     assert rows["metric"] == "val/loss (min)" and rows["step"] == "8" and rows["value"] == "0.123457"
     assert rows["artifact"] == ArtifactLink("checkpoints/best") and rows["model reference"] == Code(
         f"runs:/{A}/checkpoints/best")
-    assert rows["local directory"] == "/w/ck/ckpt/best" and rows["saved at"] == "t" and "code version" not in rows
+    assert rows["local directory"] == "/w/ck/ckpt/step_0000008" and rows["saved at"] == "t" and "code version" not in rows
     assert s.blocks[1] == Paragraph("Last checkpoint: [checkpoints/last](../checkpoints/last) (step 10).")
     assert "no best checkpoint recorded" in best_checkpoint(data(run())).blocks[0].text
     ev = best_checkpoint(data(run(stage="evaluate", tags={names.NAR_RUN_ID: B, names.NAR_STEP: "8"})))
@@ -105,6 +105,25 @@ def test_best_checkpoint_per_run_kind():
     assert promote.blocks == [Paragraph("Model `m` version 3 (decision: unknown).")]
     assert best_checkpoint(data(run(stage="preprocess"))).blocks == [
         Note("no checkpoint: 'preprocess' runs do not train a model")]
+
+
+def test_best_checkpoint_of_a_run_with_checkpoint_models():
+    from harmonica.tracking.checkpoints import CheckpointModel
+
+    m8 = CheckpointModel(model_id="m-" + "8" * 32, name="ar-ema-step0000008", run_id=A, kind="ar", weights="ema",
+                         step=8, status="READY", metrics={"val_ema/loss": 1.5})
+    m4 = CheckpointModel(model_id="m-" + "4" * 32, name="ar-ema-step0000004", run_id=A, kind="ar", weights="ema",
+                         step=4, status="READY", metrics={"val_ema/loss": 2.0})
+    r = run(tags={names.BEST_STEP: "8", names.BEST_VALUE: "1.5", names.BEST_MODEL_ID: m8.model_id,
+                  names.CHECKPOINT_DIR: "/w/ck"},
+            params={"training.ar.best_metric": "val_ema/loss", "training.ar.best_mode": "min"}, metrics={"ar/loss": 1.0})
+    s = best_checkpoint(data(r, checkpoint_models=(m8, m4), best_meta={"saved_at": "t", "code_version": "abc"}))
+    rows = dict(s.blocks[0].rows)
+    assert rows["model"] == "ar-ema-step0000008" and rows["model reference"] == Code(f"models:/{m8.model_id}")
+    assert rows["local directory"] == "/w/ck/ckpt/step_0000008" and "artifact" not in rows
+    assert "best first by val_ema/loss" in s.blocks[1].md
+    assert s.blocks[2].rows == [("ar-ema-step0000008", "8", "1.5", Code(m8.uri)),
+                                ("ar-ema-step0000004", "4", "2", Code(m4.uri))]
 
 
 def test_worst_utterances_order_and_audio_cells():

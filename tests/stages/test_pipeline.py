@@ -37,3 +37,15 @@ def test_pipeline_runs_steps_as_children_and_reuses_identical_ones(tmp_path, tin
     assert {s.name: s.skipped for s in third.steps} == {
         "preprocess": True, "train_ar": True, "train_nar": False, "evaluate": False, "promote": False,
     }
+    # the evaluate run is linked to the checkpoint models it scored: the reused AR by its run id (its best
+    # EMA model), the new NAR by its local checkpoint (the model of that run and step)
+    ev = client.get_run(third.steps[3].run_id)
+    ar_model, nar_model = ev.data.tags["harmonica.ar_model_id"], ev.data.tags["harmonica.nar_model_id"]
+    assert ar_model == client.get_run(first.steps[1].run_id).data.tags["harmonica.best_model_id"]
+    assert client.get_logged_model(nar_model).source_run_id == third.steps[2].run_id
+    assert {i.model_id for i in ev.inputs.model_inputs} == {ar_model, nar_model}
+    for model_id in (ar_model, nar_model):
+        model = client.get_logged_model(model_id)
+        assert model.tags["harmonica.weights"] == "ema"
+        linked = {m.key: m.value for m in model.metrics if m.run_id in (None, ev.info.run_id)}
+        assert linked["eval/wer"] == ev.data.metrics["eval/wer"]

@@ -1,5 +1,6 @@
 """`harmonica train` as users run it: CLI subprocesses, the MLflow run, stale caches, kill + resume, DDP."""
 
+import json
 import os
 import signal
 import socket
@@ -32,6 +33,43 @@ def _runs(workdir: Path, stage: str):
     return client, client.search_runs([exp.experiment_id], f"tags.`harmonica.stage` = '{stage}'")
 
 
+def _assert_checkpoint_models(client: MlflowClient, run, workdir: Path) -> None:
+    """One raw + one EMA LoggedModel per saved checkpoint (steps 4 and 8), val metrics linked to them, the
+    best first in a search, and run ids / models:/ references resolving to them."""
+    from harmonica.tracking.refs import resolve_checkpoint
+
+    rid, exp = run.info.run_id, run.info.experiment_id
+    models = client.search_logged_models([exp], filter_string=f"source_run_id = '{rid}'")
+    assert sorted(m.name for m in models) == ["nar-ema-step0000004", "nar-ema-step0000008",
+                                              "nar-raw-step0000004", "nar-raw-step0000008"]
+    history = {m.step: m.value for m in client.get_metric_history(rid, "val_ema/loss")}
+    for m in models:
+        weights, step = m.tags["harmonica.weights"], int(m.tags["harmonica.checkpoint_step"])
+        assert m.model_type == "harmonica-checkpoint" and str(m.status).endswith("READY")
+        assert m.params["kind"] == "nar" and m.params["config_hash"] == run.data.tags["harmonica.config_hash"]
+        linked = {x.key: x for x in m.metrics}
+        family = "val_ema/" if weights == "ema" else "val/"
+        assert linked and all(k.startswith(family) for k in linked), sorted(linked)
+        if weights == "ema":
+            assert linked["val_ema/loss"].step == step and linked["val_ema/loss"].value == history[step]
+            assert linked["val_ema/loss"].dataset_name == "demo-tokens"
+        files = {a.path for a in client.list_logged_model_artifacts(m.model_id)}
+        assert files == {"meta.json", "codec", "ema.safetensors" if weights == "ema" else "model.safetensors"}
+    ranked = client.search_logged_models([exp], filter_string=f"source_run_id = '{rid}' AND tags.`harmonica.weights` = 'ema'",
+                                         order_by=[{"field_name": "metrics.val_ema/loss", "ascending": True}])
+    best_step = min(history, key=history.get)
+    assert ranked[0].tags["harmonica.checkpoint_step"] == str(best_step)
+    assert run.data.tags["harmonica.best_model_id"] == ranked[0].model_id
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    by_run = resolve_checkpoint(rid, uri, workdir / "downloads")
+    assert by_run.model_id == ranked[0].model_id and by_run.run_id == rid
+    assert json.loads((by_run.path / "meta.json").read_text())["step"] == best_step
+    other = next(m for m in ranked if m.model_id != ranked[0].model_id)
+    by_model = resolve_checkpoint(f"models:/{other.model_id}", uri, workdir / "downloads")
+    assert json.loads((by_model.path / "meta.json").read_text())["step"] != best_step
+    assert (by_model.path / "ema.safetensors").is_file() and (by_model.path / "codec").is_dir()
+
+
 @pytest.fixture
 def workdir_with_cache(tmp_path: Path, tiny_corpus: Path) -> Path:
     workdir = tmp_path / "work"
@@ -55,9 +93,9 @@ def test_cli_train_records_a_complete_run_and_refuses_stale_caches(tmp_path, tin
     assert tags["mlflow.note.content"].startswith("NAR training on project 'demo'")
     assert run.inputs.dataset_inputs[0].dataset.digest == tags["harmonica.cache_fingerprint"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "samples", "checkpoints", "training_summary.json", "collapse_events.jsonl"} <= arts
-    ckpts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
-    assert ckpts == {"checkpoints/best", "checkpoints/last"}
+    assert {"config.yaml", "samples", "training_summary.json", "collapse_events.jsonl"} <= arts
+    assert "checkpoints" not in arts  # checkpoints are LoggedModels now, not folders re-uploaded in place
+    _assert_checkpoint_models(client, run, workdir)
     wavs = [a.path for a in client.list_artifacts(run.info.run_id, "samples/step_000008")]
     assert any(p.endswith(".wav") for p in wavs) and any(p.endswith(".png") for p in wavs)
     assert "nar/cb1/util_pred" in run.data.metrics and "grad_norm/total" in run.data.metrics

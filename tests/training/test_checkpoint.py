@@ -13,7 +13,7 @@ from torch import nn
 
 import harmonica.training.checkpoint as ckpt_mod
 from harmonica.training.checkpoint import (
-    NonFiniteWeightsError, copy_as, flatten_state, latest_checkpoint, list_checkpoints, load_checkpoint,
+    NonFiniteWeightsError, flatten_state, latest_checkpoint, list_checkpoints, load_checkpoint,
     prune_checkpoints, read_meta, save_checkpoint, unflatten_state,
 )
 
@@ -142,19 +142,16 @@ def test_crash_leftovers_ignored_and_resave_replaces(tmp_path: Path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000010", "step_0000040"]
 
 
-def test_prune_keeps_last_and_protected_and_copy_as(tmp_path: Path):
+def test_prune_keeps_last_and_protected(tmp_path: Path):
     model, opt = make(0)
     paths = [save(tmp_path, s, model, opt, meta={"s": s}) for s in (1, 2, 3, 4, 5, 10_000_000)]
     assert list_checkpoints(tmp_path) == paths  # sorted by step, even past 7 digits
-    best = copy_as(paths[1], tmp_path / "best")
-    assert read_meta(best)["s"] == 2
-    deleted = prune_checkpoints(tmp_path, keep_last=2, protect={paths[1]})
+    deleted = prune_checkpoints(tmp_path, keep_last=2, protect={paths[1]})  # the best step is protected
     assert deleted == [paths[0], paths[2], paths[3]]
     assert list_checkpoints(tmp_path) == [paths[1], paths[4], paths[5]]
-    copy_as(paths[4], tmp_path / "best")  # replaces the named copy
-    assert read_meta(tmp_path / "best")["s"] == 5 and load_checkpoint(tmp_path / "best").step == 5
+    assert read_meta(paths[1])["s"] == 2 and load_checkpoint(paths[1]).step == 2
     prune_checkpoints(tmp_path, keep_last=1)
-    assert list_checkpoints(tmp_path) == [paths[5]] and (tmp_path / "best" / "model.safetensors").is_file()
+    assert list_checkpoints(tmp_path) == [paths[5]]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 

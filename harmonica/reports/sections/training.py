@@ -68,7 +68,9 @@ def best_checkpoint(d: ReportData) -> Section:
         value = tags.get(names.BEST_VALUE) or meta.get("best_value")
         metric = meta.get("best_metric") or (params.get(f"training.{kind}.best_metric") if kind else None)
         mode = params.get(f"training.{kind}.best_mode") if kind else None
-        if step is None and not d.has(names.BEST_CHECKPOINT):
+        best = next((m for m in d.checkpoint_models if m.model_id == tags.get(names.BEST_MODEL_ID)),
+                    d.checkpoint_models[0] if d.checkpoint_models else None)
+        if step is None and best is None and not d.has(names.BEST_CHECKPOINT):
             s.add(Note("no best checkpoint recorded (no validation finished with a finite value)"))
         else:
             rows: list[tuple[str, Inline]] = [
@@ -76,16 +78,25 @@ def best_checkpoint(d: ReportData) -> Section:
                 ("step", str(step) if step is not None else "—"),
                 ("value", fmt_num(value, 6) if value is not None else "—"),
             ]
-            if d.has(names.BEST_CHECKPOINT):
+            if best is not None:
+                rows += [("model", best.name), ("model reference", Code(best.uri))]
+            elif d.has(names.BEST_CHECKPOINT):  # runs from before checkpoints were models
                 rows += [("artifact", ArtifactLink(names.BEST_CHECKPOINT)),
                          ("model reference", Code(f"runs:/{d.run.run_id}/checkpoints/best"))]
             else:
-                rows.append(("artifact", "not logged to the run"))
-            if tags.get(names.CHECKPOINT_DIR):
-                rows.append(("local directory", f"{tags[names.CHECKPOINT_DIR]}/ckpt/best"))
+                rows.append(("model", "not logged to the run"))
+            if tags.get(names.CHECKPOINT_DIR) and str(step).isdigit():
+                rows.append(("local directory", f"{tags[names.CHECKPOINT_DIR]}/ckpt/step_{int(step):07d}"))
             rows += [(label, str(meta[key])) for label, key in (("saved at", "saved_at"),
                                                                  ("code version", "code_version")) if meta.get(key)]
             s.add(Table(["field", "value"], rows, cls="kv"))
+        if d.checkpoint_models:
+            shown = metric or "val_ema/loss"
+            s.add(Paragraph(f"Checkpoint models (EMA weights), best first by {shown}; any of them can be evaluated "
+                            "by its reference:"),
+                  Table(["model", "step", shown, "reference"],
+                        [(m.name, str(m.step), fmt_num(m.metrics.get(shown), 6) if shown in m.metrics else "—",
+                          Code(m.uri)) for m in d.checkpoint_models]))
         if d.has(names.LAST_CHECKPOINT):
             s.add(Paragraph(f"Last checkpoint: {md_link('checkpoints/last')} (step {tags.get(names.STEPS) or '?'})."))
         return s
