@@ -20,6 +20,7 @@ from typing import Any
 import mlflow
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_LOGGED_ARTIFACTS
 
@@ -211,8 +212,18 @@ class Run:
             profile=json.dumps(dict(profile)) if profile else None,
         )
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
-        self._guard(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset=entity, tags=tags)]),
-                    lambda sp: sp.tags({names.DATASET_UNLOGGED: f"{name} {digest} ({context})"}))
+
+        def send() -> None:
+            try:
+                self.client.log_inputs(self.run_id, [DatasetInput(dataset=entity, tags=tags)])
+            except MlflowException as exc:
+                # two runs logging the same new dataset at once: MLflow's store looks it up, then inserts, and
+                # the slower insert hits the unique key; by now the dataset exists and is simply linked
+                if "UNIQUE constraint" not in str(exc) and "duplicate key" not in str(exc):
+                    raise
+                self.client.log_inputs(self.run_id, [DatasetInput(dataset=entity, tags=tags)])
+
+        self._guard(send, lambda sp: sp.tags({names.DATASET_UNLOGGED: f"{name} {digest} ({context})"}))
 
     # ------------------------------------------------------------------ checkpoint models
     def publish_checkpoint(self, directory: Path, *, kind: str, step: int, params: Mapping[str, Any],
