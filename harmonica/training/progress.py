@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TextIO
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 Postfix = Callable[[Mapping[str, Any]], dict[str, str]]
 
@@ -45,9 +46,12 @@ class BarProgress:
         """every: draw every update (a few slow phases), not at most twice a second (many steps)."""
         self.stream, self.desc, self.unit, self.postfix, self.every = stream, desc, unit, postfix, every
         self.bar: Any = None
+        self._logs: Any = None
 
     def start(self, total: int, initial: int = 0) -> None:
         self.close()
+        self._logs = logging_redirect_tqdm()  # log lines print above the bar instead of through it
+        self._logs.__enter__()
         self.bar = tqdm(total=total, initial=initial, desc=self.desc, unit=self.unit, file=self.stream,
                         leave=None, dynamic_ncols=True, mininterval=0 if self.every else 0.5, smoothing=0.1)
 
@@ -65,6 +69,9 @@ class BarProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self._logs is not None:
+            self._logs.__exit__(None, None, None)
+            self._logs = None
 
 
 def is_terminal(stream: Any) -> bool:

@@ -111,3 +111,27 @@ def test_the_bar_is_closed_when_training_fails(tiny_corpus, tiny_cache_workdir, 
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert rec.calls[-1] == ("close",)
+
+
+def test_log_lines_print_above_an_open_bar(monkeypatch):
+    import logging
+    import sys
+
+    stream = Terminal()
+    monkeypatch.setattr(sys, "stderr", stream)
+    handler = logging.StreamHandler()  # a console handler on stderr, as setup_logging installs
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        bar = make_progress(True, "train ar")
+        bar.start(4)
+        bar.update(1)
+        logging.getLogger("harmonica.test").warning("COLLAPSE somewhere")
+        bar.close()
+        assert handler in root.handlers  # the console handler is back after the bar
+    finally:
+        root.removeHandler(handler)
+    text = stream.getvalue()
+    # the bar's line is blanked, the message gets its own line, the bar is drawn again below it
+    before, after = text.split("COLLAPSE somewhere\n")
+    assert before.endswith(" \r") and after.startswith("\rtrain ar:"), repr(text)
