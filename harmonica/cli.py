@@ -14,11 +14,9 @@ import click
 
 from harmonica import cli_text as text
 from harmonica.cli_recovery import corpus_path, resume_hint
-from harmonica.cli_support import (config, echo, flag, options, overrides_argument, project_option, registry_errors,
-                                   report_errors, setup_logging, split_overrides, tracking_uri, user_errors,
-                                   user_facing, workdir_option)
-
-no_progress_option = click.option("--no-progress", is_flag=True, help="no progress bars")
+from harmonica.cli_support import (config, echo, flag, no_progress_option, options, overrides_argument,
+                                   progress_on, project_option, registry_errors, report_errors, setup_logging,
+                                   split_overrides, tracking_uri, user_errors, user_facing, workdir_option)
 pair_options = options(
     click.option("--ar", "ar_ref", required=True, help="AR checkpoint dir, MLflow run id or runs:/ URI"),
     click.option("--nar", "nar_ref", required=True, help="NAR checkpoint dir, MLflow run id or runs:/ URI"),
@@ -58,7 +56,7 @@ def preprocess(project: str, corpus_dir: str | None, corpus_format: str | None, 
         cfg = config(project, overrides, extra)
         if cfg.data.corpus_dir and not Path(cfg.data.corpus_dir).exists():
             raise FileNotFoundError(f"corpus directory {cfg.data.corpus_dir} does not exist (--corpus)")
-        out = run_preprocess(cfg, Path(workdir), progress=not no_progress)
+        out = run_preprocess(cfg, Path(workdir), progress=progress_on(no_progress))
     echo(text.preprocess_summary(out))
 
 
@@ -77,9 +75,11 @@ def preprocess(project: str, corpus_dir: str | None, corpus_format: str | None, 
 # MLproject parameters are strings: these carry --resume / --allow-cache-mismatch as true|false
 @click.option("--resume-if", default="false", hidden=True)
 @click.option("--allow-cache-mismatch-if", default="false", hidden=True)
+@no_progress_option
 @overrides_argument
 def train(kind: str, project: str, workdir: str, resume: bool, resume_from: str | None, accept_config_change: bool,
-          allow_cache_mismatch: bool, resume_if: str, allow_cache_mismatch_if: str, overrides: tuple[str, ...]) -> None:
+          allow_cache_mismatch: bool, resume_if: str, allow_cache_mismatch_if: str, no_progress: bool,
+          overrides: tuple[str, ...]) -> None:
     """Train the AR (text -> first codebook) or the NAR (remaining codebooks).
 
     Uses the `training.<model-type>` and `model.<model-type>` blocks; OVERRIDES are key.path=value.
@@ -93,7 +93,8 @@ def train(kind: str, project: str, workdir: str, resume: bool, resume_from: str 
             cfg = config(project, overrides)
             out = run_train(cfg, kind, Path(workdir), resume=resume or flag(resume_if), resume_from=resume_from,
                             accept_config_change=accept_config_change,
-                            allow_cache_mismatch=allow_cache_mismatch or flag(allow_cache_mismatch_if))
+                            allow_cache_mismatch=allow_cache_mismatch or flag(allow_cache_mismatch_if),
+                            progress=progress_on(no_progress))
     except KeyboardInterrupt:
         click.echo(resume_hint(kind, project, cfg.project if cfg else project, workdir, overrides), err=True)
         sys.exit(130)
@@ -129,15 +130,18 @@ def sync(run_id: str, project: str, workdir: str) -> None:
 @project_option(help="for eval.decode.* and tracking settings")
 @workdir_option
 @click.option("--seed", type=int, default=0)
+@no_progress_option
 @overrides_argument
 def synthesize(ar_ref: str, nar_ref: str, weights: str, sentence: str, prompt_wav: str | None, speaker: int | None,
-               out_path: str, project: str, workdir: str, seed: int, overrides: tuple[str, ...]) -> None:
+               out_path: str, project: str, workdir: str, seed: int, no_progress: bool,
+               overrides: tuple[str, ...]) -> None:
     """Text -> wav with an AR + NAR pair (checked for compatibility first)."""
     from harmonica.stages.synthesize import run_synthesize
 
     with user_facing():
         out = run_synthesize(config(project, overrides), Path(workdir), ar_ref, nar_ref, sentence, Path(out_path),
-                             prompt_wav=prompt_wav, speaker=speaker, weights=weights, seed=seed)
+                             prompt_wav=prompt_wav, speaker=speaker, weights=weights, seed=seed,
+                             progress=progress_on(no_progress))
     click.echo(out.summary())
 
 
@@ -155,7 +159,7 @@ def evaluate(project: str, ar_ref: str, nar_ref: str, weights: str, workdir: str
 
     with user_facing():
         out = run_evaluate(config(project, overrides), Path(workdir), ar_ref, nar_ref, weights=weights,
-                           progress=not no_progress)
+                           progress=progress_on(no_progress))
     echo(text.evaluate_summary(out, weights))
 
 
@@ -172,7 +176,7 @@ def pipeline(project: str, workdir: str, force: bool, allow_dirty: bool, no_prog
     from harmonica.stages.pipeline import run_pipeline
 
     with user_facing(registry_errors):
-        out = run_pipeline(config(project, overrides), Path(workdir), force=force, progress=not no_progress,
+        out = run_pipeline(config(project, overrides), Path(workdir), force=force, progress=progress_on(no_progress),
                            allow_dirty=allow_dirty)
     echo(text.pipeline_summary(out, Path(workdir)))
 
@@ -315,16 +319,18 @@ def registry_rollback(to_version: str, reason: str, force: bool, model_name: str
 @click.option("--study", "study_name", default=None, help="study name (default: derived from project + space)")
 @click.option("--storage", default=None, help="Optuna RDB URL (default: sqlite:///<workdir>/optuna.db)")
 @workdir_option
+@no_progress_option
 @overrides_argument
 def sweep(project: str, space_path: str, n_trials: int | None, study_name: str | None, storage: str | None,
-          workdir: str, overrides: tuple[str, ...]) -> None:
+          workdir: str, no_progress: bool, overrides: tuple[str, ...]) -> None:
     """Optuna study over the anti-collapse knobs: one nested MLflow run per trial, pruning at
     validation steps, plots and the best trial's config on the parent run. Several workers (on
     several machines) join one study through the same --study and --storage."""
     from harmonica.stages.sweep import run_sweep
 
     with user_facing(lambda: (*user_errors(), TimeoutError)):  # e.g. the study's storage lock was never released
-        out = run_sweep(config(project, overrides), Path(workdir), space_path, n_trials, study_name, storage)
+        out = run_sweep(config(project, overrides), Path(workdir), space_path, n_trials, study_name, storage,
+                        progress=progress_on(no_progress))
     echo(text.sweep_summary(out))
 
 

@@ -117,6 +117,17 @@ def project_option(default: str | None = "demo", help: str | None = None) -> Cal
                         help=help or "projects/<name>.yaml or a yaml path")
 
 
+no_progress_option = click.option("--no-progress", is_flag=True,
+                                  help="no progress bars (they are also off when stderr is not a terminal)")
+
+
+def progress_on(no_progress: bool) -> bool:
+    """The `progress=` a command hands its stage: not --no-progress, and stderr is a terminal."""
+    from harmonica.training.progress import progress_wanted
+
+    return progress_wanted(not no_progress)
+
+
 workdir_option = click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True,
                               help="holds mlflow.db, mlartifacts/ and cache/ on the embedded default")
 overrides_argument = click.argument("overrides", nargs=-1)

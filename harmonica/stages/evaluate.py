@@ -21,6 +21,7 @@ from harmonica.data.cache import find_cache
 from harmonica.evaluation.seeds import utterance_seed
 from harmonica.evaluation.suite import EvalError, EvalItem, EvalResult, Scorer, build_eval_slice, run_suite
 from harmonica.inference.synthesize import Synthesizer
+from harmonica.stages.console import announce_run
 from harmonica.tracking.adapter import Run, Tracker
 from harmonica.tracking.refs import model_of, resolve_checkpoint
 from harmonica.training.threads import apply_threads
@@ -173,6 +174,7 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
     name = f"evaluate-{cfg.project}-{(ar_run or 'ar')[:6]}-{(nar_run or 'nar')[:6]}"
     with tracker.run("evaluate", name, description=description, tags=tags, parent_run_id=parent_run_id) as run, \
             tempfile.TemporaryDirectory(prefix="harmonica-eval-") as tmp:
+        announce_run(run, "evaluate")
         run.log_config(cfg)
         run.set_tags({names.CONFIG_HASH: config_hash(cfg)})
         run.log_dataset(name=f"{cfg.project}-tokens", digest=cache.fingerprint, source=cache.directory,

@@ -19,6 +19,7 @@ from typing import Any
 from harmonica.config.load import flatten
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.cache import cache_settings, find_cache
+from harmonica.stages.console import announce_run
 from harmonica.tracking.adapter import Tracker
 from harmonica.tracking.provenance import code_version
 from harmonica.tracking.read import RunRecord
@@ -100,6 +101,7 @@ def run_pipeline(
         "steps whose identical run already finished are reused (tags pipeline.<step>.*)."
     )
     with tracker.run("pipeline", f"pipeline-{cfg.project}", description=description) as parent:
+        announce_run(parent, "pipeline")
         parent.log_config(cfg)
 
         def step(name: str, inputs: dict[str, Any], run: Callable[[dict[str, str]], tuple[str, dict[str, Any]]],
@@ -136,7 +138,8 @@ def run_pipeline(
         trained: dict[str, StepResult] = {}
         for kind in ("ar", "nar"):
             def do_train(tags: dict[str, str], kind: str = kind) -> tuple[str, dict[str, Any]]:
-                out = run_train(cfg, kind, workdir, parent_run_id=parent.run_id, extra_tags=tags, tracking_uri=uri)
+                out = run_train(cfg, kind, workdir, parent_run_id=parent.run_id, extra_tags=tags, tracking_uri=uri,
+                                progress=progress)
                 return out.run_id, {"best": str(out.result.best_checkpoint or out.result.last_checkpoint)}
 
             def reuse_run(run: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.preprocess import PreprocessError, PreprocessResult, build_token_cache
+from harmonica.stages.console import announce_run
 from harmonica.tracking.adapter import Run, Tracker
 from harmonica.tracking import names
 
@@ -103,6 +104,7 @@ def run_preprocess(
     with tracker.run(
         "preprocess", f"preprocess-{cfg.project}", parent_run_id=parent_run_id, tags=extra_tags
     ) as run:
+        announce_run(run, "preprocess")
         run.log_config(cfg)
         try:
             result = build_token_cache(cfg, workdir, corpus_dir=corpus_dir, workers=workers, progress=progress)

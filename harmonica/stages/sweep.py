@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import re
+from functools import partial
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,9 @@ from harmonica.config.schema import HarmonicaConfig
 from harmonica.sweep import report as rep
 from harmonica.sweep import study as st
 from harmonica.sweep.space import SweepSpace, apply_overrides, format_value, load_space
+from harmonica.stages.console import announce_run
 from harmonica.tracking.adapter import Run, Tracker
+from harmonica.training.progress import BarProgress, make_progress
 from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
@@ -74,11 +77,14 @@ def run_sweep(
     pruner: Any = None,
     best_config_dir: Path | None = None,
     train_fn: Callable[..., Any] | None = None,
+    progress: bool = False,
 ) -> SweepOutcome:
     """Run this worker's share of the study until its total of `n_trials` trials is reached.
 
     `pruner` (an optuna pruner) replaces the space file's/config's one (tests, benchmarks);
     `best_config_dir` defaults to the checkout's projects/; `train_fn` defaults to run_train.
+    `progress`: on a terminal, a bar over the study's trials (best so far) and each trial's step bar
+    under it (train_fn then gets `progress=True`).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -116,17 +122,25 @@ def run_sweep(
         files = workdir / "sweeps" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
         with tracker.run("sweep", f"sweep-{name}", description=_describe(cfg, space, space_path, name, url, study),
                          tags=_parent_tags(space, space_path, name, url), run_id=parent_id) as parent:
+            announce_run(parent, "sweep")
             if created:
                 parent.log_config(base)
                 parent.log_params(_sweep_params(space, space_path, name, url, cfg, the_pruner))
             parent.log_artifact(space_path, "space")
             parent.log_metrics({"sweep/budget": float(n_total)}, step=n_total)
-            while (trial_id := st.pop_trial(study, storage_obj, n_total)) is not None:
-                reports.append(st.run_one_trial(
-                    study, storage_obj, trial_id, space=space, base_cfg=base, workdir=workdir,
-                    seed=cfg.sweep.sampler_seed, parent_run_id=parent_id, tracker=tracker, train_fn=train_fn,
-                    study_name=name,
-                ))
+            bar = make_progress(progress, f"sweep {name}", unit="trial", every=True)
+            train = partial(train_fn, progress=True) if isinstance(bar, BarProgress) else train_fn
+            bar.start(n_total, initial=_finished(study, n_total))
+            try:
+                while (trial_id := st.pop_trial(study, storage_obj, n_total)) is not None:
+                    reports.append(st.run_one_trial(
+                        study, storage_obj, trial_id, space=space, base_cfg=base, workdir=workdir,
+                        seed=cfg.sweep.sampler_seed, parent_run_id=parent_id, tracker=tracker, train_fn=train,
+                        study_name=name,
+                    ))
+                    bar.update(_finished(study, n_total), _bar_fields(study, space, reports[-1]))
+            finally:
+                bar.close()
             summary = _summarise(study, space, space_path, cfg, name, url, files, best_config_dir, tracker)
             _publish(parent, summary)
         _settle_parent(tracker, study, parent_id)
@@ -162,6 +176,19 @@ def _without_env(key: str) -> Iterator[str | None]:
     finally:
         if value is not None:
             os.environ[key] = value
+
+
+def _finished(study: Any, n_total: int) -> int:
+    """Trials of the study that ended (any worker's), for the trial bar."""
+    counts = st.state_counts(study)
+    return min(counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"], n_total)
+
+
+def _bar_fields(study: Any, space: SweepSpace, last: st.TrialReport) -> dict[str, str]:
+    """The trial bar's postfix: the best trial so far and how this worker's last one ended."""
+    best = rep.select_best(study, space)
+    shown = {"best": f"#{best.trial.number} {rep.describe_values(best.trial, space)}" if best.trial else "none"}
+    return {**shown, "last": f"#{last.number} {last.state.lower()} @{last.steps}"}
 
 
 def _space_file(path: Path) -> Path:

@@ -17,7 +17,9 @@ from harmonica.data.cache import TokenCache, find_cache
 from harmonica.training.metric_buffer import ResumeDedupMetrics
 from harmonica.training.resume import ResumeTarget, check_config, select_checkpoint
 from harmonica.training.distributed import DistInfo, init_distributed, shutdown_distributed
+from harmonica.training.progress import make_progress, training_postfix
 from harmonica.training.trainer import Trainer, TrainResult
+from harmonica.stages.console import announce_run
 from harmonica.tracking.adapter import NullRun, Tracker
 from harmonica.tracking.provenance import code_version
 from harmonica.tracking import names
@@ -78,9 +80,11 @@ def run_train(
     run_name: str | None = None,
     extra_tags: dict[str, str] | None = None,
     tracking_uri: str | None = None,
+    progress: bool = False,
 ) -> TrainOutcome:
     """One training run. on_validation(step, metrics) is called after every validation (rank 0
     metrics on every rank); an exception it raises ends the run with its `run_status` if it has one.
+    progress: a bar over optimizer steps on stderr (rank 0, and only when stderr is a terminal).
 
     A resume (resume / resume_from) picks and loads its checkpoint and compares configs before the
     MLflow run is touched: a refused or failed resume leaves the run exactly as it was."""
@@ -114,8 +118,9 @@ def run_train(
             meta = {"config_hash": digest, "run_id": run_id, "project": cfg.project,
                     "code_version": code_version().label, "git_dirty": code_version().git_dirty}
             out = checkpoints_root(workdir, cfg.project, kind) / run_id / "ckpt"
+            bar = make_progress(progress and info.is_main, f"train {kind}", postfix=training_postfix(kind))
             return Trainer(cfg, kind, cache, out, sink, device=device, dist_info=info, codec=codec, meta=meta,
-                           on_validation=on_validation)
+                           on_validation=on_validation, progress=bar)
 
         trainer = None
         if target is not None:
@@ -130,6 +135,7 @@ def run_train(
                     run_id=target.run_id if target else None, parent_run_id=parent_run_id,
                     spool_dir=lambda rid: checkpoints_root(workdir, cfg.project, kind) / rid / "spool",
                 ))
+            announce_run(run, f"train_{kind}")
             run_id = _share_run_id(run.run_id or None, info)
             out_dir = checkpoints_root(workdir, cfg.project, kind) / run_id
             if tracker is not None:

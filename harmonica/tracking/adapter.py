@@ -29,7 +29,7 @@ from harmonica.tracking.run import NullRun, Run, TrackingLost, attach, end_lost_
 from harmonica.tracking.spool import Spool
 
 __all__ = ["NullRun", "Run", "TrackingLost", "Tracker", "WorkdirMovedError", "active_run_id", "attach",
-           "experiment_name", "resolve_tracking_uri"]
+           "experiment_name", "resolve_tracking_uri", "run_ui_url"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,13 @@ def resolve_tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
 def launched_run_id() -> str | None:
     """The run `mlflow run` created for this process (MLFLOW_RUN_ID), None when not launched by it."""
     return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def run_ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI of a tracking server; None for a local store (no UI address)."""
+    if not is_server(tracking_uri):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def experiment_name(cfg: TrackingConfig, project: str) -> str:
@@ -166,6 +173,7 @@ class Tracker:
             spool = Spool(spool_dir(rid) if spool_dir else self.workdir / "spool" / rid)
         run = Run(self.client, active.info.run_id, async_logging=self.cfg.tracking.async_logging, spool=spool,
                   uri=self.tracking_uri)
+        run.ui_url = run_ui_url(self.tracking_uri, active.info.experiment_id, active.info.run_id)
         monitor = start_system_metrics(run, resume=bool(run_id)) if spooled and sampled else None
         status = "FAILED"
         ok = False

@@ -54,6 +54,7 @@ class Run:
         self.async_logging = async_logging and spool is None  # a spool needs to know what failed
         self.spool, self.uri = spool, uri
         self.lost: str | None = None
+        self.ui_url: str | None = None  # the run's page when the store is a tracking server (Tracker.run sets it)
         self._next_probe = 0.0
         self._lock = threading.RLock()  # MLflow's system-metrics thread logs through this run too
 
@@ -302,6 +303,7 @@ class NullRun:
     """Stands in for a run on processes that must not talk to MLflow (DDP ranks > 0)."""
 
     run_id = ""
+    ui_url = None
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None

@@ -49,7 +49,9 @@ from harmonica.training.optim import build_optimizer, build_scheduler
 from harmonica.training.samples import SampleRenderer
 from harmonica.training.steps import StepOutput, build_task
 from harmonica.training.threads import apply_threads
+from harmonica.training.progress import NoProgress, Progress
 from harmonica.training.validation import ValidationExtras
+from harmonica.training.window import MetricWindow
 from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
@@ -86,35 +88,6 @@ class TrainResult:
     final_metrics: dict[str, float]
 
 
-class _Window:
-    """Sums of step terms on the device between two log steps."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}  # averaged over the window's micro-steps
-        self.instant: dict[str, torch.Tensor] = {}  # values of the log step itself (grad norms, ratios)
-        self.n = 0
-        self.tokens = torch.zeros((), device=self.device)
-        self.attn: torch.Tensor | None = None
-        self.started = time.perf_counter()
-        self.excluded = 0.0  # seconds of validation / samples / checkpoints inside the window
-
-    def add(self, out: StepOutput) -> None:
-        for k, v in out.terms.items():
-            v = v.detach().float().to(self.device)
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
-        if "loss" not in out.terms:
-            self.sums["loss"] = self.sums.get("loss", torch.zeros((), device=self.device)) + out.loss.detach().float()
-        self.n += 1
-        if out.tokens is not None:
-            self.tokens = self.tokens + out.tokens
-        if out.attn_entropy is not None:
-            self.attn = out.attn_entropy.detach()
-
-
 class Trainer:
     def __init__(
         self,
@@ -129,6 +102,7 @@ class Trainer:
         codec: Any = None,
         meta: dict[str, Any] | None = None,
         on_validation: Callable[[int, dict[str, float]], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.cfg, self.kind, self.cache = cfg, kind, cache
         self.tcfg = getattr(cfg.training, kind)
@@ -137,6 +111,7 @@ class Trainer:
         self.sink, self.device, self.dist = sink, device, dist_info
         self.meta = meta or {}
         self.on_validation = on_validation  # e.g. a sweep's pruning report; may raise to end the run
+        self.progress = progress or NoProgress()  # a terminal bar over optimizer steps (rank 0)
         contract = cache.contract
         self.sink.set_tags({names.THREADS: str(apply_threads(self.tcfg.threads))})  # the count in effect
         torch.manual_seed(self.tcfg.seed)
@@ -201,8 +176,15 @@ class Trainer:
     def fit(self, resume_from: Path | None = None) -> TrainResult:
         if resume_from is not None:
             self.load(resume_from)
+        self.progress.start(self.tcfg.total_steps, initial=self.state.step)  # a resumed run starts at its step
+        try:
+            return self._loop()
+        finally:
+            self.progress.close()
+
+    def _loop(self) -> TrainResult:
         t = self.tcfg
-        window = _Window(self.device)
+        window = MetricWindow(self.device)
         last_ckpt: Path | None = ckpt.latest_checkpoint(self.ckpt_root)
         final: dict[str, float] = {}
         if self.renderer is not None and self.state.step == 0 and self.val_examples:
@@ -242,6 +224,7 @@ class Trainer:
                 self._checkpoint_models(self.save())
             last_ckpt = self._last_saved or last_ckpt
             window.excluded += time.perf_counter() - paused  # throughput counts training time only
+            self.progress.update(next_step, final)
             if broadcast_flag(self.state.stop_reason is not None, self.dist, self.device):
                 self.state.stop_reason = self.state.stop_reason or "stopped by rank 0"
                 break
@@ -251,7 +234,7 @@ class Trainer:
         best = ckpt.step_dir(self.ckpt_root, self.state.best_step) if self.state.best_step is not None else None
         return TrainResult(self.state, last_ckpt, best if best and best.is_dir() else None, final)
 
-    def _optimizer_step(self, step_loss: torch.Tensor, log_now: bool, window: _Window) -> bool:
+    def _optimizer_step(self, step_loss: torch.Tensor, log_now: bool, window: MetricWindow) -> bool:
         """Clip, guard, step, EMA; False when the instability guard skipped the update."""
         t = self.tcfg
         params = [p for ps in self.groups.values() for p in ps]
@@ -290,7 +273,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ logging
 
-    def _log_train(self, window: _Window) -> dict[str, float]:
+    def _log_train(self, window: MetricWindow) -> dict[str, float]:
         k = self.kind
         metrics: dict[str, torch.Tensor] = {}
         for name, v in window.sums.items():

@@ -49,3 +49,28 @@ def test_synthesize_writes_audio_and_refuses_bad_pairs(tiny_checkpoints, tiny_co
                       "--prompt-wav", str(prompt), "--out", str(out), "--workdir", str(tmp_path), cwd=tmp_path)
     assert mismatch.returncode != 0
     assert "codebook_size: AR has 16, NAR has 1024" in mismatch.stderr
+
+
+def test_synthesize_on_a_terminal_shows_its_phases(tiny_checkpoints, tiny_corpus, tmp_path, monkeypatch):
+    import io
+
+    from harmonica.stages.synthesize import PHASES, SynthesisError, run_synthesize
+    from tests.tiny import tiny_cfg
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    monkeypatch.setattr(sys, "stderr", stream)
+    prompt = next((tiny_corpus / "wavs").glob("*.wav"))
+    try:
+        run_synthesize(tiny_cfg(tiny_corpus), tmp_path, str(tiny_checkpoints["ar"]), str(tiny_checkpoints["nar"]),
+                       "a quiet river", tmp_path / "x.wav", prompt_wav=str(prompt), progress=True)
+        done = f"{len(PHASES)}/{len(PHASES)}"
+    except SynthesisError as exc:  # an 8-step AR may stop at once: the bar stops at the decode phase
+        assert "stopped at once" in str(exc)
+        done = f"2/{len(PHASES)}"
+    text = stream.getvalue()
+    assert "synthesize" in text and f"0/{len(PHASES)}" in text and "now=fetch checkpoints" in text
+    assert done in text.split("\r")[-1] and text.endswith("\n")  # closed, also after a refusal
