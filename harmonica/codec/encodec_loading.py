@@ -68,6 +68,13 @@ def import_encodec() -> types.ModuleType:
             sys.modules["torchaudio"] = placeholder
     try:
         import encodec
+    except ModuleNotFoundError as exc:
+        if exc.name != "encodec":
+            raise
+        raise ModuleNotFoundError(
+            "codec.name=encodec needs the encodec package, installed without its dependencies (it requires "
+            "torchaudio, which has no build for torch 2.13): pip install --no-deps encodec==0.1.1",
+            name="encodec") from exc
     finally:
         if placeholder is not None and sys.modules.get("torchaudio") is placeholder:
             del sys.modules["torchaudio"]

@@ -195,3 +195,19 @@ def test_torchaudio_placeholder_is_removed() -> None:
     if isinstance(ta, encodec_loading._TorchaudioPlaceholder):
         with pytest.raises(RuntimeError, match="torchaudio unavailable"):
             ta.load  # noqa: B018
+
+
+def test_missing_encodec_says_how_to_install_it(monkeypatch) -> None:
+    for key in [k for k in sys.modules if k == "encodec" or k.startswith("encodec.")]:
+        monkeypatch.delitem(sys.modules, key)
+
+    class NoEncodec:  # a machine without encodec installed
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "encodec":
+                raise ModuleNotFoundError("No module named 'encodec'", name="encodec")
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [NoEncodec, *sys.meta_path])
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps encodec==0.1.1"):
+        encodec_loading.import_encodec()
