@@ -167,6 +167,19 @@ def _dead_worker_claims_trial(sweep_workdir, name: str, n_total: int) -> int:
     return number
 
 
+def test_successive_halving_pruner_and_the_heartbeat_knobs():
+    from harmonica.config.load import ConfigError
+    from harmonica.config import load_config
+    from harmonica.sweep.space import PrunerSpec
+
+    nar = load_config("demo").training.nar
+    pruner = st.make_pruner(PrunerSpec(type="successive_halving", reduction_factor=4), nar)
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    assert pruner._min_resource == nar.val_every and pruner._reduction_factor == 4
+    with pytest.raises(ConfigError, match="grace_period"):
+        load_config("demo", ["sweep.heartbeat_interval=30", "sweep.grace_period=30"])
+
+
 @pytest.mark.slow
 def test_a_dead_workers_trial_is_failed_by_its_heartbeat_retried_and_its_run_closed(tmp_path, sweep_workdir, tiny_corpus):
     from harmonica.tracking.adapter import Tracker
