@@ -9,7 +9,11 @@ the trial budget, the locking and resuming. MLflow layout:
   `mlflow run` the launcher's run *is* the parent when it is the study's first launch in the project's
   experiment; otherwise the launcher's run is tagged with the parent's id and gets the same summary.
 * a child run per trial (`trial-<n>`, tags `optuna.study`, `optuna.trial`, `optuna.state`), opened by the
-  trainer; a pruned trial's run ends KILLED with `optuna.pruned=true`, never FINISHED.
+  trainer; a pruned trial's run ends KILLED with `optuna.pruned=true`, never FINISHED. A trial whose
+  worker died is ended FAILED by the worker that finds its heartbeat stale, tagged
+  `harmonica.sweep_retried_as` (its retry's run: `harmonica.sweep_retry_of`); see harmonica/sweep/retry.py.
+* the parent's summary compares the best trial with trial 0, the project's own config
+  (`harmonica.sweep_beats_baseline`, metric `sweep/baseline_value`).
 * on the parent after each worker: `trials.csv` (+ an MLflow table), `plots/*.html` (self-contained
   plotly), `sweep/*` metrics, and the best trial's ready config `projects/<project>_best.yaml`
   (also under `best/`).
