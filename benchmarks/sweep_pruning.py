@@ -7,7 +7,7 @@ with seed + n, so while TPE is still in its random start-up phase (10 trials by 
 exactly the same parameters and the comparison isolates what pruning saves and what it costs.
 
     python benchmarks/sweep_pruning.py [--trials 8] [--space projects/sweeps/anti_collapse.yaml]
-        [--project demo] [--workdir DIR] [--pruner median|hyperband] [key=value ...]
+        [--project demo] [--workdir DIR] [--pruner median|successive_halving|hyperband] [key=value ...]
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def main() -> None:
     ap.add_argument("--space", default="projects/sweeps/anti_collapse.yaml")
     ap.add_argument("--project", default="demo")
     ap.add_argument("--workdir", default=None, help="default: a temporary directory (the token cache is built there)")
-    ap.add_argument("--pruner", choices=["median", "hyperband"], default=None, help="default: the space file's")
+    ap.add_argument("--pruner", choices=["median", "successive_halving", "hyperband"], default=None,
+                    help="default: the space file's")
     ap.add_argument("overrides", nargs="*", help="key.path=value applied to every trial")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

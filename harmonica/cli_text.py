@@ -90,6 +90,12 @@ def sweep_summary(out: Any) -> list[str]:
     if out.best_trial is not None:
         lines.append(f"  best trial    #{out.best_trial} values {out.best_values} (feasible: {out.best_feasible}) "
                      f"run {out.best_run_id}")
+    if out.beats_baseline is not None:
+        lines.append(f"  vs baseline   best {'beats' if out.beats_baseline else 'does NOT beat'} trial "
+                     f"{out.baseline_trial} (the project's config)")
+    for dead, retry in out.retried:
+        lines.append(f"  dead worker   trial {dead} failed (stale heartbeat), "
+                     + (f"retried as trial {retry}" if retry is not None else "no retry left"))
     if out.best_config:
         lines.append(f"  best config   {out.best_config}")
     lines += [f"  note          {note}" for note in out.notes]

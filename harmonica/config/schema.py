@@ -386,7 +386,22 @@ class SweepConfig(Strict):
     storage: str | None = Field(None, description="Optuna RDB URL; None = sqlite under the workdir")
     study_name: str | None = None
     sampler_seed: int = 0
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = Field(
+        "median", description="used when the space file names no pruner")
+    max_retries: int = Field(2, ge=0, description="times a trial whose worker died (stale heartbeat) is re-run "
+                                                  "with the same parameters, as a new trial; 0 = never")
+    heartbeat_interval: int = Field(20, ge=1, description="seconds between a running trial's heartbeats")
+    grace_period: int = Field(120, ge=2, description="seconds without a heartbeat after which a running trial "
+                                                     "counts as dead (stale), is failed and retried")
+    baseline_trial: bool = Field(True, description="enqueue the project's own values of the searched knobs as "
+                                                   "trial 0 of a new study (the report says if the best beats it)")
+
+    @model_validator(mode="after")
+    def _grace_after_beats(self) -> SweepConfig:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"sweep.grace_period ({self.grace_period} s) must exceed sweep.heartbeat_interval "
+                             f"({self.heartbeat_interval} s), or live trials count as dead")
+        return self
 
 
 class TrackingConfig(Strict):

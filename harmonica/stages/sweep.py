@@ -9,7 +9,11 @@ the trial budget, the locking and resuming. MLflow layout:
   `mlflow run` the launcher's run *is* the parent when it is the study's first launch in the project's
   experiment; otherwise the launcher's run is tagged with the parent's id and gets the same summary.
 * a child run per trial (`trial-<n>`, tags `optuna.study`, `optuna.trial`, `optuna.state`), opened by the
-  trainer; a pruned trial's run ends KILLED with `optuna.pruned=true`, never FINISHED.
+  trainer; a pruned trial's run ends KILLED with `optuna.pruned=true`, never FINISHED. A trial whose
+  worker died is ended FAILED by the worker that finds its heartbeat stale, tagged
+  `harmonica.sweep_retried_as` (its retry's run: `harmonica.sweep_retry_of`); see harmonica/sweep/retry.py.
+* the parent's summary compares the best trial with trial 0, the project's own config
+  (`harmonica.sweep_beats_baseline`, metric `sweep/baseline_value`).
 * on the parent after each worker: `trials.csv` (+ an MLflow table), `plots/*.html` (self-contained
   plotly), `sweep/*` metrics, and the best trial's ready config `projects/<project>_best.yaml`
   (also under `best/`).
@@ -30,8 +34,10 @@ from typing import Any
 from harmonica.config.load import ConfigError, find_root, flatten
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.sweep import report as rep
+from harmonica.sweep import storage as sto
 from harmonica.sweep import study as st
-from harmonica.sweep.space import SweepSpace, apply_overrides, format_value, load_space
+from harmonica.sweep.retry import StaleTrialRetry
+from harmonica.sweep.space import SweepSpace, apply_overrides, baseline_values, format_value, load_space
 from harmonica.stages.console import announce_run
 from harmonica.tracking.adapter import Run, Tracker
 from harmonica.training.progress import BarProgress, make_progress
@@ -59,6 +65,9 @@ class SweepOutcome:
     best_config: Path | None
     plots: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    baseline_trial: int | None = None  # trial 0: the project's config
+    beats_baseline: bool | None = None  # None: unknown (no baseline, or it did not complete)
+    retried: list[tuple[int, int | None]] = field(default_factory=list)  # (dead trial, its retry) this worker handled
     launcher_run_id: str | None = None
 
 
@@ -94,29 +103,32 @@ def run_sweep(
     if n_total is None or n_total < 1:
         raise ConfigError(f"--n-trials must be >= 1 (or set trials_default in {space_path})")
     name = study_name or cfg.sweep.study_name or default_study_name(cfg, space_path)
-    url = storage or cfg.sweep.storage or st.default_storage(workdir)
+    url = storage or cfg.sweep.storage or sto.default_storage(workdir)
     base = apply_overrides(cfg, space.fixed, f"{space_path}: fixed")
     if base.sweep.storage:  # trials and the parent log their config as params: no database password there
-        base = base.model_copy(update={"sweep": base.sweep.model_copy(update={"storage": st.redact(base.sweep.storage)})})
+        base = base.model_copy(update={"sweep": base.sweep.model_copy(update={"storage": sto.redact(base.sweep.storage)})})
     tcfg = getattr(base.training, space.kind)
     if train_fn is None:
         from harmonica.stages.train import run_train as train_fn
 
     with _without_env("MLFLOW_RUN_ID") as launcher:  # trial runs must not adopt the launcher's run
         _ensure_cache(base, workdir)
-        storage_obj = st.open_storage(url)
+        retry = StaleTrialRetry(cfg.sweep.max_retries, name)
+        storage_obj = sto.open_storage(url, cfg.sweep.heartbeat_interval, cfg.sweep.grace_period, on_stale=retry)
         the_pruner = pruner if pruner is not None else st.make_pruner(st.pruner_spec(space, cfg), tcfg)
-        with st.storage_lock(storage_obj, name):
+        baseline, off_space = baseline_values(space, base) if cfg.sweep.baseline_trial else (None, [])
+        with sto.storage_lock(storage_obj, name):
             # first touch of the MLflow store under the lock: two workers must not create a fresh
             # SQLite store's tables at the same time
             tracker = Tracker(cfg, workdir)
+            retry.tracker = tracker  # a dead worker's trial: this worker ends its MLflow run
             study = st.open_study(storage_obj, name, space, space.digest(), cfg.project, the_pruner,
                                   st.make_sampler(space, cfg.sweep.sampler_seed))
             st.fail_stale_trials(study)
             parent_id, created = _parent_run(study, tracker, launcher, name)
-            enqueued = st.top_up(study, n_total)
+            enqueued = st.top_up(study, n_total, baseline, off_space)
         log.info("study '%s' (%s): total %d trials, %d newly enqueued; parent run %s",
-                 name, st.redact(url), n_total, enqueued, parent_id)
+                 name, sto.redact(url), n_total, enqueued, parent_id)
 
         reports: list[st.TrialReport] = []
         files = workdir / "sweeps" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
@@ -132,7 +144,7 @@ def run_sweep(
             train = partial(train_fn, progress=True) if isinstance(bar, BarProgress) else train_fn
             bar.start(n_total, initial=_finished(study, n_total))
             try:
-                while (trial_id := st.pop_trial(study, storage_obj, n_total)) is not None:
+                while (trial_id := st.next_trial(study, storage_obj, n_total)) is not None:
                     reports.append(st.run_one_trial(
                         study, storage_obj, trial_id, space=space, base_cfg=base, workdir=workdir,
                         seed=cfg.sweep.sampler_seed, parent_run_id=parent_id, tracker=tracker, train_fn=train,
@@ -154,13 +166,15 @@ def run_sweep(
 
     best = summary["best"]
     return SweepOutcome(
-        study_name=name, storage=st.redact(url), n_total=n_total, parent_run_id=parent_id,
+        study_name=name, storage=sto.redact(url), n_total=n_total, parent_run_id=parent_id,
         tracking_uri=tracker.tracking_uri, experiment=tracker.experiment_name, trials=reports,
         counts=st.state_counts(study),
         best_trial=best.trial.number if best.trial else None,
         best_values=list(best.trial.values) if best.trial else None, best_feasible=best.feasible,
         best_run_id=best.trial.user_attrs.get(names.MLFLOW_RUN_ID) if best.trial else None,
         best_config=summary["best_config"], plots=[p.name for p in summary["plots"]], notes=summary["notes"],
+        baseline_trial=summary["baseline"].trial.number if summary["baseline"].trial else None,
+        beats_baseline=summary["baseline"].beats, retried=list(retry.events),
         launcher_run_id=launcher if launcher != parent_id else None,
     )
 
@@ -244,7 +258,7 @@ def _parent_run(study: Any, tracker: Tracker, launcher: str | None, name: str) -
 
 def _parent_tags(space: SweepSpace, space_path: Path, name: str, url: str) -> dict[str, str]:
     return {
-        names.SWEEP_STUDY: name, "optuna.study": name, "optuna.storage": st.redact(url),
+        names.SWEEP_STUDY: name, "optuna.study": name, "optuna.storage": sto.redact(url),
         names.SWEEP_SPACE: space_path.name, names.MODEL_KIND: space.kind,
         names.SWEEP_OBJECTIVE: "; ".join(f"{m.direction} {m.name}" for m in space.metrics),
     }
@@ -253,7 +267,7 @@ def _parent_tags(space: SweepSpace, space_path: Path, name: str, url: str) -> di
 def _sweep_params(space: SweepSpace, space_path: Path, name: str, url: str, cfg: HarmonicaConfig,
                   pruner: Any) -> dict[str, Any]:
     params: dict[str, Any] = {
-        "sweep.study": name, "sweep.storage": st.redact(url), "sweep.space": str(space_path),
+        "sweep.study": name, "sweep.storage": sto.redact(url), "sweep.space": str(space_path),
         "sweep.kind": space.kind, "sweep.objective": space.objective.model_dump(mode="json"),
         "sweep.sampler": st.make_sampler(space, cfg.sweep.sampler_seed).__class__.__name__,
         "sweep.sampler_seed": cfg.sweep.sampler_seed, "sweep.pruner": pruner.__class__.__name__,
@@ -272,7 +286,7 @@ def _describe(cfg: HarmonicaConfig, space: SweepSpace, space_path: Path, name: s
         f"Optuna sweep of the {space.kind.upper()} on project '{cfg.project}' ({space_path.name}): "
         f"{'multi-objective ' if space.multi else ''}{obj}"
         + (f" subject to {c.key}" if c else "")
-        + f"; searching {', '.join(space.params)}. Study '{name}' in {st.redact(url)}, "
+        + f"; searching {', '.join(space.params)}. Study '{name}' in {sto.redact(url)}, "
         f"{study.sampler.__class__.__name__} (seed {cfg.sweep.sampler_seed}), {study.pruner.__class__.__name__}. "
         "Each trial is a child run."
     )
@@ -287,18 +301,21 @@ def _summarise(study: Any, space: SweepSpace, space_path: Path, cfg: HarmonicaCo
     if best.note:
         notes.append(f"best trial: {best.note}")
     try:
-        written = rep.best_config(cfg, space, space_path, best, name, st.redact(url), out_dir=best_config_dir)
+        written = rep.best_config(cfg, space, space_path, best, name, sto.redact(url), out_dir=best_config_dir)
     except (ConfigError, OSError) as exc:  # the sweep's results are still worth publishing
         log.error("could not write the best config: %s", exc)
         notes.append(f"best config: not written ({exc})")
         written = None
-    metrics = rep.summary_metrics(study, space, best)
+    baseline = rep.compare_baseline(study, space, best)
+    notes.append(f"baseline: {baseline.note}")
+    metrics = rep.summary_metrics(study, space, best, baseline)
     counts = st.state_counts(study)
     finished = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
     log.info("study '%s': %d complete, %d pruned, %d failed; best %s", name, counts["COMPLETE"], counts["PRUNED"],
              counts["FAIL"], f"trial {best.trial.number} ({rep.describe_values(best.trial, space)})" if best.trial else "none")
     return {"rows": rows, "csv": csv_path, "plots": plots, "notes": notes, "best": best,
-            "best_config": written[0] if written else None, "metrics": metrics, "step": finished}
+            "best_config": written[0] if written else None, "metrics": metrics, "step": finished,
+            "baseline": baseline}
 
 
 def _publish(run: Run, summary: dict[str, Any]) -> None:
@@ -320,6 +337,10 @@ def _publish(run: Run, summary: dict[str, Any]) -> None:
                      names.SWEEP_BEST_RUN_ID: best.trial.user_attrs.get(names.MLFLOW_RUN_ID, "")})
     if summary["best_config"] is not None:
         tags[names.SWEEP_BEST_CONFIG] = str(summary["best_config"])
+    baseline = summary["baseline"]
+    if baseline.trial is not None:
+        tags[names.SWEEP_BASELINE_TRIAL] = baseline.trial.number
+        tags[names.SWEEP_BEATS_BASELINE] = "unknown" if baseline.beats is None else str(baseline.beats).lower()
     run.set_tags(tags)
 
 

@@ -26,6 +26,7 @@ from harmonica.config.load import (
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.sweep.space import SweepSpace, apply_overrides, nest
 from harmonica.sweep.study import ATTR_PREFIX
+from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,61 @@ def select_best(study: optuna.Study, space: SweepSpace) -> Best:
         return Best(best, False, note=f"no trial met the constraint {c.key if c else ''}: the least-violating one")
 
 
+@dataclass
+class BaselineVerdict:
+    """Whether the best trial beats the baseline (trial 0: the project's own config). beats None: unknown."""
+
+    trial: FrozenTrial | None
+    beats: bool | None
+    note: str
+
+
+def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The baseline trial: the latest attempt of it (a dead worker's baseline is retried with its attrs)."""
+    found = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(names.BASELINE_ATTR)]
+    done = [t for t in found if t.state == TrialState.COMPLETE]
+    return (done or found or [None])[-1]
+
+
+def compare_baseline(study: optuna.Study, space: SweepSpace, best: Best) -> BaselineVerdict:
+    """Single objective: the best trial beats the baseline if it is feasible while the baseline is not, or
+    strictly better on the objective; multi: if the baseline is not on the Pareto front."""
+    base = baseline_trial(study)
+    if base is None:
+        return BaselineVerdict(None, None, "no baseline trial in this study (sweep.baseline_trial was off at its start)")
+    off = base.user_attrs.get(names.BASELINE_OFF_SPACE_ATTR) or []
+    label = f"trial {base.number} (the project's config{', except ' + ', '.join(off) + ' outside the space' if off else ''})"
+    if base.state != TrialState.COMPLETE:
+        return BaselineVerdict(base, None, f"{label} has not completed ({base.state.name}): no comparison")
+    if best.trial is None:
+        return BaselineVerdict(base, None, f"no best trial to compare with {label}")
+    if space.multi:
+        on_front = any(t.number == base.number for t in best.pareto)
+        return BaselineVerdict(base, not on_front, f"{label} is {'on' if on_front else 'dominated, not on'} the Pareto front")
+    if best.trial.number == base.number:
+        return BaselineVerdict(base, False, f"the best trial is {label}: the sweep did not beat it")
+    c_base, c_best = _constraint(base), _constraint(best.trial)
+    feasible = lambda c: c is None or c <= 0  # noqa: E731
+    m = space.metrics[0]
+    sign = 1.0 if m.direction == "minimize" else -1.0
+    if feasible(c_best) and not feasible(c_base):
+        beats = True
+    elif feasible(c_base) and not feasible(c_best):
+        beats = False
+    else:
+        beats = sign * best.trial.values[0] < sign * base.values[0]
+    verdict = "beats" if beats else "does not beat"
+    return BaselineVerdict(base, beats, f"best trial {best.trial.number} {verdict} {label}: {m.name} "
+                                        f"{best.trial.values[0]:.4f} vs {base.values[0]:.4f}"
+                                        + ("" if feasible(c_base) else " (the baseline misses the constraint)"))
+
+
 def describe_values(t: FrozenTrial, space: SweepSpace) -> str:
     return ", ".join(f"{m.name}={v:.4f}" for m, v in zip(space.metrics, t.values or [], strict=False))
 
 
-def summary_metrics(study: optuna.Study, space: SweepSpace, best: Best) -> dict[str, float]:
+def summary_metrics(study: optuna.Study, space: SweepSpace, best: Best,
+                    baseline: BaselineVerdict | None = None) -> dict[str, float]:
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
     out = {
@@ -136,6 +187,10 @@ def summary_metrics(study: optuna.Study, space: SweepSpace, best: Best) -> dict[
         out["sweep/best_feasible"] = 1.0 if best.feasible else 0.0
     if space.multi:
         out["sweep/n_pareto"] = float(len(best.pareto))
+    if baseline is not None and baseline.trial is not None and baseline.trial.values and not space.multi:
+        out["sweep/baseline_value"] = float(baseline.trial.values[0])
+    if baseline is not None and baseline.beats is not None:
+        out["sweep/beats_baseline"] = 1.0 if baseline.beats else 0.0
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 

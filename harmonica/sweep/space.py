@@ -126,6 +126,22 @@ class ParamSpec(_Strict):
             return [int(self.low), int(self.high)]  # type: ignore[arg-type]
         return [float(self.low), float(self.high)]  # type: ignore[arg-type]
 
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is a point of this range / one of the choices (Optuna could have drawn it)."""
+        if self.type == "categorical":
+            return any(type(value) is type(c) and value == c for c in self.choices or [])
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.type == "int" and float(value) != int(value):
+            return False
+        low, high = float(self.low), float(self.high)  # type: ignore[arg-type]
+        if not low <= float(value) <= high:
+            return False
+        if self.step is None:
+            return True
+        k = (float(value) - low) / self.step
+        return abs(k - round(k)) < 1e-9
+
     def suggest(self, trial: Any, name: str) -> Any:
         if self.type == "categorical":
             return trial.suggest_categorical(name, self.choices)
@@ -198,12 +214,16 @@ class MultiObjective(_Strict):
 
 class PrunerSpec(_Strict):
     """median: prune a trial whose value at a validation step is worse than the median of the earlier
-    trials at that step; hyperband: successive halving over the validation steps; none: never prune."""
+    trials at that step; successive_halving: at rungs min_resource * reduction_factor^k steps, keep only
+    the best 1/reduction_factor of the trials that reached the rung (the best so far while fewer than
+    reduction_factor have); hyperband: several successive-halving brackets; none: never prune."""
 
-    type: Literal["median", "hyperband", "none"] = "median"
+    type: Literal["median", "hyperband", "successive_halving", "none"] = "median"
     n_startup_trials: int = Field(2, ge=0, description="median: trials that are never pruned")
-    n_warmup_steps: int | None = Field(None, ge=0, description="median: None = the first validation step")
-    reduction_factor: int = Field(3, ge=2, description="hyperband")
+    n_warmup_steps: int | None = Field(
+        None, ge=0, description="median: first step a trial may be pruned at; successive_halving/hyperband: "
+                                "the first rung (min_resource); None = the first validation step")
+    reduction_factor: int = Field(3, ge=2, description="hyperband, successive_halving")
 
 
 class SamplerSpec(_Strict):
@@ -409,6 +429,20 @@ def check_space(space: SweepSpace, cfg: HarmonicaConfig, where: Path | str) -> N
     tcfg = getattr(base.training, space.kind)
     if tcfg.val_every > tcfg.total_steps:
         raise ConfigError(f"{where}: no validation before the end of a trial (val_every > total_steps)")
+
+
+def baseline_values(space: SweepSpace, cfg: HarmonicaConfig) -> tuple[dict[str, Any], list[str]]:
+    """The project's own values of the searched knobs (cfg with the space's fixed overrides applied),
+    and the knobs whose value is not a point of the space (left to the sampler in the baseline trial)."""
+    base = apply_overrides(cfg, space.fixed, "fixed")
+    values, off = {}, []
+    for path, spec in space.params.items():
+        value = _resolve(base, path)
+        if spec.contains(value):
+            values[path] = value
+        else:
+            off.append(path)
+    return values, off
 
 
 def load_space(path: Path | str, cfg: HarmonicaConfig) -> SweepSpace:

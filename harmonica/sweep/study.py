@@ -1,21 +1,26 @@
-"""Optuna side of `harmonica sweep`: storage, the study, its trial budget, and one trial = one training.
+"""Optuna side of `harmonica sweep`: the study, its trial budget, and one trial = one training.
 
-Budget semantics (`--n-trials N`): N is the study's *total*, over every worker and every launch. At
-launch, under a short storage-wide lock, a worker tops the study up to N live trials by enqueueing
-WAITING trials (live = COMPLETE, PRUNED, RUNNING or WAITING; FAIL trials do not count, so a failed
-trial is replaced at the next launch but never within one, and a crashing objective cannot loop).
-Workers then only *pop* WAITING trials - Optuna's WAITING -> RUNNING transition is atomic in the RDB
-storage (a row lock on PostgreSQL) - and never create trials, so two workers asked for N run exactly N
-trials between them, none twice and none lost. Rerunning the same command resumes: finished trials are
-kept, nothing new is enqueued unless N grew. (`optuna.study.MaxTrialsCallback` counts finished trials
-only and lets concurrent workers overshoot, hence this.)
+Budget semantics (`--n-trials N`): N is the study's *total* of COMPLETE + PRUNED trials, over every
+worker and every launch; FAIL trials are recorded but never counted. At launch, under a short
+storage-wide lock (harmonica/sweep/storage.py), a worker tops the study up to N live trials by
+enqueueing WAITING trials (live = COMPLETE, PRUNED, RUNNING or WAITING). Workers then only *pop*
+WAITING trials - Optuna's WAITING -> RUNNING transition is atomic in the RDB storage (a row lock on
+PostgreSQL, BEGIN IMMEDIATE on SQLite) - so two workers asked for N run exactly N trials between them,
+none twice and none lost. Rerunning the same command resumes: finished trials are kept, nothing new is
+enqueued unless N grew. (`optuna.study.MaxTrialsCallback` counts finished trials only and lets
+concurrent workers overshoot, hence this.)
 
-The lock is a marker study `<study>::harmonica-lock` (study names are unique in the storage, so creating
-it succeeds for one process at a time); it is deleted on release and broken when older than
-LOCK_STALE_SECONDS (a worker that died inside it).
+Dead workers (harmonica/sweep/retry.py): before every claim a worker fails stale trials (no heartbeat
+for `sweep.grace_period` s) with `optuna.storages.fail_stale_trials`; each is replaced at once by a
+WAITING retry with the same parameters (up to `sweep.max_retries` times), so the live count - and the
+budget - is unchanged: a killed trial is one FAIL row plus its retry, never a lost or a double-counted
+trial. A worker with nothing to claim stays while other workers' trials run, to take over one whose
+worker dies. A trial that *raises* is FAIL and not retried (it would fail again); like a trial whose
+retries are used up, it is replaced by the next launch's top-up.
 
-Heartbeats (RDB storages): a RUNNING trial whose worker died is failed after HEARTBEAT_GRACE seconds
-(at the next launch), then replaced by the top-up.
+Trial 0 of a new study is the project's own config (`sweep.baseline_trial`): the values the project
+gives the searched knobs, enqueued once (under the lock, only into an empty study) and never pruned,
+so the report can say whether the sweep's best beats it.
 
 Trials are seeded: trial n samples with `sweep.sampler_seed + n`, so a study resumed or spread over
 workers draws the same parameters as one uninterrupted run given the same history, and two workers
@@ -28,9 +33,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import random
-import socket
 import threading
 import time
 import warnings
@@ -38,29 +40,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import optuna
-from optuna.exceptions import (
-    DuplicatedStudyError,
-    ExperimentalWarning,
-    UpdateFinishedTrialError,
-)
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from harmonica.config.load import ConfigError
 from harmonica.config.schema import HarmonicaConfig, TrainingConfig
+from harmonica.sweep.retry import find_child, retry_of
 from harmonica.sweep.space import PrunerSpec, SweepSpace, apply_overrides
+from harmonica.sweep.storage import worker_id
 from harmonica.tracking import names
 from harmonica.tracking.adapter import active_run_id
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL = 20  # seconds
-HEARTBEAT_GRACE = 120
-LOCK_STALE_SECONDS = 300.0
-LOCK_SUFFIX = "::harmonica-lock"
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 ATTR_PREFIX = names.ATTR_PREFIX
 
@@ -73,124 +68,6 @@ class TrialPrunedRun(optuna.TrialPruned):
 
 class StudyMismatchError(ConfigError):
     """The named study exists but was made for another search (other space, project or objectives)."""
-
-
-# ------------------------------------------------------------------------------------------ storage
-
-
-def default_storage(workdir: Path) -> str:
-    return f"sqlite:///{(Path(workdir) / 'optuna.db').resolve()}"
-
-
-def redact(url: str) -> str:
-    """The storage URL without its password (for tags and logs)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
-def open_storage(url: str, heartbeat: bool = True, attempts: int = 5) -> RDBStorage:
-    """An Optuna RDB storage (sqlite:///..., postgresql://user:pw@host/db, mysql://...).
-
-    SQLite waits up to 60 s for a lock (several local workers); creating the schema is retried because
-    two workers opening a fresh database at once may both try to create it.
-    """
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
-    kwargs: dict[str, Any] = {"engine_kwargs": engine_kwargs}
-    if heartbeat:
-        kwargs.update(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE)
-    for attempt in range(1, attempts + 1):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                storage = RDBStorage(url, **kwargs)
-            if url.startswith("sqlite"):
-                _serialise_sqlite(storage)
-            return storage
-        except ModuleNotFoundError as exc:
-            raise ConfigError(
-                f"the Optuna storage {redact(url)} needs the database driver '{exc.name}' "
-                "(PostgreSQL: pip install psycopg2-binary)"
-            ) from None
-        except Exception as exc:
-            if attempt == attempts:
-                raise ConfigError(f"cannot open the Optuna storage {redact(url)}: {exc}") from exc
-            log.warning("opening the Optuna storage failed (%s); retrying", exc.__class__.__name__)
-            time.sleep(0.5 + random.random() * 2)
-    raise AssertionError("unreachable")
-
-
-def _serialise_sqlite(storage: RDBStorage) -> None:
-    """Make every SQLite transaction take the write lock up front (BEGIN IMMEDIATE).
-
-    pysqlite starts a transaction only at the first write, so Optuna's read-check-write of
-    WAITING -> RUNNING is not atomic between processes: two local workers could pop the same trial.
-    (SQLAlchemy's documented recipe; PostgreSQL/MySQL use a row lock instead.)
-    """
-    from sqlalchemy import event
-
-    engine = storage.engine
-
-    @event.listens_for(engine, "connect")
-    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # pooled connections from the schema check predate the hooks
-
-
-@contextlib.contextmanager
-def storage_lock(storage: RDBStorage, study_name: str, timeout: float = 600.0) -> Iterator[None]:
-    """A storage-wide mutex for `study_name` (see the module doc)."""
-    name = study_name + LOCK_SUFFIX
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            lock_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
-            storage.set_study_user_attr(lock_id, "acquired_at", time.time())
-            storage.set_study_user_attr(lock_id, "holder", worker_id())
-            break
-        except DuplicatedStudyError:
-            _break_if_stale(storage, name)
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"the sweep lock '{name}' is still held after {timeout:.0f} s; if no other worker is "
-                    f"starting, delete it: optuna delete-study --study-name '{name}' --storage <url>"
-                ) from None
-            time.sleep(0.2 + random.random() * 0.5)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(KeyError):
-            storage.delete_study(lock_id)
-
-
-def _break_if_stale(storage: RDBStorage, name: str) -> None:
-    try:
-        lock_id = storage.get_study_id_from_name(name)
-        acquired = storage.get_study_user_attrs(lock_id).get("acquired_at")
-    except KeyError:
-        return  # released meanwhile
-    if acquired is not None and time.time() - float(acquired) > LOCK_STALE_SECONDS:
-        log.warning("breaking the stale sweep lock '%s' (held for %.0f s)", name, time.time() - float(acquired))
-        with contextlib.suppress(KeyError):
-            storage.delete_study(lock_id)
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 # ------------------------------------------------------------------------------ sampler and pruner
@@ -224,10 +101,13 @@ def make_pruner(spec: PrunerSpec, tcfg: TrainingConfig) -> optuna.pruners.BasePr
     if spec.type == "median":
         warmup = spec.n_warmup_steps if spec.n_warmup_steps is not None else tcfg.val_every
         return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials, n_warmup_steps=warmup)
+    first_rung = spec.n_warmup_steps or tcfg.val_every
     if spec.type == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=tcfg.val_every, max_resource=tcfg.total_steps, reduction_factor=spec.reduction_factor
+            min_resource=first_rung, max_resource=tcfg.total_steps, reduction_factor=spec.reduction_factor
         )
+    if spec.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=spec.reduction_factor)
     return optuna.pruners.NopPruner()
 
 
@@ -267,6 +147,8 @@ def open_study(
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's: fail RUNNING trials without a heartbeat for the grace period, run the storage's
+    stale-trial callback (harmonica/sweep/retry.py) on those this process failed."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -279,17 +161,30 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def top_up(study: optuna.Study, n_total: int) -> int:
-    """Enqueue WAITING trials until the study has n_total live trials; call under storage_lock."""
-    live = sum(1 for t in study.get_trials(deepcopy=False) if t.state in LIVE_STATES)
+def top_up(study: optuna.Study, n_total: int, baseline: dict[str, Any] | None = None,
+           off_space: list[str] | None = None) -> int:
+    """Enqueue WAITING trials until the study has n_total live trials; call under storage_lock.
+
+    `baseline`: the project's values of the searched knobs, enqueued as trial 0 if the study has no
+    trial at all (`off_space`: the knobs left to the sampler, recorded on the trial)."""
+    trials = study.get_trials(deepcopy=False)
+    live = sum(1 for t in trials if t.state in LIVE_STATES)
     missing = max(0, n_total - live)
-    for _ in range(missing):
-        study.enqueue_trial({}, user_attrs={f"{ATTR_PREFIX}budget": n_total})
+    budget = {f"{ATTR_PREFIX}budget": n_total}
+    for i in range(missing):
+        if i == 0 and not trials and baseline is not None:
+            study.enqueue_trial(baseline, user_attrs={**budget, names.BASELINE_ATTR: True,
+                                                      names.BASELINE_OFF_SPACE_ATTR: list(off_space or [])})
+        else:
+            study.enqueue_trial({}, user_attrs=budget)
     return missing
 
 
 def pop_trial(study: optuna.Study, storage: RDBStorage, n_total: int) -> int | None:
-    """Claim one WAITING trial (atomic); None when the budget is used up or nothing is waiting."""
+    """Claim one WAITING trial (atomic); None when the budget is used up or nothing is waiting.
+
+    The claimed trial's first heartbeat is recorded at once: Optuna never counts a RUNNING trial
+    without one as stale, so a worker that died before its heartbeat thread started would hold it."""
     trials = study.get_trials(deepcopy=False)
     started = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
     if started >= n_total:
@@ -297,10 +192,28 @@ def pop_trial(study: optuna.Study, storage: RDBStorage, n_total: int) -> int | N
     for t in sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number):
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                if storage.get_heartbeat_interval() is not None:
+                    storage.record_heartbeat(t._trial_id)
                 return t._trial_id
         except UpdateFinishedTrialError:
             continue
     return None
+
+
+def next_trial(study: optuna.Study, storage: RDBStorage, n_total: int, poll: float | None = None) -> int | None:
+    """Fail stale trials (retrying them), then claim a WAITING one. With nothing to claim, wait (every
+    `poll` s, default the heartbeat interval) while other workers' trials still run - one of them may go
+    stale and come back as a retry; None once none runs (or the budget is used up)."""
+    interval = storage.get_heartbeat_interval()
+    while True:
+        fail_stale_trials(study)
+        trial_id = pop_trial(study, storage, n_total)
+        if trial_id is not None:
+            return trial_id
+        counts = state_counts(study)
+        if interval is None or counts["RUNNING"] == 0 or counts["COMPLETE"] + counts["PRUNED"] >= n_total:
+            return None
+        time.sleep(poll if poll is not None else interval)
 
 
 @contextlib.contextmanager
@@ -364,6 +277,8 @@ class ValidationReporter:
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         if self.run_id is None:
             self.run_id = active_run_id()  # the trial's child run, opened by run_train
+            if self.run_id:  # on the trial at once: whoever finds it stale closes this run
+                self.trial.set_user_attr(names.MLFLOW_RUN_ID, self.run_id)
         self.last_step, self.last_metrics = step, dict(metrics)
         if self.space.multi:
             return  # Optuna prunes single-objective studies only
@@ -416,13 +331,18 @@ def run_one_trial(
     study_name: str,
 ) -> TrialReport:
     """Sample, build the trial's config, train it as a child run, tell Optuna how it ended."""
-    number = storage.get_trial(trial_id).number
+    claimed = storage.get_trial(trial_id)
+    number = claimed.number
     study.sampler = make_sampler(space, seed + number)
     trial = optuna.Trial(study, trial_id)
     trial.set_user_attr(f"{ATTR_PREFIX}worker", worker_id())
-    prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
+    baseline = bool(claimed.user_attrs.get(names.BASELINE_ATTR))  # the reference: always runs to the end
+    prune = not isinstance(study.pruner, optuna.pruners.NopPruner) and not baseline
     reporter = ValidationReporter(trial, space, tracker, prune)
     tags = {"optuna.study": study_name, "optuna.trial": str(number), names.SWEEP_WORKER: worker_id()}
+    if (retried := retry_of(claimed)) is not None:
+        tags[names.SWEEP_RETRY_OF] = str(retried)
+        log.info("trial %d retries trial %d (its worker died)", number, retried)
     state, values, steps, error, run_id = TrialState.FAIL, None, 0, None, None
     params: dict[str, Any] = {}
     with heartbeat(storage, trial_id):
@@ -447,13 +367,18 @@ def run_one_trial(
         except Exception as exc:
             log.exception("trial %d failed", number)
             state, steps, error = TrialState.FAIL, reporter.last_step, f"{exc.__class__.__name__}: {exc}"
-        run_id = run_id or reporter.run_id or _find_child(tracker, study_name, number)
-        trial.set_user_attr(f"{ATTR_PREFIX}steps", steps)
-        if run_id:
-            trial.set_user_attr(f"{ATTR_PREFIX}mlflow_run_id", run_id)
-        if error:
-            trial.set_user_attr(f"{ATTR_PREFIX}error", error[:2000])
-        frozen = _tell(study, trial, state, values)
+        run_id = run_id or reporter.run_id or find_child(tracker, study_name, number)
+        try:
+            trial.set_user_attr(f"{ATTR_PREFIX}steps", steps)
+            if run_id:
+                trial.set_user_attr(names.MLFLOW_RUN_ID, run_id)
+            if error:
+                trial.set_user_attr(f"{ATTR_PREFIX}error", error[:2000])
+            frozen = _tell(study, trial, state, values)
+        except UpdateFinishedTrialError:  # another worker found it stale (no beat for the grace period)
+            frozen = storage.get_trial(trial_id)
+            error = f"failed as stale by another worker (no heartbeat for the grace period); {error or ''}".rstrip("; ")
+            log.error("trial %d: %s", number, error)
     report = TrialReport(number, frozen.state.name, frozen.values, steps, run_id, params, error)
     if run_id:
         _annotate_child(tracker, run_id, report, space)
@@ -471,17 +396,11 @@ def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: l
     return study.tell(trial, state=state)
 
 
-def _find_child(tracker: Any, study_name: str, number: int) -> str | None:
-    try:
-        runs = tracker.find_runs(f"tags.`optuna.study` = '{study_name}' and tags.`optuna.trial` = '{number}'", 1)
-    except Exception:  # noqa: BLE001
-        return None
-    return runs[0].run_id if runs else None
-
-
 def _annotate_child(tracker: Any, run_id: str, report: TrialReport, space: SweepSpace) -> None:
     run = tracker.handle(run_id)
     run.set_tags({"optuna.state": report.state, "optuna.pruned": str(report.state == "PRUNED").lower()})
+    if report.state == TrialState.FAIL.name:
+        tracker.set_status(run_id, "FAILED")  # e.g. a non-finite objective after a FINISHED training
     metrics: dict[str, float] = {"optuna/steps": float(report.steps)}
     if report.values:
         for m, v in zip(space.metrics, report.values, strict=True):

@@ -125,6 +125,12 @@ SWEEP_BEST_TRIAL = "harmonica.sweep_best_trial"
 SWEEP_BEST_RUN_ID = "harmonica.sweep_best_run_id"
 SWEEP_BEST_CONFIG = "harmonica.sweep_best_config"
 SWEEP_BEST_FEASIBLE = "harmonica.sweep_best_feasible"
+SWEEP_BASELINE_TRIAL = "harmonica.sweep_baseline_trial"  # parent: the trial that ran the project's own config
+SWEEP_BEATS_BASELINE = "harmonica.sweep_beats_baseline"  # parent: true/false/unknown
+# a trial whose worker died (stale heartbeat): set on its child run by the worker that failed it
+SWEEP_RETRIED_AS = "harmonica.sweep_retried_as"  # the number of the trial that retries it ("none": no retry left)
+SWEEP_FAILED_BY = "harmonica.sweep_failed_by"  # the worker that found it stale
+SWEEP_RETRY_OF = "harmonica.sweep_retry_of"  # on a retry's child run: the number of the trial it retries
 MLFLOW_PARENT_RUN_ID = "harmonica.mlflow_parent_run_id"
 MLFLOW_RUN_ID = "harmonica.mlflow_run_id"
 MLFLOW_TRACKING_URI = "harmonica.mlflow_tracking_uri"
@@ -163,6 +169,8 @@ def resume_step(n: int) -> str:
 
 # Optuna user attributes of a sweep trial/study carry the same prefix as tags
 ATTR_PREFIX = "harmonica."
+BASELINE_ATTR = "harmonica.baseline"  # trial user attr: the trial runs the project's config (trial 0)
+BASELINE_OFF_SPACE_ATTR = "harmonica.baseline_off_space"  # knobs whose project value lies outside the space
 
 
 # --- artifacts: paths inside a run that one module writes and another reads (the report, promote)

@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from harmonica.config import load_config
 from harmonica.stages.sweep import run_sweep
-from harmonica.sweep.study import StudyMismatchError, open_storage
+from harmonica.sweep.storage import open_storage
+from harmonica.sweep.study import StudyMismatchError
 from tests.sweep.conftest import write_space
 
 
@@ -84,21 +85,28 @@ def test_sweep_parent_children_plots_best_config_and_resume(tmp_path, sweep_work
 
 def test_pruned_trials_are_killed_runs_tagged_pruned(tmp_path, sweep_workdir, tiny_sweep_cfg):
     space = write_space(tmp_path)
-    out = run_sweep(tiny_sweep_cfg, sweep_workdir, space, n_trials=2, study_name="prune", pruner=AlwaysPrune(),
+    out = run_sweep(tiny_sweep_cfg, sweep_workdir, space, n_trials=3, study_name="prune", pruner=AlwaysPrune(),
                     best_config_dir=tmp_path / "projects")
-    assert out.counts["PRUNED"] == 2 and out.best_trial is None and out.best_config is None
-    assert all(r.state == "PRUNED" and r.steps == 2 for r in out.trials)  # pruned at the first validation
+    # trial 0 is the baseline (the project's config): never pruned, the reference the sweep must beat
+    assert out.counts["PRUNED"] == 2 and out.counts["COMPLETE"] == 1 and out.best_trial == 0
+    assert out.baseline_trial == 0 and out.beats_baseline is False
+    assert [r.state for r in out.trials] == ["COMPLETE", "PRUNED", "PRUNED"]
+    assert all(r.steps == 2 for r in out.trials[1:])  # pruned at the first validation
     client = _client(sweep_workdir)
     children = _children(client, out.parent_run_id)
-    assert len(children) == 2
+    assert len(children) == 3
     for child in children:
+        if child.data.tags["optuna.trial"] == "0":
+            assert child.info.status == "FINISHED" and child.data.tags["optuna.pruned"] == "false"
+            continue
         assert child.info.status == "KILLED"
         assert child.data.tags["optuna.pruned"] == "true" and child.data.tags["optuna.pruned_step"] == "2"
         assert child.data.tags["optuna.state"] == "PRUNED"
     parent = client.get_run(out.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/n_pruned"] == 2
+    assert parent.data.tags["harmonica.sweep_beats_baseline"] == "false"
     notes = client.download_artifacts(out.parent_run_id, "plots/NOTES.txt", str(tmp_path))
-    assert "no completed trial" in Path(notes).read_text()
+    assert "baseline: the best trial is trial 0" in Path(notes).read_text()
 
 
 def test_multi_objective_pareto_front(tmp_path, sweep_workdir, tiny_sweep_cfg):
