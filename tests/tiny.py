@@ -71,6 +71,7 @@ class RecordingSink:
         self.tags: dict[str, str] = {}
         self.texts: dict[str, str] = {}
         self.artifacts: list[tuple[str, str | None]] = []
+        self.images: dict[str, dict[int, object]] = {}  # key -> step -> image
         self.fail_at_step = fail_at_step
 
     def log_metrics(self, metrics, step=None):
@@ -87,6 +88,9 @@ class RecordingSink:
 
     def log_text(self, text, artifact_file):
         self.texts[artifact_file] = text
+
+    def log_image(self, key, image, step):
+        self.images.setdefault(key, {})[step] = image
 
 
 @pytest.fixture(scope="session")

@@ -44,12 +44,14 @@ from harmonica.training.diagnostics import (
 )
 from harmonica.training.distributed import DistInfo, all_mean, autocast, barrier, broadcast_flag, maybe_no_sync
 from harmonica.training.ema import EMA
+from harmonica.training.figures import util_entry, util_heatmap_image, util_matrix
 from harmonica.training.monitor import CollapseMonitor, EarlyStopper, InstabilityGuard, weights_finite
 from harmonica.training.optim import build_optimizer, build_scheduler
 from harmonica.training.samples import SampleRenderer
 from harmonica.training.steps import StepOutput, build_task
 from harmonica.training.threads import apply_threads
 from harmonica.training.validation import ValidationExtras
+from harmonica.training.window import StepWindow
 from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class MetricSink(Protocol):
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_artifacts(self, directory: Path | str, artifact_path: str | None = None) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
+    def log_image(self, key: str, image: Any, step: int) -> None: ...
 
 
 @dataclass
@@ -73,6 +76,7 @@ class TrainState:
     instability_events: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str | None = None
     tokens_seen: int = 0
+    util_history: list[dict[str, Any]] = field(default_factory=list)  # figures.util_entry per validation
 
 
 @dataclass
@@ -81,35 +85,6 @@ class TrainResult:
     last_checkpoint: Path | None
     best_checkpoint: Path | None
     final_metrics: dict[str, float]
-
-
-class _Window:
-    """Sums of step terms on the device between two log steps."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}  # averaged over the window's micro-steps
-        self.instant: dict[str, torch.Tensor] = {}  # values of the log step itself (grad norms, ratios)
-        self.n = 0
-        self.tokens = torch.zeros((), device=self.device)
-        self.attn: torch.Tensor | None = None
-        self.started = time.perf_counter()
-        self.excluded = 0.0  # seconds of validation / samples / checkpoints inside the window
-
-    def add(self, out: StepOutput) -> None:
-        for k, v in out.terms.items():
-            v = v.detach().float().to(self.device)
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
-        if "loss" not in out.terms:
-            self.sums["loss"] = self.sums.get("loss", torch.zeros((), device=self.device)) + out.loss.detach().float()
-        self.n += 1
-        if out.tokens is not None:
-            self.tokens = self.tokens + out.tokens
-        if out.attn_entropy is not None:
-            self.attn = out.attn_entropy.detach()
 
 
 class Trainer:
@@ -198,12 +173,15 @@ class Trainer:
         if resume_from is not None:
             self.load(resume_from)
         t = self.tcfg
-        window = _Window(self.device)
+        window = StepWindow(self.device)
         last_ckpt: Path | None = ckpt.latest_checkpoint(self.ckpt_root)
         final: dict[str, float] = {}
         if self.renderer is not None and self.state.step == 0 and self.val_examples:
-            ref = self.renderer.render_reference(self.ckpt_root.parent / "samples" / "reference")
+            ref = self.ckpt_root.parent / "samples" / "reference"
+            images = self.renderer.render_reference(ref)
             self.sink.log_artifacts(ref, "samples/reference")
+            for uid, image in images.items():
+                self.sink.log_image(names.reference_spectrogram(uid), image, 0)
         self.model.train()
         while self.state.step < t.total_steps:
             step = self.state.step  # the schedules' step: updates already taken
@@ -245,7 +223,7 @@ class Trainer:
         best = self.ckpt_root / "best"
         return TrainResult(self.state, last_ckpt, best if best.exists() else None, final)
 
-    def _optimizer_step(self, step_loss: torch.Tensor, log_now: bool, window: _Window) -> bool:
+    def _optimizer_step(self, step_loss: torch.Tensor, log_now: bool, window: StepWindow) -> bool:
         """Clip, guard, step, EMA; False when the instability guard skipped the update."""
         t = self.tcfg
         params = [p for ps in self.groups.values() for p in ps]
@@ -284,7 +262,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ logging
 
-    def _log_train(self, window: _Window) -> dict[str, float]:
+    def _log_train(self, window: StepWindow) -> dict[str, float]:
         k = self.kind
         metrics: dict[str, torch.Tensor] = {}
         for name, v in window.sums.items():
@@ -359,6 +337,11 @@ class Trainer:
         step = self.state.step
         metrics.update(self.extras(self.core, self.ema, batches, metrics, step))
         self.sink.log_metrics(metrics, step=step)
+        self.state.util_history.append(util_entry(step, metrics))
+        heatmap = util_matrix(self.state.util_history, self.tcfg.collapse.util_floor)
+        if self.dist.is_main and heatmap.codebooks:
+            image = util_heatmap_image(heatmap, f"{self.kind} validation utilisation per codebook")
+            self.sink.log_image(names.util_heatmap(self.kind), image, step)
         self.scheduler.on_validation(metrics["val/loss"])
         value = metrics.get(self.tcfg.best_metric)
         if value is not None and math.isfinite(value):
@@ -383,8 +366,10 @@ class Trainer:
     def _samples(self) -> None:
         directory = self.ckpt_root.parent / "samples" / f"step_{self.state.step:06d}"
         with self.ema.swap(self.core):  # samples come from the EMA weights
-            self.renderer.render(self.core, self.state.step, directory, self.device)
+            images = self.renderer.render(self.core, self.state.step, directory, self.device)
         self.sink.log_artifacts(directory, f"samples/step_{self.state.step:06d}")
+        for uid, image in images.items():
+            self.sink.log_image(names.sample_spectrogram(uid), image, self.state.step)
 
     # ------------------------------------------------------------------------------ checkpoints
 
