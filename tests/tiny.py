@@ -73,6 +73,7 @@ class RecordingSink:
         self.artifacts: list[tuple[str, str | None]] = []
         self.links: dict[tuple[str, int], tuple[str, tuple[str, str] | None]] = {}  # (key, step) -> model, dataset
         self.models: dict[str, int] = {}  # published checkpoint model id -> step (pruned ones removed)
+        self.images: dict[str, dict[int, object]] = {}  # key -> step -> image
         self.fail_at_step = fail_at_step
 
     def log_metrics(self, metrics, step=None, model_ids=None, dataset=None):
@@ -100,6 +101,9 @@ class RecordingSink:
 
     def log_text(self, text, artifact_file):
         self.texts[artifact_file] = text
+
+    def log_image(self, key, image, step):
+        self.images.setdefault(key, {})[step] = image
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Everything a run report shows, read from the store through the read side into plain records.
 
 `load_report_data` reads the run, its baseline, the histories of its key curves, its logged events and
-tables, the listings of the artifact folders the sections look into, and the runs it refers to
+tables, its stepped images (each key's image at its last step), the listings of the artifact folders the
+sections look into, and the runs it refers to
 (the training runs an evaluate/promote run scored, the evaluate runs that scored a training run, the
 promotions of an evaluate run). `fetch_media` then embeds the audio and images the sections chose.
 A read that fails is logged and recorded in `errors` (the sections that need it say so); a missing
@@ -23,7 +24,7 @@ from harmonica.reports.common import curve_groups, get_run, is_training, table_r
 from harmonica.reports.model import Series
 from harmonica.tracking import names
 from harmonica.tracking.checkpoints import CheckpointModel, CheckpointModelError, CheckpointModels
-from harmonica.tracking.read import ArtifactEntry, RunRecord, StoreError, TrackingReader
+from harmonica.tracking.read import ArtifactEntry, LoggedImage, RunRecord, StoreError, TrackingReader
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ READ_ERRORS = (StoreError, OSError, CheckpointModelError)
 # parts of the data whose read can fail as a whole (a store request), and the sections that need them
 HISTORIES, SCORED_BY, PROMOTIONS = "metric histories", "evaluate runs of this run", "promote runs of this run"
 MODELS = "checkpoint models"
+IMAGES = "logged images"
 
 T = TypeVar("T")
 
@@ -67,6 +69,7 @@ class ReportData:
     training: tuple[TrainingRun, ...] = ()  # this run if it trains, else the training runs it refers to
     unknown_training: tuple[str, ...] = ()  # "AR <ref>" references that are no run of this store
     promotions: tuple[RunRecord, ...] = ()  # promote runs of this evaluate run, newest first
+    images: Mapping[str, LoggedImage] = field(default_factory=dict)  # image key -> its image at its last step
     errors: Mapping[str, str] = field(default_factory=dict)  # part -> "ExceptionType: message"
 
     @property
@@ -206,6 +209,7 @@ def load_report_data(reader: TrackingReader, run_id: str, baseline_run_id: str |
         promotions=part(PROMOTIONS, lambda: tuple(reader.find_runs(
             tags={names.EVALUATION_RUN_ID: run_id}, experiment_ids=[run.experiment_id], max_results=5)), ())
         if stage == "evaluate" and not has_gates(run) else (),
+        images=part(IMAGES, lambda: _latest_images(reader, run_id), {}),
         listings=dict(art.listings), errors=errors,
     )
 
@@ -216,6 +220,11 @@ def _history(reader: TrackingReader, run_id: str, key: str) -> Series:
         by_step[p.step] = p.value  # the last value logged at a step wins (resumed runs re-log)
     steps = sorted(by_step)
     return Series(key, tuple(steps), tuple(by_step[s] for s in steps))
+
+
+def _latest_images(reader: TrackingReader, run_id: str) -> dict[str, LoggedImage]:
+    """Every image key the run logged (Run.log_image) -> its image at the last step."""
+    return {image.key: image for image in reader.logged_images(run_id)}  # sorted by key, step, time: last wins
 
 
 def _scored_by(reader: TrackingReader, run: RunRecord) -> tuple[RunRecord, ...]:

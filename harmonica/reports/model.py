@@ -1,7 +1,8 @@
 """What a report section is, independent of how it is rendered: a title and a list of blocks.
 
 Blocks: paragraphs (light inline Markdown: `code`, **bold**, [text](href)), notes ("nothing to show"),
-alerts, a labelled text, tables, bullet lists, sub-headings and figures (curves with their table).
+alerts, a labelled text, tables, bullet lists, sub-headings, figures (curves with their table) and
+pictures (a run's image artifact with a caption).
 Table cells and bullet items are plain values (text, numbers, None) or the inline kinds below; audio
 and spectrograms name a run artifact, which the HTML embeds and the Markdown links.
 The templates (templates/report.md.j2, templates/report.html.j2) render these; render.py holds the
@@ -118,7 +119,15 @@ class Figure:
     events: Sequence[int] = ()  # vertical lines: steps of collapse events
 
 
-Block = Paragraph | Note | Alert | Labelled | Table | Bullets | Heading | Figure
+@dataclass(frozen=True)
+class Picture:
+    """A run artifact image on its own with a caption: shown in the HTML, linked in the Markdown."""
+
+    path: str
+    caption: str
+
+
+Block = Paragraph | Note | Alert | Labelled | Table | Bullets | Heading | Figure | Picture
 
 
 @dataclass
@@ -137,6 +146,9 @@ class Section:
     def media(self) -> Iterator[str]:
         """The run artifacts this section shows (audio and images), for the HTML to embed."""
         for block in self.blocks:
+            if isinstance(block, Picture):
+                yield block.path
+                continue
             table = block.table if isinstance(block, Figure) else block
             values = [c for row in table.rows for c in row] if isinstance(table, Table) else (
                 block.items if isinstance(block, Bullets) else ())

@@ -7,7 +7,7 @@ Sections (always all of them, each saying so when it has nothing to show):
   same stage in the same experiment);
 * Key curves: loss and validation loss, per-codebook predicted utilisation, attention entropy per layer
   (mean and min), gradient norms per group; plotly figures in the HTML (plotly.js inlined once), the key
-  numbers as tables in the Markdown;
+  numbers as tables in the Markdown; the trainer's last per-codebook utilisation heatmap (a stepped image);
 * Best checkpoint: step, value and metric, artifact path (evaluate runs: the checkpoints evaluated);
 * Eval summary: model vs ground-truth/resynthesis baselines and the worst utterances with their audio
   (training runs: the evaluate runs of this checkpoint);

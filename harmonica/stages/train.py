@@ -146,8 +146,9 @@ def run_train(
                 run.log_dataset(name=f"{cfg.project}-tokens", digest=cache.fingerprint, source=cache.directory,
                                 context="training", profile={"splits": cache.meta["splits"]})
                 run.set_tags({names.CHECKPOINT_DIR: str(out_dir.resolve())})
-            history = run.get_metric_history if target is not None and tracker is not None else None
-            metrics = ResumeDedupMetrics(run, history)
+            resuming = target is not None and tracker is not None
+            metrics = ResumeDedupMetrics(run, run.get_metric_history if resuming else None,
+                                         run.image_steps if resuming else None)
             if trainer is None:
                 trainer = make_trainer(run_id, metrics)
             trainer.sink = metrics

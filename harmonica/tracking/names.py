@@ -7,6 +7,8 @@ pipeline writes, and tests/tracking/test_boundary.py fails on a `harmonica.*` ta
 
 from __future__ import annotations
 
+import re
+
 
 # --- tags: What a run is (every stage)
 STAGE = "harmonica.stage"
@@ -186,3 +188,28 @@ CKPT_MODEL = "model.safetensors"  # raw weights
 CKPT_EMA = "ema.safetensors"  # EMA weights (what evaluate and promote use by default)
 BEST_CHECKPOINT = "checkpoints/best"  # artifact paths on training runs made before checkpoints were
 LAST_CHECKPOINT = "checkpoints/last"  # LoggedModels (still resolved by run id)
+
+# --- logged images: keys of `Run.log_image` (MLflow keeps them under images/ with their step; the UI's image
+# charts show each key with a step slider). Training runs write them, the report reads them.
+IMAGES_DIR = "images"
+
+
+def image_key_part(name: str) -> str:
+    """A name (an utterance id) as one segment of an image key: MLflow allows only [A-Za-z0-9_-. /] there."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name) or "_"
+
+
+def sample_spectrogram(utt_id: str) -> str:
+    """`samples/<utt id>/spectrogram`: the sample's log-magnitude STFT at every sample step."""
+    return f"samples/{image_key_part(utt_id)}/spectrogram"
+
+
+def reference_spectrogram(utt_id: str) -> str:
+    """`samples/<utt id>/reference`: the codec resynthesis the sample approaches, logged once at step 0."""
+    return f"samples/{image_key_part(utt_id)}/reference"
+
+
+def util_heatmap(kind: str) -> str:
+    """`<kind>/util_heatmap`: per-codebook validation utilisation at every validation so far (rows =
+    codebooks, columns = validation steps), logged at each validation."""
+    return f"{kind}/util_heatmap"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -80,6 +81,32 @@ class ArtifactEntry:
     path: str
     is_dir: bool
     size: int | None
+
+
+@dataclass(frozen=True)
+class LoggedImage:
+    """One image logged with `Run.log_image(key, image, step)`: MLflow stores it as
+    images/<key, "/" as "~">+step+<step>+timestamp+<ms>+<uuid>.png (and a .webp thumbnail)."""
+
+    key: str
+    step: int
+    timestamp: int
+    path: str  # the full-resolution PNG's artifact path
+
+
+# MLflow 2.x wrote "%" and "#" where 3.x writes "+" and "~"; its UI reads both
+_IMAGE_FILE = re.compile(
+    r"^(?P<key>[^+%]+)[+%]step[+%](?P<step>-?\d+)[+%]timestamp[+%](?P<ts>\d+)[+%][0-9a-fA-F-]+\.png$")
+
+
+def parse_image_path(path: str) -> LoggedImage | None:
+    """The key, step and time of a logged image's artifact path (None: not a full-resolution logged image)."""
+    name = path.rsplit("/", 1)[-1]
+    m = _IMAGE_FILE.match(name)
+    if m is None or not path.startswith(f"{names.IMAGES_DIR}/"):
+        return None
+    key = m["key"].replace("~", "/").replace("#", "/")
+    return LoggedImage(key, int(m["step"]), int(m["ts"]), path)
 
 
 @dataclass(frozen=True)
@@ -214,6 +241,21 @@ class TrackingReader:
         """Download `path` of the run into `dst_dir`; returns the local path. Raises OSError/MlflowException
         subclasses as MLflow does (callers name the run and the fix)."""
         return Path(self._client.download_artifacts(run_id, path, str(dst_dir)))
+
+    def logged_images(self, run_id: str, key: str | None = None) -> list[LoggedImage]:
+        """The run's stepped images (of one key, or all), by key, step and time."""
+        found = (parse_image_path(a.path) for a in self.list_artifacts(run_id, names.IMAGES_DIR))
+        return sorted((i for i in found if i is not None and (key is None or i.key == key)),
+                      key=lambda i: (i.key, i.step, i.timestamp))
+
+    def latest_image(self, run_id: str, key: str) -> LoggedImage | None:
+        """The image of `key` at its last step (the last one logged there, for a step logged twice)."""
+        found = self.logged_images(run_id, key)
+        return found[-1] if found else None
+
+    def download_image(self, run_id: str, image: LoggedImage, dst_dir: str | Path) -> Path:
+        """The image's PNG, downloaded into `dst_dir`."""
+        return self.download_artifacts(run_id, image.path, dst_dir)
 
     # --- registry
     def registered_model(self, name: str) -> RegisteredModelRecord | None:

@@ -28,6 +28,7 @@ from harmonica.config.load import config_hash, flatten, to_yaml
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.tracking import checkpoints, names
 from harmonica.tracking.health import server_answers
+from harmonica.tracking.read import parse_image_path
 from harmonica.tracking.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,16 @@ class Run:
     def get_metric_history(self, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
 
+    def image_steps(self) -> dict[str, list[int]]:
+        """Key -> steps of the stepped images the run already has (none while the server is lost)."""
+        if self.lost is not None:
+            return {}
+        out: dict[str, list[int]] = {}
+        for a in self.client.list_artifacts(self.run_id, names.IMAGES_DIR):
+            if (image := parse_image_path(a.path)) is not None:
+                out.setdefault(image.key, []).append(image.step)
+        return {k: sorted(v) for k, v in out.items()}
+
     def tags(self) -> dict[str, str]:
         return dict(self.client.get_run(self.run_id).data.tags) if self.lost is None else {}
 
@@ -162,6 +173,15 @@ class Run:
     def log_artifacts(self, directory: Path | str, artifact_path: str | None = None) -> None:
         self._guard(lambda: self.client.log_artifacts(self.run_id, str(directory), artifact_path),
                     lambda sp: sp.artifact(Path(directory), artifact_path))
+
+    def log_image(self, key: str, image: Any, step: int) -> None:
+        """An image at a training step (numpy array [H, W(, 3|4)] or PIL image) under `key` (names.py): MLflow
+        keeps it under images/ with its step, and the UI shows each key with a step slider. Spooled (the
+        image as a PNG, with its step and time) while the server is lost."""
+        ts = int(time.time() * 1000)
+        self._guard(lambda: self.client.log_image(self.run_id, image, key=key, step=step, timestamp=ts,
+                                                  synchronous=True),
+                    lambda sp: sp.image(key, image, step, ts))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         parent = str(Path(artifact_file).parent)

@@ -2,7 +2,8 @@
 
 `<dir>/ops.jsonl` holds one operation a line, in logging order: metrics (key, value, timestamp,
 step), params, tags, artifacts (copied into `<dir>/files/<n>/` at spool time, hard-linked where the
-filesystem allows) and the run's end status. `replay` sends them in order through an MlflowClient
+filesystem allows), stepped images (a PNG under `<dir>/files/<n>/` with its key, step and timestamp)
+and the run's end status. `replay` sends them in order through an MlflowClient
 and removes what was sent, so an interrupted replay resumes where it stopped and nothing is sent twice.
 """
 
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking.multimedia import convert_to_pil_image
 from mlflow.tracking import MlflowClient
 
 from harmonica.config.schema import TrackingConfig
@@ -36,6 +39,12 @@ class Spool:
         f = self.directory / OPS
         return f.is_file() and f.stat().st_size > 0
 
+    def _files(self) -> Path:
+        n = sum(1 for _ in (self.directory / "files").glob("*")) if (self.directory / "files").is_dir() else 0
+        dest = self.directory / "files" / str(n)
+        dest.mkdir(parents=True)
+        return dest
+
     def _append(self, op: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.directory / OPS, "a", encoding="utf-8") as fh:
@@ -54,9 +63,7 @@ class Spool:
         self._append({"op": "tags", "items": tags})
 
     def artifact(self, source: Path, artifact_path: str | None, text: str | None = None) -> None:
-        n = sum(1 for _ in (self.directory / "files").glob("*")) if (self.directory / "files").is_dir() else 0
-        dest = self.directory / "files" / str(n)
-        dest.mkdir(parents=True)
+        dest = self._files()
         if text is not None:  # log_text: source is the artifact file name
             (dest / Path(source).name).write_text(text, encoding="utf-8")
             local = dest / Path(source).name
@@ -68,6 +75,13 @@ class Spool:
             _link_or_copy(str(source), str(local))
         self._append({"op": "artifact", "local": str(local.relative_to(self.directory)), "path": artifact_path,
                       "dir": local.is_dir()})
+
+    def image(self, key: str, image: Any, step: int, timestamp: int) -> None:
+        """A `log_image(key=, step=)` image (numpy array or PIL image), kept as a lossless PNG."""
+        local = self._files() / "image.png"
+        (convert_to_pil_image(image) if isinstance(image, np.ndarray) else image).save(local)
+        self._append({"op": "image", "local": str(local.relative_to(self.directory)), "key": key, "step": step,
+                      "timestamp": timestamp})
 
     def end(self, status: str) -> None:
         self._append({"op": "end", "status": status})
@@ -122,6 +136,12 @@ def _send(client: MlflowClient, run_id: str, root: Path, op: dict[str, Any]) -> 
             client.log_artifacts(run_id, str(local), op["path"])
         else:
             client.log_artifact(run_id, str(local), op["path"])
+    elif kind == "image":
+        from PIL import Image
+
+        with Image.open(root / op["local"]) as img:
+            client.log_image(run_id, img.copy(), key=op["key"], step=op["step"], timestamp=op["timestamp"],
+                             synchronous=True)
     elif kind == "end":
         client.set_terminated(run_id, op["status"])
 

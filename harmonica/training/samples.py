@@ -1,4 +1,7 @@
-"""Audio samples during training: fixed prompts -> codes -> codec -> wav + spectrogram PNG.
+"""Audio samples during training: fixed prompts -> codes -> codec -> wav file + spectrogram image.
+
+The wav files go to a directory (the trainer logs it as an artifact folder); the spectrograms come back
+as images, utterance id -> RGBA array, which the trainer logs with their step (`Run.log_image`).
 
 The AR alone predicts only the first codebook, so its samples decode that codebook alone (the
 coarse layer of the residual codec: intelligible envelope, little detail). NAR samples take the
@@ -19,6 +22,7 @@ from harmonica.codec import Codec
 from harmonica.config.schema import DecodeConfig
 from harmonica.data.audio import write_audio
 from harmonica.training.data import Example, PromptPicker
+from harmonica.training.figures import spectrogram_image
 
 
 @dataclass
@@ -26,31 +30,6 @@ class SampleSpec:
     example: Example
     prompt: torch.Tensor | None  # [n_q, P]
     speaker: int
-
-
-def spectrogram_png(wav: np.ndarray, sr: int, path: Path, title: str) -> Path:
-    """Log-magnitude STFT image (matplotlib's Agg backend, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_fft, hop = 1024, 256
-    x = torch.from_numpy(np.asarray(wav, dtype=np.float32))
-    if x.numel() < n_fft:
-        x = torch.nn.functional.pad(x, (0, n_fft - x.numel()))
-    spec = torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft), return_complex=True).abs()  # [F, frames]
-    db = 20 * torch.log10(spec.clamp_min(1e-5))  # [F, frames]
-    fig, ax = plt.subplots(figsize=(6, 2.6), dpi=100)
-    ax.imshow(db.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=float(db.max()) - 80,
-              extent=(0, len(wav) / sr, 0, sr / 2000))
-    ax.set_xlabel("s")
-    ax.set_ylabel("kHz")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 class SampleRenderer:
@@ -82,16 +61,17 @@ class SampleRenderer:
             SampleSpec(e, picker.pick(e, gen) if picker else None, speaker_index.get(e.speaker, 0)) for e in chosen
         ]
 
-    def _write(self, wav: np.ndarray, directory: Path, name: str, title: str) -> None:
+    def _write(self, wav: np.ndarray, directory: Path, name: str, title: str) -> np.ndarray:
+        """Writes `<name>.wav`; returns its spectrogram image."""
         directory.mkdir(parents=True, exist_ok=True)
         write_audio(directory / f"{name}.wav", wav, self.codec.sample_rate)
-        spectrogram_png(wav, self.codec.sample_rate, directory / f"{name}.png", title)
+        return spectrogram_image(wav, self.codec.sample_rate, title)
 
-    def render_reference(self, directory: Path) -> Path:
-        """Codec resynthesis of the ground truth: the ceiling the model's samples approach."""
-        for spec in self.specs:
-            self._write(self.reference(spec), directory, spec.example.id, f"reference {spec.example.id}")
-        return directory
+    def render_reference(self, directory: Path) -> dict[str, np.ndarray]:
+        """Codec resynthesis of the ground truth, the ceiling the model's samples approach: wavs into
+        `directory`; returns utterance id -> spectrogram image."""
+        return {spec.example.id: self._write(self.reference(spec), directory, spec.example.id,
+                                             f"reference {spec.example.id}") for spec in self.specs}
 
     def reference(self, spec: SampleSpec) -> np.ndarray:
         """The ground truth through the same decode as the samples (AR: codebook 0 alone)."""
@@ -99,13 +79,16 @@ class SampleRenderer:
         return self.codec.decode(codes.numpy())
 
     @torch.no_grad()
-    def render(self, model: nn.Module, step: int, directory: Path, device: torch.device) -> Path:
+    def render(self, model: nn.Module, step: int, directory: Path, device: torch.device) -> dict[str, np.ndarray]:
+        """Wavs into `directory`; returns utterance id -> spectrogram image."""
         gen = torch.Generator(device="cpu").manual_seed(self.seed + step)  # never the training RNG
+        images = {}
         for spec in self.specs:
             wav = self.synthesize(model, spec, device, gen)
             if wav is not None:  # None: stopped at once; nothing to play (visible as a missing file)
-                self._write(wav, directory, spec.example.id, f"{self.kind} step {step}: {spec.example.id}")
-        return directory
+                images[spec.example.id] = self._write(wav, directory, spec.example.id,
+                                                      f"{self.kind} step {step}: {spec.example.id}")
+        return images
 
     @torch.no_grad()
     def synthesize(self, model: nn.Module, spec: SampleSpec, device: torch.device,

@@ -44,6 +44,7 @@ from harmonica.training.diagnostics import (
 )
 from harmonica.training.distributed import DistInfo, all_mean, autocast, barrier, broadcast_flag, maybe_no_sync
 from harmonica.training.ema import EMA
+from harmonica.training.figures import util_entry, util_heatmap_image, util_matrix
 from harmonica.training.monitor import CollapseMonitor, EarlyStopper, InstabilityGuard, weights_finite
 from harmonica.training.optim import build_optimizer, build_scheduler
 from harmonica.training.samples import SampleRenderer
@@ -67,6 +68,7 @@ class MetricSink(Protocol):
     def publish_checkpoint(self, directory: Path, *, kind: str, step: int, params: dict[str, Any],
                            tags: dict[str, str]) -> dict[str, str] | None: ...
     def prune_checkpoint_models(self, keep_steps: set[int]) -> None: ...
+    def log_image(self, key: str, image: Any, step: int) -> None: ...
 
 
 @dataclass
@@ -78,6 +80,7 @@ class TrainState:
     instability_events: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str | None = None
     tokens_seen: int = 0
+    util_history: list[dict[str, Any]] = field(default_factory=list)  # figures.util_entry per validation
 
 
 @dataclass
@@ -188,8 +191,11 @@ class Trainer:
         last_ckpt: Path | None = ckpt.latest_checkpoint(self.ckpt_root)
         final: dict[str, float] = {}
         if self.renderer is not None and self.state.step == 0 and self.val_examples:
-            ref = self.renderer.render_reference(self.ckpt_root.parent / "samples" / "reference")
+            ref = self.ckpt_root.parent / "samples" / "reference"
+            images = self.renderer.render_reference(ref)
             self.sink.log_artifacts(ref, "samples/reference")
+            for uid, image in images.items():
+                self.sink.log_image(names.reference_spectrogram(uid), image, 0)
         self.model.train()
         while self.state.step < t.total_steps:
             step = self.state.step  # the schedules' step: updates already taken
@@ -347,6 +353,11 @@ class Trainer:
             metrics.update(self._evaluate(self.core, "val_ema", batches))
         step = self.state.step
         metrics.update(self.extras(self.core, self.ema, batches, metrics, step))
+        self.state.util_history.append(util_entry(step, metrics))
+        heatmap = util_matrix(self.state.util_history, self.tcfg.collapse.util_floor)
+        if self.dist.is_main and heatmap.codebooks:
+            image = util_heatmap_image(heatmap, f"{self.kind} validation utilisation per codebook")
+            self.sink.log_image(names.util_heatmap(self.kind), image, step)
         self.scheduler.on_validation(metrics["val/loss"])
         value = metrics.get(self.tcfg.best_metric)
         better = value is not None and math.isfinite(value) and (self.state.best_value is None or (
@@ -376,8 +387,10 @@ class Trainer:
     def _samples(self) -> None:
         directory = self.ckpt_root.parent / "samples" / f"step_{self.state.step:06d}"
         with self.ema.swap(self.core):  # samples come from the EMA weights
-            self.renderer.render(self.core, self.state.step, directory, self.device)
+            images = self.renderer.render(self.core, self.state.step, directory, self.device)
         self.sink.log_artifacts(directory, f"samples/step_{self.state.step:06d}")
+        for uid, image in images.items():
+            self.sink.log_image(names.sample_spectrogram(uid), image, self.state.step)
 
     # ------------------------------------------------------------------------------ checkpoints
 

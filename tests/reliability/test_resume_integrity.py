@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from harmonica.tracking.read import parse_image_path
 from tests.reliability.helpers import cli_args, harmonica, run, runs_of
 
 
@@ -102,6 +103,10 @@ def test_sigkill_then_resume_gives_the_histories_of_an_uninterrupted_run(tmp_pat
         assert dict(got).keys() == want.keys(), key
         for step, value in got:
             assert value == pytest.approx(want[step], rel=1e-4, abs=1e-6), (key, step)
+    heatmaps = [sorted(i.step for a in client.list_artifacts(r.info.run_id, "images")
+                       if (i := parse_image_path(a.path)) is not None and i.key == "ar/util_heatmap")
+                for r in (uninterrupted, killed)]
+    assert heatmaps[0] == heatmaps[1] == [10, 20, 30, 40, 50, 60]  # one per validation, none logged twice
 
 
 @pytest.mark.slow

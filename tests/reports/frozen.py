@@ -41,6 +41,9 @@ def normalise(text: str, ids: Mapping[str, str], paths: Mapping[str, str], tree:
     promote step's allowed-dirty notes): those are dropped."""
     if tree:
         text = _tree_state(text)
+    # a logged image's file name: images/<key>+step+<n>+timestamp+<ms>+<uuid>.png
+    text = re.sub(r"\+timestamp\+\d+\+(<uuid>|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})",
+                  "+timestamp+<ms>+<uuid>", text)
     for path, label in sorted(paths.items(), key=lambda kv: -len(kv[0])):
         text = text.replace(path, f"<{label}>")
     text = re.sub(r"<tmp>/([A-Za-z_]+?)\d+/", r"<tmp>/\1/", text)  # pytest numbers its temp dirs

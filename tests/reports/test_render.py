@@ -13,8 +13,8 @@ from pathlib import Path
 
 import harmonica
 from harmonica.reports.model import (
-    Alert, ArtifactLink, Audio, Bullets, Code, Heading, Labelled, Note, NotLogged, Paragraph, Section, Spectrogram,
-    Table,
+    Alert, ArtifactLink, Audio, Bullets, Code, Heading, Labelled, Note, NotLogged, Paragraph, Picture, Section,
+    Spectrogram, Table,
 )
 from harmonica.reports.render import HTML, MARKDOWN, PACKAGE, TEMPLATES, render_html, render_markdown
 
@@ -132,3 +132,16 @@ def test_the_reports_package_does_not_import_mlflow():
             found += [f"{path.relative_to(PKG)}:{node.lineno}" for m in mods if m.split(".")[0] == "mlflow"]
     assert not found, "mlflow imported under harmonica/reports (read through harmonica.tracking.read):\n" + \
         "\n".join(found)
+
+
+def test_a_picture_is_embedded_in_the_html_and_linked_in_the_markdown():
+    pictures = [Section("Key curves").add(Picture("images/a~b+step+8.png", "`a/b` at step 8 <x>"),
+                                          Picture("images/big.png", "too big"))]
+    media = {"images/a~b+step+8.png": "data:image/png;base64,CCCC", "images/big.png": None}
+    assert list(pictures[0].media()) == ["images/a~b+step+8.png", "images/big.png"]
+    page = render_html("r", pictures, "now", media)
+    assert ('<figure class="picture"><img alt="images/a~b+step+8.png" src="data:image/png;base64,CCCC">'
+            "<figcaption><code>a/b</code> at step 8 &lt;x&gt;</figcaption></figure>") in page
+    assert '<p class="none">too big: images/big.png (not embedded)</p>' in page
+    md = render_markdown("r", pictures, "now")
+    assert "`a/b` at step 8 <x> (in report.html): [images/a~b+step+8.png](../images/a~b+step+8.png)" in md

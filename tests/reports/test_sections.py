@@ -15,7 +15,7 @@ from harmonica.reports.sections.failures import collapse_events, failure_reasons
 from harmonica.reports.sections.run import config_diff, overview
 from harmonica.reports.sections.training import best_checkpoint, key_curves
 from harmonica.tracking import names
-from harmonica.tracking.read import ArtifactEntry, RunRecord
+from harmonica.tracking.read import ArtifactEntry, LoggedImage, RunRecord
 
 A, B, C = "a" * 32, "b" * 32, "c" * 32
 
@@ -84,6 +84,22 @@ def test_key_curves_figures_with_collapse_marks_and_numbers():
     empty = key_curves(data(run(metrics={"nar/loss": 1.0}), histories={}))
     assert empty.blocks[-1] == Note("the curve metrics have no history")
     assert "no training curves" in key_curves(data(run(stage="evaluate"))).blocks[0].text
+
+
+HEATMAP = LoggedImage("nar/util_heatmap", 8, 17, "images/nar~util_heatmap+step+8+timestamp+17+u.png")
+
+
+def test_key_curves_show_the_last_utilisation_heatmap_after_the_utilisation_figure():
+    r = run(tags={names.MODEL_KIND: "nar"}, metrics={"nar/loss": 1.0, "nar/cb1/util_pred": 0.4})
+    hist = {"nar/loss": Series("nar/loss", (2, 4), (3.0, 1.5)),
+            "nar/cb1/util_pred": Series("nar/cb1/util_pred", (2, 4), (0.9, 0.4))}
+    other = LoggedImage("ar/util_heatmap", 8, 17, "images/ar~util_heatmap+step+8+timestamp+17+u.png")
+    s = key_curves(data(r, histories=hist, images={HEATMAP.key: HEATMAP, other.key: other}))
+    assert kinds(s) == ["Paragraph", "Heading", "Figure", "Heading", "Figure", "Heading", "Picture"]
+    assert s.blocks[3].text == "Per-codebook predicted utilisation"
+    assert s.blocks[6].path == HEATMAP.path and "`nar/util_heatmap` at step 8" in s.blocks[6].caption
+    assert list(s.media()) == [HEATMAP.path]
+    assert "Picture" not in kinds(key_curves(data(r, histories=hist)))  # none logged: nothing shown
 
 
 def test_best_checkpoint_per_run_kind():
@@ -167,6 +183,10 @@ def test_audio_samples_pick_the_latest_step_and_link_references():
     assert rows[1][2:] == ("—", "—")
     assert s.blocks[2] == Note("2 more samples under samples/step_000010")
     assert list(s.media())[:3] == [wavs[0], "samples/reference/u0.wav", "samples/step_000010/u0.png"]
+    image = LoggedImage("samples/u1/spectrogram", 10, 17, "images/samples~u1~spectrogram+step+10+timestamp+17+u.png")
+    stepped = audio_samples(data(run(), listings=listings, images={image.key: image}))
+    assert stepped.blocks[1].rows[0][3] == Spectrogram("samples/step_000010/u0.png")  # an older run's file
+    assert stepped.blocks[1].rows[1][3] == Spectrogram(image.path)  # the stepped image of u1
     listed = {"audio": files("audio/b.wav", "audio/a.wav", "audio/x.txt")}
     ev = audio_samples(data(run(stage="evaluate"), listings=listed))
     assert ev.blocks[1] == Bullets([ArtifactLink("audio/a.wav"), ArtifactLink("audio/b.wav")])

@@ -97,7 +97,10 @@ def test_cli_train_records_a_complete_run_and_refuses_stale_caches(tmp_path, tin
     assert "checkpoints" not in arts  # checkpoints are LoggedModels now, not folders re-uploaded in place
     _assert_checkpoint_models(client, run, workdir)
     wavs = [a.path for a in client.list_artifacts(run.info.run_id, "samples/step_000008")]
-    assert any(p.endswith(".wav") for p in wavs) and any(p.endswith(".png") for p in wavs)
+    assert wavs and all(p.endswith(".wav") for p in wavs)  # the spectrograms are stepped images
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert sum(p.startswith("images/nar~util_heatmap+step+") and p.endswith(".png") for p in images) == 2
+    assert sum("~spectrogram+step+8+" in p and p.endswith(".png") for p in images) == len(wavs)
     assert "nar/cb1/util_pred" in run.data.metrics and "grad_norm/total" in run.data.metrics
 
     stale = _run(_harmonica("train", "--model-type", "nar", "--workdir", str(workdir),

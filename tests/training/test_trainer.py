@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,11 +43,17 @@ def test_every_metric_family_is_logged(kind, tiny_corpus, tiny_cache_workdir, tm
     assert "throughput/tokens_per_sec" in names
     assert {"val/loss", "val_ema/loss", f"val/{cb}/util_pred"} <= names
     assert sorted(sink.metrics[f"{kind}/loss"]) == [2, 4, 6, 8]  # the log_every cadence
-    # samples: reference + two sample steps as wav and png
+    # samples: reference + the sample step as wav artifacts, their spectrograms as stepped images
     sample_dirs = [a for _, a in sink.artifacts if a and a.startswith("samples/")]
     assert "samples/reference" in sample_dirs and "samples/step_000008" in sample_dirs
     wavs = list((tmp_path / "samples" / "step_000008").glob("*.wav"))
-    assert wavs and all(w.with_suffix(".png").exists() for w in wavs)
+    assert wavs and not list((tmp_path / "samples").rglob("*.png"))
+    for w in wavs:
+        image = sink.images[f"samples/{w.stem}/spectrogram"][8]
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 4
+        assert set(sink.images[f"samples/{w.stem}/reference"]) == {0}
+    assert sorted(sink.images[f"{kind}/util_heatmap"]) == sorted(sink.metrics["val/loss"]) == [4, 8]
+    assert [h["step"] for h in result.state.util_history] == [4, 8]
     # checkpoints: safetensors for raw and EMA + the contract in meta.json
     assert result.best_checkpoint is not None
     meta = json.loads((result.last_checkpoint / "meta.json").read_text())

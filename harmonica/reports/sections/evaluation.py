@@ -103,9 +103,10 @@ def audio_samples(d: ReportData) -> Section:
         rows = []
         for path in wavs[:MAX_SAMPLES]:
             ref = f"samples/reference/{Path(path).name}"
-            png = str(Path(path).with_suffix(".png"))
-            rows.append((Path(path).stem, Audio(path), Audio(ref) if d.has(ref) else "—",
-                         Spectrogram(png) if d.has(png) else "—"))
+            png = str(Path(path).with_suffix(".png"))  # runs before the spectrograms became stepped images
+            image = d.images.get(names.sample_spectrogram(Path(path).stem))
+            spec = Spectrogram(png) if d.has(png) else Spectrogram(image.path) if image else "—"
+            rows.append((Path(path).stem, Audio(path), Audio(ref) if d.has(ref) else "—", spec))
         s.add(Table(["utterance", "sample", "reference", "spectrogram"], rows) if rows
               else Note(f"{latest} holds no audio files"))
         if len(wavs) > MAX_SAMPLES:

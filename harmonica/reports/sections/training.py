@@ -7,7 +7,7 @@ import math
 from harmonica.reports.common import curve_groups, fmt_num, is_training, model_kind
 from harmonica.reports.data import ReportData
 from harmonica.reports.model import (
-    ArtifactLink, Code, Figure, Heading, Inline, Note, Paragraph, Section, Series, Table, md_link,
+    ArtifactLink, Block, Code, Figure, Heading, Inline, Note, Paragraph, Picture, Section, Series, Table, md_link,
 )
 from harmonica.tracking import names
 
@@ -56,7 +56,22 @@ def key_curves(d: ReportData) -> Section:
         floor, events = collapse_marks(d, title)
         s.add(Heading(title), Figure(title, series, Table(CURVE_HEADERS, [_numbers(h) for h in series]), floor, events))
         figures += 1
-    return s if figures else s.add(Note("the curve metrics have no history"))
+        if title.startswith("Per-codebook"):
+            s.add(*util_heatmap(d))
+    if not figures:
+        s.add(Note("the curve metrics have no history"))
+    return s
+
+
+def util_heatmap(d: ReportData) -> tuple[Block, ...]:
+    """The trainer's last per-codebook utilisation heatmap (one column per validation), if it logged one."""
+    kind = model_kind(d.run)
+    image = d.images.get(names.util_heatmap(kind)) if kind else None
+    if image is None:
+        return ()
+    caption = (f"`{image.key}` at step {image.step}: validation utilisation per codebook (rows) at every "
+               "validation (columns); hatched cells are under the collapse floor, marked on the colour bar")
+    return Heading("Per-codebook utilisation at each validation"), Picture(image.path, caption)
 
 
 def best_checkpoint(d: ReportData) -> Section:
