@@ -249,22 +249,17 @@ class Run:
     # ------------------------------------------------------------------ checkpoint models
     def publish_checkpoint(self, directory: Path, *, kind: str, step: int, params: Mapping[str, Any],
                            tags: Mapping[str, str]) -> dict[str, str]:
-        """The checkpoint as raw + EMA LoggedModels of this run ({weights: model id}); {} while the
-        server is lost (the local checkpoint stays; the run then has no model for that step)."""
-        with self._lock:
-            if self.lost is not None and not self.reconnect():
-                log.warning("checkpoint step %d not published as a model: the tracking server is lost", step)
-                return {}
-            try:
-                return checkpoints.publish_checkpoint(self.client, self.run_id, Path(directory), kind=kind,
-                                                      step=step, params=params, tags=tags)
-            except Exception as exc:  # noqa: BLE001 -- classified like every other request
-                if self.spool is None or server_answers(self.uri, 2.0):
-                    raise
-                self.lost = f"{type(exc).__name__}: {str(exc)[:300]}"
-                self._next_probe = time.monotonic() + self.PROBE_EVERY
-                log.warning("checkpoint step %d not published as a model: the tracking server is lost", step)
-                return {}
+        """The checkpoint as raw + EMA LoggedModels of this run ({weights: model id}). While the server is
+        lost: {} and the spool publishes it at sync, if keep_last still holds it then."""
+        result: dict[str, str] = {}
+
+        def send() -> None:
+            result.update(checkpoints.publish_checkpoint(self.client, self.run_id, Path(directory), kind=kind,
+                                                         step=step, params=params, tags=tags))
+
+        self._guard(send, lambda sp: sp.checkpoint(Path(directory), kind=kind, step=step, params=dict(params),
+                                                   tags=dict(tags)))
+        return result
 
     def prune_checkpoint_models(self, keep_steps: set[int]) -> None:
         """Delete this run's checkpoint models whose step is not kept (`training.*.keep_last` + the best)."""
@@ -272,7 +267,7 @@ class Run:
             models = checkpoints.CheckpointModels(self.uri, self.client).of_run(self.run_id)
             checkpoints.delete_models(self.client, [m.model_id for m in models if m.step not in keep_steps])
 
-        self._guard(send, lambda sp: None)
+        self._guard(send, lambda sp: sp.prune(keep_steps))
 
     def link_models(self, model_ids: list[str]) -> None:
         """Record the LoggedModels this run used as its inputs (evaluate: the AR and NAR checkpoints)."""

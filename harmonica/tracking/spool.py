@@ -3,7 +3,7 @@
 `<dir>/ops.jsonl` holds one operation a line, in logging order: metrics (key, value, timestamp,
 step), params, tags, artifacts (copied into `<dir>/files/<n>/` at spool time, hard-linked where the
 filesystem allows), stepped images (a PNG under `<dir>/files/<n>/` with its key, step and timestamp)
-and the run's end status. `replay` sends them in order through an MlflowClient
+checkpoints to publish as LoggedModels (their local directory) and the run's end status. `replay` sends them in order through an MlflowClient
 and removes what was sent, so an interrupted replay resumes where it stopped and nothing is sent twice.
 """
 
@@ -23,6 +23,8 @@ from mlflow.tracking.multimedia import convert_to_pil_image
 from mlflow.tracking import MlflowClient
 
 from harmonica.config.schema import TrackingConfig
+from harmonica.tracking.checkpoints import CheckpointModels, delete_models, publish_checkpoint
+from harmonica.tracking.names import CKPT_META
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,16 @@ class Spool:
     def metrics(self, items: list[Metric]) -> None:
         rows = [[m.key, m.value, m.timestamp, m.step, m.model_id, m.dataset_name, m.dataset_digest] for m in items]
         self._append({"op": "metrics", "items": rows})
+
+    def checkpoint(self, directory: Path, *, kind: str, step: int, params: dict[str, Any],
+                   tags: dict[str, str]) -> None:
+        """A checkpoint to publish as LoggedModels once the server is back (if still on disk then)."""
+        self._append({"op": "checkpoint", "directory": str(Path(directory).resolve()), "kind": kind, "step": step,
+                      "params": {k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v, sort_keys=True)
+                                 for k, v in params.items()}, "tags": dict(tags)})
+
+    def prune(self, keep_steps: set[int]) -> None:
+        self._append({"op": "prune", "keep_steps": sorted(keep_steps)})
 
     def params(self, params: dict[str, str]) -> None:
         self._append({"op": "params", "items": params})
@@ -142,6 +154,16 @@ def _send(client: MlflowClient, run_id: str, root: Path, op: dict[str, Any]) -> 
         with Image.open(root / op["local"]) as img:
             client.log_image(run_id, img.copy(), key=op["key"], step=op["step"], timestamp=op["timestamp"],
                              synchronous=True)
+    elif kind == "checkpoint":
+        directory = Path(op["directory"])
+        if not (directory / CKPT_META).is_file():  # pruned by keep_last meanwhile: not kept, not published
+            log.info("checkpoint %s is no longer on disk; not published as a model", directory)
+            return
+        publish_checkpoint(client, run_id, directory, kind=op["kind"], step=op["step"], params=op["params"],
+                           tags=op["tags"])
+    elif kind == "prune":
+        models = CheckpointModels("", client).of_run(run_id)
+        delete_models(client, [m.model_id for m in models if m.step not in set(op["keep_steps"])])
     elif kind == "end":
         client.set_terminated(run_id, op["status"])
 

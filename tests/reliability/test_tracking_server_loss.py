@@ -132,6 +132,12 @@ def test_server_killed_during_training_then_sync_gives_the_uninterrupted_histori
         system = sorted(m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage"))
         assert system == list(range(len(system))) and len(system) >= 3, system  # no gap, no duplicate
         arts = {a.path for a in client.list_artifacts(run_id)}
-        assert {"config.yaml", "checkpoints", "training_summary.json"} <= arts
+        assert {"config.yaml", "training_summary.json"} <= arts
+        # the checkpoints saved while the server was away are published as models at sync, pruned like the rest
+        kept = {int(p.name.split("_")[1]) for p in (root / run_id / "ckpt").glob("step_*")}
+        models = client.search_logged_models([lost_run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        published = {(m.tags["harmonica.weights"], int(m.tags["harmonica.checkpoint_step"])) for m in models
+                     if str(m.status).endswith("READY")}
+        assert published == {(w, s) for w in ("raw", "ema") for s in kept} and 80 in kept
     finally:
         _stop(server)

@@ -1,0 +1,40 @@
+"""Checkpoints saved while the tracking server is lost: spooled, then published (or skipped if pruned) at sync."""
+
+import json
+import shutil
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from harmonica.tracking.checkpoints import CheckpointModels, publish_checkpoint
+from harmonica.tracking.spool import Spool
+
+
+def _checkpoint(root: Path, step: int) -> Path:
+    d = root / f"step_{step:07d}"
+    (d / "codec").mkdir(parents=True)
+    (d / "meta.json").write_text(json.dumps({"step": step, "kind": "ar"}))
+    for f in ("model.safetensors", "ema.safetensors", "codec/codec.json"):
+        (d / f).write_bytes(b"x" * 8)
+    return d
+
+
+def test_spooled_checkpoints_are_published_at_replay_and_pruned_ones_skipped(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("x", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    before = publish_checkpoint(client, run_id, _checkpoint(tmp_path / "ckpt", 10), kind="ar", step=10,
+                                params={"kind": "ar"}, tags={})  # published while the server answered
+    spool = Spool(tmp_path / "spool")
+    for step in (20, 30):
+        spool.checkpoint(_checkpoint(tmp_path / "ckpt", step), kind="ar", step=step,
+                         params={"kind": "ar", "contract": {"n_q": 3}}, tags={"t": "v"})
+    shutil.rmtree(tmp_path / "ckpt" / "step_0000020")  # keep_last pruned it before the server came back
+    spool.prune({30})
+    assert spool.replay(client, run_id) == 3  # two checkpoints and a prune
+    models = CheckpointModels("", client).of_run(run_id)
+    assert sorted((m.weights, m.step) for m in models) == [("ema", 30), ("raw", 30)]
+    assert before["ema"] not in {m.model_id for m in models}  # step 10 was pruned with its directory
+    ema = next(m for m in models if m.weights == "ema")
+    assert client.get_logged_model(ema.model_id).params["contract"] == '{"n_q": 3}'
+    assert not spool.pending
