@@ -8,6 +8,7 @@ pipeline writes, and tests/tracking/test_boundary.py fails on a `harmonica.*` ta
 from __future__ import annotations
 
 import re
+from functools import partial
 
 
 # --- tags: What a run is (every stage)
@@ -138,22 +139,17 @@ MLFLOW_RUN_ID = "harmonica.mlflow_run_id"
 MLFLOW_TRACKING_URI = "harmonica.mlflow_tracking_uri"
 
 
-def kind_run_id(kind: str) -> str:
-    """`harmonica.ar_run_id` / `harmonica.nar_run_id`: the training run an evaluated checkpoint came from."""
-    return f"harmonica.{kind}_run_id"
+def kind_tag(kind: str, field: str) -> str:
+    """`harmonica.<ar|nar>_<field>` on an evaluate run (and a registered version), for the AR or NAR checkpoint it
+    scored: `run_id` the training run it came from, `checkpoint` its local directory, `step` its optimizer
+    step, `model_id` its checkpoint LoggedModel."""
+    return f"harmonica.{kind}_{field}"
 
 
-def kind_checkpoint(kind: str) -> str:
-    return f"harmonica.{kind}_checkpoint"
-
-
-def kind_step(kind: str) -> str:
-    return f"harmonica.{kind}_step"
-
-
-def kind_model_id(kind: str) -> str:
-    """`harmonica.ar_model_id` / `harmonica.nar_model_id`: the checkpoint LoggedModel an evaluate run scored."""
-    return f"harmonica.{kind}_model_id"
+kind_run_id = partial(kind_tag, field="run_id")
+kind_checkpoint = partial(kind_tag, field="checkpoint")
+kind_step = partial(kind_tag, field="step")
+kind_model_id = partial(kind_tag, field="model_id")
 
 
 def code_of(part: str) -> str:
