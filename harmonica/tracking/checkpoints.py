@@ -102,7 +102,7 @@ def publish_checkpoint(client: MlflowClient, run_id: str, directory: Path, *, ki
             )
             try:
                 client.log_model_artifacts(model.model_id, str(staged))
-            except BaseException:
+            except Exception:  # a Ctrl-C goes straight up: a request made now could replace it with its own error
                 client.finalize_logged_model(model.model_id, "FAILED")
                 raise
             client.finalize_logged_model(model.model_id, "READY")

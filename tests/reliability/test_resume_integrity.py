@@ -125,7 +125,7 @@ def test_sigint_prints_the_exact_resume_command(tmp_path, tiny_corpus):
     assert proc.poll() is None, "training ended before it could be interrupted: raise total_steps"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err[-3000:]
     line = next(ln.strip() for ln in err.splitlines() if ln.strip().startswith("harmonica train"))
     cmd = shlex.split(line)
     assert "--resume" in cmd and str(workdir.resolve()) in cmd
