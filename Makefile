@@ -1,5 +1,5 @@
 # Two commands set up a fresh machine and run things:
-#   make demo   -> the main job end to end on the embedded default (SQLite MLflow store, bundled corpus)
+#   make demo   -> the main job end to end on the embedded default (SQLite MLflow store, generated demo corpus)
 #   make test   -> the test suite (what CI runs via .ci/run)
 VENV ?= .venv
 PY := $(VENV)/bin/python

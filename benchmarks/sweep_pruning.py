@@ -1,8 +1,8 @@
 """Sweep pruning: trainer steps spent with and without pruning for the same trial budget, and the best
 objective value each reached.
 
-Two studies with the same space file, sampler seed and budget, one with the space's pruner (median by
-default) and one with none, in one throwaway workdir (one token cache, one MLflow store). Trial n samples
+Two studies with the same space file, sampler seed and budget, one with the space's pruner (successive
+halving in the shipped anti-collapse space) and one with none, in one throwaway workdir (one token cache, one MLflow store). Trial n samples
 with seed + n, so while TPE is still in its random start-up phase (10 trials by default) both studies try
 exactly the same parameters and the comparison isolates what pruning saves and what it costs.
 
@@ -68,7 +68,7 @@ def main() -> None:
     sign = 1.0 if m.direction == "minimize" else -1.0
     print(f"\nsweep pruning benchmark: {space_path.name}, project {cfg.project}, {args.trials} trials, "
           f"{tcfg.total_steps} steps/trial, validation every {tcfg.val_every}, seed {cfg.sweep.sampler_seed}, "
-          f"{spec.type} pruner (n_startup_trials={spec.n_startup_trials})")
+          f"{spec.type} pruner ({', '.join(f'{k}={v}' for k, v in spec.model_dump().items() if k != 'type')})")
     print(f"objective: {m.direction} {m.name}" + (f" subject to {c.key}" if c else ""))
     print(f"{'':<16}{'complete':>9}{'pruned':>8}{'failed':>8}{'trainer steps':>15}{'best feasible':>22}"
           f"{'best (any)':>18}{'wall s':>9}")

@@ -224,6 +224,10 @@ class PrunerSpec(_Strict):
         None, ge=0, description="median: first step a trial may be pruned at; successive_halving/hyperband: "
                                 "the first rung (min_resource); None = the first validation step")
     reduction_factor: int = Field(3, ge=2, description="hyperband, successive_halving")
+    constraint_aware: bool = Field(
+        True, description="a validation at which the objective's constraint is violated (e.g. utilisation under "
+                          "the collapse floor) is reported to the pruner as the worst value, so collapsed trials are "
+                          "the first stopped; the logged metric is unchanged")
 
 
 class SamplerSpec(_Strict):

@@ -263,11 +263,13 @@ class ValidationReporter:
     child run never looks like a success even if the process dies right after.
     """
 
-    def __init__(self, trial: optuna.Trial, space: SweepSpace, tracker: Any, prune: bool) -> None:
+    def __init__(self, trial: optuna.Trial, space: SweepSpace, tracker: Any, prune: bool,
+                 constraint_aware: bool = True) -> None:
         self.trial = trial
         self.space = space
         self.tracker = tracker
         self.prune = prune
+        self.constraint_aware = constraint_aware
         self.run_id: str | None = None
         self.last_step = 0
         self.last_metrics: dict[str, float] = {}
@@ -286,13 +288,28 @@ class ValidationReporter:
         if name not in metrics:
             raise ConfigError(f"objective metric '{name}' is not among the validation metrics ({', '.join(sorted(metrics))})")
         value = float(metrics[name])
-        self.trial.report(value, step)
-        if self.prune and (self.final_step is None or step < self.final_step) and self.trial.should_prune():
+        self.trial.report(self.pruner_value(value, metrics), step)
+        if self.final_step is not None and step >= self.final_step:
+            return  # the trial is done: nothing to decide
+        # asked even when this trial may not be pruned (the baseline): rung-based pruners (successive
+        # halving, hyperband) record a trial's rungs only here, and the baseline must compete in them
+        if self.trial.should_prune() and self.prune:
             self.pruned_step = step
             if self.run_id and self.tracker is not None:
                 self.tracker.handle(self.run_id).set_tags(
                     {"optuna.pruned": "true", "optuna.pruned_step": str(step), "optuna.state": "PRUNED"})
             raise TrialPrunedRun(f"pruned at step {step}: {name}={value:.4f}")
+
+
+    def pruner_value(self, value: float, metrics: dict[str, float]) -> float:
+        """What the pruner sees: the objective, or the worst value while the constraint is violated."""
+        c = self.space.objective.constraint
+        if not self.constraint_aware or c is None or c.metric not in metrics:
+            return value
+        current = float(metrics[c.metric])
+        if math.isfinite(current) and c.violation(current) <= 0:
+            return value
+        return math.inf if self.space.metrics[0].direction == "minimize" else -math.inf
 
 
 def objective_values(space: SweepSpace, metrics: dict[str, float]) -> list[float]:
@@ -338,7 +355,7 @@ def run_one_trial(
     trial.set_user_attr(f"{ATTR_PREFIX}worker", worker_id())
     baseline = bool(claimed.user_attrs.get(names.BASELINE_ATTR))  # the reference: always runs to the end
     prune = not isinstance(study.pruner, optuna.pruners.NopPruner) and not baseline
-    reporter = ValidationReporter(trial, space, tracker, prune)
+    reporter = ValidationReporter(trial, space, tracker, prune, pruner_spec(space, base_cfg).constraint_aware)
     tags = {"optuna.study": study_name, "optuna.trial": str(number), names.SWEEP_WORKER: worker_id()}
     if (retried := retry_of(claimed)) is not None:
         tags[names.SWEEP_RETRY_OF] = str(retried)
