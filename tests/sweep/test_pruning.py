@@ -51,12 +51,17 @@ def test_constraint_aware_pruning_can_be_switched_off_and_needs_a_constraint(tmp
     assert spec.constraint_aware is False
 
 
-def test_a_collapsed_trial_loses_its_rung_to_a_worse_but_feasible_one(tmp_path):
-    sh = optuna.pruners.SuccessiveHalvingPruner(min_resource=10, reduction_factor=2)
+def _halving_after_one_trial(tmp_path, loss: float):
+    """A successive-halving study (first rung: step 10) whose first trial reached the rung with `loss`."""
     space = _space(tmp_path)
-    study, first = _trial(sh)
-    ValidationReporter(first, space, tracker=None, prune=True)(10, {"val_ema/loss": 5.5, "val/util_pred_median": 0.4})
-    study.tell(first, 5.5)
+    study, first = _trial(optuna.pruners.SuccessiveHalvingPruner(min_resource=10, reduction_factor=2))
+    ValidationReporter(first, space, tracker=None, prune=True)(10, {"val_ema/loss": loss, "val/util_pred_median": 0.4})
+    study.tell(first, loss)
+    return space, study
+
+
+def test_a_collapsed_trial_loses_its_rung_to_a_worse_but_feasible_one(tmp_path):
+    space, study = _halving_after_one_trial(tmp_path, 5.5)
     collapsed = study.ask()  # a lower loss, but under the floor: stopped at the first rung
     with pytest.raises(TrialPrunedRun):
         ValidationReporter(collapsed, space, tracker=None, prune=True)(
@@ -68,11 +73,7 @@ def test_a_collapsed_trial_loses_its_rung_to_a_worse_but_feasible_one(tmp_path):
 
 
 def test_the_baseline_competes_in_the_rungs_but_is_never_pruned(tmp_path):
-    sh = optuna.pruners.SuccessiveHalvingPruner(min_resource=10, reduction_factor=2)
-    space = _space(tmp_path)
-    study, good = _trial(sh)
-    ValidationReporter(good, space, tracker=None, prune=True)(10, {"val_ema/loss": 5.0, "val/util_pred_median": 0.4})
-    study.tell(good, 5.0)
+    space, study = _halving_after_one_trial(tmp_path, 5.0)
     baseline = study.ask()
     reporter = ValidationReporter(baseline, space, tracker=None, prune=False)  # worse than the rung: kept anyway
     reporter.final_step = 30
