@@ -44,12 +44,15 @@ def point_steps(total: int, points: int) -> list[int]:
 
 
 def checkpoint_overrides(cfg: HarmonicaConfig, points: int) -> list[str]:
-    """ckpt_every / keep_last so every point's checkpoint is written and kept (training is unchanged)."""
+    """ckpt_every / keep_last so every point's checkpoint is written and kept (training is unchanged). The
+    trainer also saves at every validation that improves the best metric (best is a kept step), so keep_last
+    counts those too: every multiple of gcd(ckpt_every, val_every), and the last step."""
     out = []
     for kind in KINDS:
-        total = getattr(cfg.training, kind).total_steps
-        every = math.gcd(*point_steps(total, points))
-        out += [f"training.{kind}.ckpt_every={every}", f"training.{kind}.keep_last={total // every + 1}"]
+        tcfg = getattr(cfg.training, kind)
+        every = math.gcd(*point_steps(tcfg.total_steps, points))
+        saves = tcfg.total_steps // math.gcd(every, tcfg.val_every) + 1
+        out += [f"training.{kind}.ckpt_every={every}", f"training.{kind}.keep_last={saves}"]
     return out
 
 
