@@ -2,9 +2,10 @@
 objective value each reached.
 
 Two studies with the same space file, sampler seed and budget, one with the space's pruner (successive
-halving in the shipped anti-collapse space) and one with none, in one throwaway workdir (one token cache, one MLflow store). Trial n samples
-with seed + n, so while TPE is still in its random start-up phase (10 trials by default) both studies try
-exactly the same parameters and the comparison isolates what pruning saves and what it costs.
+halving in the shipped anti-collapse space) and one with none, in one throwaway workdir (one token cache,
+one MLflow store). Trial n samples with seed + n, so while TPE is still in its random start-up phase (10
+trials by default) both studies try exactly the same parameters and the comparison isolates what pruning
+saves and what it costs.
 
     python benchmarks/sweep_pruning.py [--trials 8] [--space projects/sweeps/anti_collapse.yaml]
         [--project demo] [--workdir DIR] [--pruner median|successive_halving|hyperband] [key=value ...]

@@ -300,7 +300,6 @@ class ValidationReporter:
                     {"optuna.pruned": "true", "optuna.pruned_step": str(step), "optuna.state": "PRUNED"})
             raise TrialPrunedRun(f"pruned at step {step}: {name}={value:.4f}")
 
-
     def pruner_value(self, value: float, metrics: dict[str, float]) -> float:
         """What the pruner sees: the objective, or the worst value while the constraint is violated."""
         c = self.space.objective.constraint

@@ -195,6 +195,14 @@ def step_dir(root: Path, step: int) -> Path:
     return Path(root) / f"step_{step:07d}"
 
 
+def step_of(path: Path) -> int:
+    """The optimizer step of a step directory (the inverse of step_dir), from its name: no file is read."""
+    m = STEP_DIR.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path} is not a step_<N> checkpoint directory")
+    return int(m.group(1))
+
+
 def save_checkpoint(root: Path, step: int, *, model: dict[str, Tensor], ema: dict[str, Tensor] | None,
                     optimizer: dict[str, Any], trainer: dict[str, Any], meta: dict[str, Any],
                     bundle: dict[str, Path] | None = None) -> Path:

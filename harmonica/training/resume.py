@@ -87,7 +87,7 @@ def select_checkpoint(runs_root: Path, kind: str, project: str, resume_from: str
     if resume_from:  # a step of the latest run
         path = ckpt.step_dir(run_dir / "ckpt", int(resume_from))
         if not path.is_dir():
-            have = [int(p.name.split("_")[1]) for p in ckpt.list_checkpoints(run_dir / "ckpt")]
+            have = [ckpt.step_of(p) for p in ckpt.list_checkpoints(run_dir / "ckpt")]
             raise FileNotFoundError(f"--resume-from {resume_from}: run {run_dir.name} has checkpoints at steps {have}")
         return ResumeTarget(run_dir.name, path, validate(path))
     found, skipped = _valid_newest_first(run_dir / "ckpt")

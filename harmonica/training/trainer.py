@@ -438,7 +438,7 @@ class Trainer:
                   "contract": meta["contract"], "cache_fingerprint": self.cache.fingerprint}
         tags = {names.PROJECT: self.cfg.project, names.CONFIG_HASH: str(meta.get("config_hash", ""))}
         models = self.sink.publish_checkpoint(path, kind=self.kind, step=self.state.step, params=params, tags=tags)
-        self.sink.prune_checkpoint_models({int(ckpt.STEP_DIR.match(p.name)[1]) for p in ckpt.list_checkpoints(self.ckpt_root)})
+        self.sink.prune_checkpoint_models({ckpt.step_of(p) for p in ckpt.list_checkpoints(self.ckpt_root)})
         return models or {}
 
     def save(self) -> Path | None:

@@ -158,3 +158,9 @@ def test_prune_keeps_last_and_protected(tmp_path: Path):
 def test_no_pickle_in_module():
     src = Path(ckpt_mod.__file__).read_text()
     assert "torch.load" not in src and "pickle" not in src.replace("never pickle", "")
+
+
+def test_step_of_inverts_step_dir(tmp_path):
+    assert ckpt_mod.step_of(ckpt_mod.step_dir(tmp_path, 1234)) == 1234
+    with pytest.raises(ValueError, match="not a step_<N> checkpoint directory"):
+        ckpt_mod.step_of(tmp_path / "best")
