@@ -86,13 +86,22 @@ def _stage(directory: Path, weights: str, dest: Path) -> Path:
 def publish_checkpoint(client: MlflowClient, run_id: str, directory: Path, *, kind: str, step: int,
                        params: Mapping[str, Any], tags: Mapping[str, str]) -> dict[str, str]:
     """Log `directory` (a `step_*` checkpoint) as a raw and, when it has EMA weights, an EMA LoggedModel of
-    `run_id`; returns {weights: model id}. A model whose upload fails is finalized FAILED and re-raised."""
+    `run_id`; returns {weights: model id}. A model whose upload fails is finalized FAILED and re-raised.
+
+    Idempotent: a weight set this run already holds a READY model of at `step` is not published again (a
+    resumed run re-publishes the checkpoint it resumed from, in case it was killed before or during the
+    upload), and an unfinished model of that step (its process was killed mid-upload) is deleted."""
     directory = Path(directory)
     experiment_id = client.get_run(run_id).info.experiment_id
     out: dict[str, str] = {}
+    for m in _models_at_step(client, experiment_id, run_id, step):
+        if m.status.endswith("READY") and m.weights not in out:
+            out[m.weights] = m.model_id
+        else:
+            delete_models(client, [m.model_id])
     with tempfile.TemporaryDirectory(prefix="harmonica-ckpt-model-") as tmp:
         for weights, file in WEIGHT_FILES.items():
-            if not (directory / file).is_file():
+            if weights in out or not (directory / file).is_file():
                 continue
             staged = _stage(directory, weights, Path(tmp) / weights)
             model = client.create_logged_model(
@@ -108,6 +117,18 @@ def publish_checkpoint(client: MlflowClient, run_id: str, directory: Path, *, ki
             client.finalize_logged_model(model.model_id, "READY")
             out[weights] = model.model_id
     return out
+
+
+def _models_at_step(client: MlflowClient, experiment_id: str, run_id: str, step: int) -> list[CheckpointModel]:
+    where = (f"source_run_id = '{run_id}' AND model_type = '{MODEL_TYPE}' "
+             f"AND tags.`{names.CKPT_STEP_TAG}` = '{step}'")
+    found, token = [], None
+    while True:
+        page = client.search_logged_models([experiment_id], filter_string=where, page_token=token, max_results=100)
+        found += [CheckpointModel.from_mlflow(m) for m in page]
+        token = page.token
+        if not token:
+            return found
 
 
 def _param(value: Any) -> str:

@@ -11,10 +11,10 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +48,7 @@ from harmonica.training.figures import util_entry, util_heatmap_image, util_matr
 from harmonica.training.monitor import CollapseMonitor, EarlyStopper, InstabilityGuard, weights_finite
 from harmonica.training.optim import build_optimizer, build_scheduler
 from harmonica.training.samples import SampleRenderer
+from harmonica.training.state import MetricSink, TrainResult, TrainState
 from harmonica.training.steps import StepOutput, build_task
 from harmonica.training.threads import apply_threads
 from harmonica.training.progress import NoProgress, Progress
@@ -56,39 +57,6 @@ from harmonica.training.window import MetricWindow
 from harmonica.tracking import names
 
 log = logging.getLogger(__name__)
-
-
-class MetricSink(Protocol):
-    """What the trainer needs from a tracking run (the adapter's `Run`, or a no-op on rank > 0)."""
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None, **links: Any) -> None: ...
-    def set_tags(self, tags: dict[str, Any]) -> None: ...
-    def log_artifacts(self, directory: Path | str, artifact_path: str | None = None) -> None: ...
-    def log_text(self, text: str, artifact_file: str) -> None: ...
-    def publish_checkpoint(self, directory: Path, *, kind: str, step: int, params: dict[str, Any],
-                           tags: dict[str, str]) -> dict[str, str] | None: ...
-    def prune_checkpoint_models(self, keep_steps: set[int]) -> None: ...
-    def log_image(self, key: str, image: Any, step: int) -> None: ...
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimizer steps taken
-    best_value: float | None = None
-    best_step: int | None = None
-    collapse_events: list[dict[str, Any]] = field(default_factory=list)
-    instability_events: list[dict[str, Any]] = field(default_factory=list)
-    stop_reason: str | None = None
-    tokens_seen: int = 0
-    util_history: list[dict[str, Any]] = field(default_factory=list)  # figures.util_entry per validation
-
-
-@dataclass
-class TrainResult:
-    state: TrainState
-    last_checkpoint: Path | None
-    best_checkpoint: Path | None
-    final_metrics: dict[str, float]
 
 
 class Trainer:
@@ -136,6 +104,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and self.tcfg.precision == "fp16" else None
         self.state = TrainState()
         self._saved_step, self._last_saved = -1, None  # the newest save() of this process: step, directory
+        self._resumed_from: Path | None = None  # the checkpoint load() restored
         self.generator = torch.Generator().manual_seed(self.tcfg.seed + 1 + dist_info.rank)
 
         max_frames = contract["max_audio_frames"]
@@ -196,8 +165,10 @@ class Trainer:
             self.sink.log_artifacts(ref, "samples/reference")
             for uid, image in images.items():
                 self.sink.log_image(names.reference_spectrogram(uid), image, 0)
+        if self._resumed_from is not None:
+            self._finish_resumed_step(self._resumed_from)
         self.model.train()
-        while self.state.step < t.total_steps:
+        while self.state.step < t.total_steps and not self.state.stop_reason:
             step = self.state.step  # the schedules' step: updates already taken
             next_step = step + 1
             log_now = next_step % t.log_every == 0 or next_step == t.total_steps
@@ -358,31 +329,40 @@ class Trainer:
         if self.dist.is_main and heatmap.codebooks:
             image = util_heatmap_image(heatmap, f"{self.kind} validation utilisation per codebook")
             self.sink.log_image(names.util_heatmap(self.kind), image, step)
+        # every state change of this validation happens before its checkpoint, which must hold them all
         self.scheduler.on_validation(metrics["val/loss"])
         value = metrics.get(self.tcfg.best_metric)
         better = value is not None and math.isfinite(value) and (self.state.best_value is None or (
             value < self.state.best_value if self.tcfg.best_mode == "min" else value > self.state.best_value))
         if better:
             self.state.best_value, self.state.best_step = value, step
-        models = self._checkpoint_models(self.save()) if better or self._ckpt_due(step) else {}
-        # val/* scores the raw weights, val_ema/* the EMA weights: linked to the checkpoint models of this step
-        links = {"model_ids": {"val_ema/": models.get("ema", ""), "val/": models.get("raw", "")},
-                 "dataset": (f"{self.cfg.project}-tokens", self.cache.fingerprint)} if models else {}
-        self.sink.log_metrics(metrics, step=step, **links)
-        if better:
-            self.sink.set_tags({names.BEST_STEP: str(step), names.BEST_VALUE: f"{value:.6g}",
-                                names.BEST_MODEL_ID: models.get("ema", "")})
-        if self.on_validation is not None:
-            self.on_validation(step, metrics)
-        util = metrics.get("val/util_pred_median")
-        if self.early.update(step, metrics["val/loss"], util):
-            self.state.stop_reason = (
+        early_stop = None
+        if self.early.update(step, metrics["val/loss"], metrics.get("val/util_pred_median")):
+            early_stop = self.state.stop_reason = (
                 f"early stop at step {step}: neither val loss nor utilisation improved for "
                 f"{self.tcfg.collapse.early_stop_window} steps"
             )
-            log.warning(self.state.stop_reason)
-            self.sink.set_tags({names.EARLY_STOP: self.state.stop_reason})
+            log.warning(early_stop)
+        self.state.last_validation = {"step": step, "metrics": metrics, "better": better, "early_stop": early_stop}
+        self._record_validation(self._checkpoint_models(self.save()) if better or self._ckpt_due(step) else {})
+        if self.on_validation is not None:
+            self.on_validation(step, metrics)
         return metrics
+
+    def _record_validation(self, models: dict[str, str]) -> None:
+        """The newest validation in the tracking store: its metrics (val/* scores the raw weights, val_ema/* the
+        EMA weights, each linked to the checkpoint model of that step), the best-model and early-stop tags."""
+        v = self.state.last_validation
+        if v is None:
+            return
+        links = {"model_ids": {"val_ema/": models.get("ema", ""), "val/": models.get("raw", "")},
+                 "dataset": (f"{self.cfg.project}-tokens", self.cache.fingerprint)} if models else {}
+        self.sink.log_metrics(v["metrics"], step=v["step"], **links)
+        if v["better"]:
+            self.sink.set_tags({names.BEST_STEP: str(v["step"]), names.BEST_VALUE: f"{self.state.best_value:.6g}",
+                                names.BEST_MODEL_ID: models.get("ema", "")})
+        if v["early_stop"]:
+            self.sink.set_tags({names.EARLY_STOP: v["early_stop"]})
 
     def _samples(self) -> None:
         directory = self.ckpt_root.parent / "samples" / f"step_{self.state.step:06d}"
@@ -497,4 +477,16 @@ class Trainer:
             self.state = TrainState(**tr["state"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointInvalid(c.path, "optimizer/trainer state", f"cannot be restored: {exc}") from None
+        self._resumed_from = c.path
         log.info("resumed from %s at step %d", path, self.state.step)
+        if self.state.stop_reason:
+            log.warning("the run had already stopped at step %d (%s): nothing left to train", self.state.step,
+                        self.state.stop_reason)
+
+    def _finish_resumed_step(self, path: Path) -> None:
+        """What the killed process may not have done after writing the checkpoint it is resumed from: publish it
+        as models (idempotent) and record the validation of its step (the sink drops what was already logged)."""
+        models = self._checkpoint_models(path)
+        v = self.state.last_validation
+        if v is not None and v["step"] == self.state.step:
+            self._record_validation(models)

@@ -10,7 +10,9 @@ import torch
 
 from harmonica.data.cache import find_cache
 from harmonica.training import checkpoint as ckpt
+from harmonica.training.metric_buffer import ResumeDedupMetrics
 from harmonica.training.trainer import Trainer
+from harmonica.tracking import names
 from tests.tiny import RecordingSink, tiny_cfg, tiny_steps
 
 
@@ -150,3 +152,43 @@ def test_early_stop_when_nothing_improves(tiny_corpus, tiny_cache_workdir, tmp_p
     result = trainer.fit()
     assert result.state.stop_reason and result.state.stop_reason.startswith("early stop")
     assert result.state.step < 8
+
+
+class _KilledBeforeValidationRecord(RecordingSink):
+    """Dies right after the step's checkpoint is written and published, before its validation is logged."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.kill_step = step
+
+    def log_metrics(self, metrics, step=None, model_ids=None, dataset=None):
+        if step == self.kill_step and "val/loss" in metrics:
+            raise KeyboardInterrupt("simulated kill")
+        super().log_metrics(metrics, step, model_ids, dataset)
+
+
+def test_a_kill_between_checkpoint_and_validation_record_loses_nothing(tiny_corpus, tiny_cache_workdir, tmp_path):
+    """Found by CI: the validation of a checkpointed step was logged after the checkpoint; a SIGKILL in between
+    lost that step's val/* for good, since the resumed run starts after it."""
+    extra = ("training.ar.collapse.early_stop_window=4",)
+    whole = RecordingSink()
+    a = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "a", "ar", whole, *extra)
+    a.fit()
+
+    killed = _KilledBeforeValidationRecord(step=4)
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "b", "ar", killed, *extra).fit()
+    latest = ckpt.latest_checkpoint(tmp_path / "b")
+    assert ckpt.read_meta(latest)["step"] == 4 and 4 not in killed.metrics.get("val/loss", {})
+
+    resumed = RecordingSink()
+    sink = ResumeDedupMetrics(resumed, lambda key: sorted(killed.metrics.get(key, {}).items()))
+    c = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "b", "ar", sink, *extra)
+    c.fit(resume_from=latest)
+    for key in ("val/loss", "val_ema/loss", "val/util_pred_median"):
+        logged = sorted([*killed.metrics.get(key, {}).items(), *resumed.metrics[key].items()])
+        assert [s for s, _ in logged] == sorted(whole.metrics[key]), key
+        assert dict(logged) == pytest.approx(whole.metrics[key], rel=1e-5), key
+    assert resumed.links[("val_ema/loss", 4)][0] == "m-ar-ema-4"  # linked to the checkpoint model of its step
+    assert resumed.tags[names.BEST_STEP] == whole.tags[names.BEST_STEP]
+    assert c.early.state_dict() == a.early.state_dict()  # the step-4 validation reached the early stopper once
