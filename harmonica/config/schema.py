@@ -194,6 +194,8 @@ class NARModelConfig(TransformerConfig):
     speaker_condition: Literal["prompt", "embedding", "none"] = "prompt"
     prompt_frames: int = Field(150, ge=1, description="acoustic prompt length (frames)")
     max_speakers: int = Field(1024, ge=1, description="table size for speaker_condition=embedding")
+    count_prior: bool = Field(True, description="add log p(codebook k | codebook 0) of a count table fitted on "
+                              "the training split to stage k's logits: the NAR learns a correction to the table")
 
 
 class ModelConfig(Strict):

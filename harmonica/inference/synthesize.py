@@ -51,7 +51,8 @@ def load_model(path: Path, weights: str = "ema", device: torch.device | str = "c
     meta = read_checkpoint_meta(path)
     kind = meta["kind"]
     cfg_cls = ARModelConfig if kind == "ar" else NARModelConfig
-    model = build_model(kind, cfg_cls.model_validate(meta["model_config"]), meta["contract"])
+    model_cfg = meta["model_config"] if kind == "ar" else {"count_prior": False, **meta["model_config"]}  # older NARs had none
+    model = build_model(kind, cfg_cls.model_validate(model_cfg), meta["contract"])
     file = Path(path) / (names.CKPT_EMA if weights == "ema" else names.CKPT_MODEL)
     if not file.is_file():
         raise CheckpointError(f"{file} is missing (weights={weights}); use --weights raw or another checkpoint")

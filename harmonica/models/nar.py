@@ -87,6 +87,8 @@ class NARModel(nn.Module):
             Block(D, cfg.n_heads, cfg.ff_mult, cfg.dropout, cond_dim=D) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(D)
         self.heads = nn.ModuleList(nn.Linear(D, codebook_size) for _ in range(n_q - 1))  # head k-1 -> codebook k
+        if cfg.count_prior:  # row [k-1, i] = log p(codebook k | codebook 0 = i); zeros until set_count_prior
+            self.register_buffer("count_prior", torch.zeros(n_q - 1, codebook_size, codebook_size))
         self.apply(init_weights)
         nn.init.normal_(self.no_estimate, mean=0.0, std=0.02)
         scale_residual_init(self, cfg.n_layers + cfg.text_layers)
@@ -191,12 +193,27 @@ class NARModel(nn.Module):
                                 collect_attn=collect_attn)  # [B, C+T, D]
         h = self.ln_f(h[:, C:])  # [B, T, D]
         if single is not None:
-            return self.heads[single - 1](h), ents  # [B, T, V]
+            return self._with_prior(self.heads[single - 1](h), stage, codes[:, 0]), ents  # [B, T, V]
         # head gather: per-sample head k-1 via stacked weights and a batched matmul
         W = torch.stack([hd.weight for hd in self.heads])[stage - 1]  # [B, V, D]
         bias = torch.stack([hd.bias for hd in self.heads])[stage - 1]  # [B, V]
         logits = torch.bmm(h, W.transpose(1, 2)) + bias[:, None, :]  # [B, T, V]
-        return logits, ents
+        return self._with_prior(logits, stage, codes[:, 0]), ents
+
+    def _with_prior(self, logits: Tensor, stage: Tensor, cb0: Tensor) -> Tensor:
+        """logits [B, T, V] + the count table's log p(codebook stage_b | codebook 0) (no-op without a prior)."""
+        if not self.cfg.count_prior:
+            return logits
+        V = self.codebook_size
+        rows = (stage - 1)[:, None] * V + cb0  # [B, T] flat row of (stage, codebook-0 entry)
+        return logits + self.count_prior.view(-1, V)[rows].to(logits.dtype)  # [B, T, V]
+
+    @torch.no_grad()
+    def set_count_prior(self, log_probs: Tensor) -> None:
+        """log_probs [n_q, V, V] (count_table.fit_table; row 0, codebook 0 itself, is not used)."""
+        if not self.cfg.count_prior:
+            raise ValueError("this NAR was built with count_prior=false")
+        self.count_prior.copy_(log_probs[1:])
 
     def _targets(self, codes: Tensor, audio_lens: Tensor, stage: Tensor) -> tuple[Tensor, Tensor]:
         B, _, T = codes.shape
@@ -333,5 +350,5 @@ class NARModel(nn.Module):
             "n_q": self.n_q, "max_seq_len": self.max_seq_len, "max_audio_len": self.max_audio_len,
             "max_text_len": self.max_text_len, "text_vocab_size": self.text_vocab_size,
             "speaker_condition": self.speaker_condition, "prompt_frames": c.prompt_frames,
-            "max_speakers": c.max_speakers, "pos_embedding": self.pos_embedding,
+            "max_speakers": c.max_speakers, "pos_embedding": self.pos_embedding, "count_prior": c.count_prior,
         }

@@ -60,6 +60,11 @@ def choose_alpha(codes: Sequence[Tensor], codebook_size: int, alphas: Sequence[f
     return float(alphas[min(range(len(alphas)), key=scores.__getitem__)])
 
 
+def fit_table(codes: Sequence[Tensor], codebook_size: int) -> Tensor:
+    """The smoothed table of the training utterances `codes`: log p(codebook k | codebook 0) [n_q, V, V]."""
+    return table_log_probs(cooccurrence(codes, codebook_size), choose_alpha(codes, codebook_size))
+
+
 def count_table_ce(train: Sequence[Tensor], val: Sequence[Tensor], codebook_size: int,
                    alpha: float | None = None) -> dict[int, float]:
     """Validation CE (nats/frame, pooled over frames) of the count table fitted on `train`, for

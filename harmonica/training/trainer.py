@@ -24,6 +24,7 @@ from harmonica.data.cache import TokenCache
 from harmonica.models import build_model
 from harmonica.training import checkpoint as ckpt
 from harmonica.training.resume import result_config
+from harmonica.training.count_table import fit_table
 from harmonica.training.ckpt_check import CheckpointInvalid, check_shapes, check_trainer_meta
 from harmonica.training.data import (
     BatchStream,
@@ -87,6 +88,9 @@ class Trainer:
         self.sink.set_tags({names.THREADS: str(apply_threads(self.tcfg.threads))})  # the count in effect
         torch.manual_seed(self.tcfg.seed)
         self.core: nn.Module = build_model(kind, self.mcfg, contract).to(device)
+        self.train_examples = load_examples(cache.load_split("train"), contract["max_audio_frames"])
+        if kind == "nar" and self.mcfg.count_prior:  # before the EMA copies the buffers
+            self.core.set_count_prior(fit_table([e.codes for e in self.train_examples], contract["codebook_size"]))
         self.model: nn.Module = self.core
         if dist_info.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -108,7 +112,6 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.tcfg.seed + 1 + dist_info.rank)
 
         max_frames = contract["max_audio_frames"]
-        self.train_examples = load_examples(cache.load_split("train"), max_frames)
         self.val_examples = load_examples(cache.load_split("val"), max_frames) if "val" in cache.splits() else []
         self.speakers = speaker_table(self.train_examples)  # index 0 = unknown speaker
         if kind == "nar" and self.mcfg.speaker_condition == "embedding" and len(self.speakers) + 1 > self.mcfg.max_speakers:

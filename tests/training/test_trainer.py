@@ -131,8 +131,9 @@ def test_collapse_is_warned_tagged_and_can_stop(tiny_corpus, tiny_cache_workdir,
     sink = RecordingSink()
     # a floor nothing can reach (attention entropy <= log(keys) << 100 nats): every layer "collapses" at
     # the first log step. (A utilisation floor of 1.0 is reachable: with all NAR stages per step a
-    # 16-entry codebook is fully predicted within one window.)
-    trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "nar", sink,
+    # 16-entry codebook is fully predicted within one window -- without the count-table prior, whose argmax
+    # on the 16 tiny utterances is one entry of codebook 2.)
+    trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "nar", sink, "model.nar.count_prior=false",
                        "training.nar.collapse.attn_entropy_floor=100", "training.nar.collapse.stop_on_collapse=true")
     result = trainer.fit()
     assert result.state.collapse_events and result.state.stop_reason.startswith("collapse at step 2")
