@@ -72,14 +72,16 @@ def preprocess(project: str, corpus_dir: str | None, corpus_format: str | None, 
               help="resume although the config differs from the checkpoint's (recorded as a tag and config.resume-<n>.yaml)")
 @click.option("--allow-cache-mismatch", is_flag=True,
               help="train on a token cache built with other settings (recorded as a tag)")
+@click.option("--run-name", default=None, help="the MLflow run's name (default train_<model-type>-<project>-<config "
+              "hash>); a resumed run keeps its own")
 # MLproject parameters are strings: these carry --resume / --allow-cache-mismatch as true|false
 @click.option("--resume-if", default="false", hidden=True)
 @click.option("--allow-cache-mismatch-if", default="false", hidden=True)
 @no_progress_option
 @overrides_argument
 def train(kind: str, project: str, workdir: str, resume: bool, resume_from: str | None, accept_config_change: bool,
-          allow_cache_mismatch: bool, resume_if: str, allow_cache_mismatch_if: str, no_progress: bool,
-          overrides: tuple[str, ...]) -> None:
+          allow_cache_mismatch: bool, run_name: str | None, resume_if: str, allow_cache_mismatch_if: str,
+          no_progress: bool, overrides: tuple[str, ...]) -> None:
     """Train the AR (text -> first codebook) or the NAR (remaining codebooks).
 
     Uses the `training.<model-type>` and `model.<model-type>` blocks; OVERRIDES are key.path=value.
@@ -94,7 +96,7 @@ def train(kind: str, project: str, workdir: str, resume: bool, resume_from: str 
             out = run_train(cfg, kind, Path(workdir), resume=resume or flag(resume_if), resume_from=resume_from,
                             accept_config_change=accept_config_change,
                             allow_cache_mismatch=allow_cache_mismatch or flag(allow_cache_mismatch_if),
-                            progress=progress_on(no_progress))
+                            run_name=run_name, progress=progress_on(no_progress))
     except KeyboardInterrupt:
         click.echo(resume_hint(kind, project, cfg.project if cfg else project, workdir, overrides), err=True)
         sys.exit(130)

@@ -130,7 +130,7 @@ def run_train(
             run: Any = NullRun()
             if tracker is not None:
                 run = stack.enter_context(tracker.run(
-                    f"train_{kind}", run_name or f"train_{kind}-{cfg.project}-{digest[:8]}",
+                    f"train_{kind}", run_name or (None if target else f"train_{kind}-{cfg.project}-{digest[:8]}"),
                     description=describe(cfg, kind, cache), tags={**tags, **(extra_tags or {})},
                     run_id=target.run_id if target else None, parent_run_id=parent_run_id,
                     spool_dir=lambda rid: checkpoints_root(workdir, cfg.project, kind) / rid / "spool",

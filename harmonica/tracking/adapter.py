@@ -130,7 +130,7 @@ class Tracker:
     def run(
         self,
         stage: str,
-        run_name: str,
+        run_name: str | None,
         *,
         description: str = "",
         tags: Mapping[str, Any] | None = None,
@@ -140,7 +140,7 @@ class Tracker:
     ) -> Iterator[Run]:
         """Start (or resume, with run_id) a run tagged with stage, project and code version.
 
-        Under `mlflow run`, MLFLOW_RUN_ID names the run the project launcher created; it is adopted
+        run_name None: a resumed run keeps its name. Under `mlflow run`, MLFLOW_RUN_ID names the run the project launcher created; it is adopted
         so the entry point's run is the one that holds everything.
         """
         if run_id is None and parent_run_id is None and mlflow.active_run() is None and launched_run_id():
@@ -178,7 +178,7 @@ class Tracker:
         status = "FAILED"
         ok = False
         try:
-            run.set_tags({"mlflow.runName": run_name, **all_tags})
+            run.set_tags({**({"mlflow.runName": run_name} if run_name else {}), **all_tags})
             yield run
             status = "FINISHED"
             ok = True

@@ -121,7 +121,8 @@ def test_sigkill_then_resume_continues_the_same_run(tmp_path, tiny_corpus, workd
     workdir = workdir_with_cache
     args = _args(tiny_corpus, "ar", "training.ar.total_steps=400", "training.ar.ckpt_every=20",
                  "training.ar.log_every=10", "training.ar.val_every=200", "training.ar.sample_every=400")
-    proc = subprocess.Popen(_harmonica("train", "--model-type", "ar", "--workdir", str(workdir), *args),
+    proc = subprocess.Popen(_harmonica("train", "--model-type", "ar", "--workdir", str(workdir),
+                                       "--run-name", "ar-noise-0.3", *args),
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root = workdir / "checkpoints" / "demo" / "ar"
     deadline = time.time() + 300
@@ -143,6 +144,7 @@ def test_sigkill_then_resume_continues_the_same_run(tmp_path, tiny_corpus, workd
     assert history[-1] == 400 and set(range(10, 401, 10)) <= set(history)
     assert runs[0].data.tags["harmonica.resumed_from"].endswith(f"step_{killed_at:07d}")
     assert runs[0].info.status == "FINISHED"
+    assert runs[0].info.run_name == "ar-noise-0.3"  # the name given at the start survives the resume
 
 
 @pytest.mark.slow
