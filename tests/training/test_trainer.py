@@ -131,9 +131,8 @@ def test_collapse_is_warned_tagged_and_can_stop(tiny_corpus, tiny_cache_workdir,
     sink = RecordingSink()
     # a floor nothing can reach (attention entropy <= log(keys) << 100 nats): every layer "collapses" at
     # the first log step. (A utilisation floor of 1.0 is reachable: with all NAR stages per step a
-    # 16-entry codebook is fully predicted within one window -- without the count-table prior, whose argmax
-    # on the 16 tiny utterances is one entry of codebook 2.)
-    trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "nar", sink, "model.nar.count_prior=false",
+    # 16-entry codebook is fully predicted within one window.)
+    trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "nar", sink,
                        "training.nar.collapse.attn_entropy_floor=100", "training.nar.collapse.stop_on_collapse=true")
     result = trainer.fit()
     assert result.state.collapse_events and result.state.stop_reason.startswith("collapse at step 2")
@@ -193,3 +192,18 @@ def test_a_kill_between_checkpoint_and_validation_record_loses_nothing(tiny_corp
     assert resumed.links[("val_ema/loss", 4)][0] == "m-ar-ema-4"  # linked to the checkpoint model of its step
     assert resumed.tags[names.BEST_STEP] == whole.tags[names.BEST_STEP]
     assert c.early.state_dict() == a.early.state_dict()  # the step-4 validation reached the early stopper once
+
+
+def test_the_nar_trains_with_the_count_table_of_its_training_split(tiny_corpus, tiny_cache_workdir, tmp_path):
+    from safetensors.torch import load_file
+
+    from harmonica.training.count_table import fit_table
+
+    trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "nar", RecordingSink(),
+                       "model.nar.count_prior=true", "training.nar.total_steps=4", "training.nar.sample_every=4")
+    table = fit_table([e.codes for e in trainer.train_examples], trainer.cache.contract["codebook_size"])
+    assert torch.equal(trainer.core.count_prior, table[1:])
+    result = trainer.fit()
+    for weights in ("model.safetensors", "ema.safetensors"):  # a constant: the EMA copy is the table too
+        assert torch.equal(load_file(str(result.last_checkpoint / weights))["count_prior"], table[1:]), weights
+    assert ckpt.read_meta(result.last_checkpoint)["contract"]["count_prior"] is True
