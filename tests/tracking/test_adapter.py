@@ -99,3 +99,29 @@ def test_trackers_do_not_leak_their_uri_into_the_environment(tmp_path: Path, mon
     second = Tracker(cfg, tmp_path / "b")
     assert first.tracking_uri != second.tracking_uri
     assert second.tracking_uri.endswith(str((tmp_path / "b" / "mlflow.db").resolve()))
+
+
+def test_a_store_error_while_ending_an_interrupted_run_does_not_replace_the_interrupt(workdir: Path, monkeypatch):
+    """Found by CI: after a Ctrl-C, ending the run met SQLite's "database is locked" and that error replaced the
+    KeyboardInterrupt, so `harmonica train` exited 1 without its resume command instead of 130."""
+    import mlflow
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    cfg = load_config("demo", ["tracking.system_metrics=false"])
+    tracker = Tracker(cfg, workdir)
+    real_end = mlflow.end_run
+
+    def locked(status="FINISHED"):
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(mlflow, "end_run", locked)
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.run("unit", "interrupted"):
+            raise KeyboardInterrupt
+    with pytest.raises(MlflowException, match="locked"):  # any other ending still reports the store's error
+        with tracker.run("unit", "finished"):
+            pass
+    monkeypatch.setattr(mlflow, "end_run", real_end)
+    while mlflow.active_run():
+        mlflow.end_run()
