@@ -122,9 +122,16 @@ def publish_checkpoint(client: MlflowClient, run_id: str, directory: Path, *, ki
 def _models_at_step(client: MlflowClient, experiment_id: str, run_id: str, step: int) -> list[CheckpointModel]:
     where = (f"source_run_id = '{run_id}' AND model_type = '{MODEL_TYPE}' "
              f"AND tags.`{names.CKPT_STEP_TAG}` = '{step}'")
+    return _search(client, experiment_id, where)
+
+
+def _search(client: MlflowClient, experiment_id: str, where: str,
+            order: list[dict[str, Any]] | None = None) -> list[CheckpointModel]:
+    """Every logged model of the experiment matching `where` (all pages), any status."""
     found, token = [], None
     while True:
-        page = client.search_logged_models([experiment_id], filter_string=where, page_token=token, max_results=100)
+        page = client.search_logged_models([experiment_id], filter_string=where, order_by=order,
+                                           page_token=token, max_results=100)
         found += [CheckpointModel.from_mlflow(m) for m in page]
         token = page.token
         if not token:
@@ -184,15 +191,8 @@ class CheckpointModels:
         if weights:
             where.append(f"tags.`{names.WEIGHTS}` = '{weights}'")
         order = [{"field_name": f"metrics.{order_by}", "ascending": ascending}] if order_by else None
-        found, token = [], None
-        while True:
-            page = self._client.search_logged_models([experiment_id], filter_string=" AND ".join(where),
-                                                     order_by=order, page_token=token, max_results=100)
-            found += [CheckpointModel.from_mlflow(m) for m in page]
-            token = page.token
-            if not token:
-                break
-        found = [m for m in found if m.status.endswith("READY")]
+        found = [m for m in _search(self._client, experiment_id, " AND ".join(where), order)
+                 if m.status.endswith("READY")]
         if not order_by:
             found.sort(key=lambda m: -m.step)
         return found

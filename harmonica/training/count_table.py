@@ -65,14 +65,12 @@ def fit_table(codes: Sequence[Tensor], codebook_size: int) -> Tensor:
     return table_log_probs(cooccurrence(codes, codebook_size), choose_alpha(codes, codebook_size))
 
 
-def count_table_ce(train: Sequence[Tensor], val: Sequence[Tensor], codebook_size: int,
-                   alpha: float | None = None) -> dict[int, float]:
-    """Validation CE (nats/frame, pooled over frames) of the count table fitted on `train`, for
-    each codebook k >= 1: {k: ce}. alpha None = `choose_alpha` on the training utterances."""
-    if not train or not val:
+def count_table_ce(table: Tensor, val: Sequence[Tensor]) -> dict[int, float]:
+    """Validation CE (nats/frame, pooled over frames) of a fitted table (`fit_table`) [n_q, V, V], for
+    each codebook k >= 1: {k: ce}. No validation utterances -> {}."""
+    if not val:
         return {}
-    a = choose_alpha(train, codebook_size) if alpha is None else alpha
-    nll, n = table_nll(table_log_probs(cooccurrence(train, codebook_size), a), val)
+    nll, n = table_nll(table, val)
     return {k: float(nll[k]) / max(n, 1) for k in range(1, nll.numel())}
 
 

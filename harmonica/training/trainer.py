@@ -89,8 +89,10 @@ class Trainer:
         torch.manual_seed(self.tcfg.seed)
         self.core: nn.Module = build_model(kind, self.mcfg, contract).to(device)
         self.train_examples = load_examples(cache.load_split("train"), contract["max_audio_frames"])
-        if kind == "nar" and self.mcfg.count_prior:  # before the EMA copies the buffers
-            self.core.set_count_prior(fit_table([e.codes for e in self.train_examples], contract["codebook_size"]))
+        # the NAR's floor, fitted once: its prior (if on) and the validation margin over it
+        table = fit_table([e.codes for e in self.train_examples], contract["codebook_size"]) if kind == "nar" else None
+        if table is not None and self.mcfg.count_prior:  # before the EMA copies the buffers
+            self.core.set_count_prior(table)
         self.model: nn.Module = self.core
         if dist_info.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -127,7 +129,7 @@ class Trainer:
             self.tcfg.batch_size, self.tcfg.seed, rank=dist_info.rank, world_size=dist_info.world_size,
         )
         self.stream = BatchStream(self.train_examples, sampler, self._collate, seed=self.tcfg.seed + 7 + dist_info.rank)
-        self.extras = ValidationExtras(cfg, kind, cache, self.train_examples, self.val_examples, self.speakers,
+        self.extras = ValidationExtras(cfg, kind, cache, table, self.val_examples, self.speakers,
                                        codec if dist_info.is_main else None, dist_info.world_size)
         self.renderer = None
         if codec is not None and dist_info.is_main:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.cache import TokenCache
@@ -25,14 +25,15 @@ from harmonica.training.val_asr import FreeRunningASR, asr_due
 
 
 class ValidationExtras:
-    def __init__(self, cfg: HarmonicaConfig, kind: str, cache: TokenCache, train: Sequence[Example],
+    def __init__(self, cfg: HarmonicaConfig, kind: str, cache: TokenCache, table: Tensor | None,
                  val: Sequence[Example], speakers: dict[str, int], codec: Any, world_size: int = 1) -> None:
-        """codec: None on ranks that do not render audio (no free-running check there)."""
+        """table: the NAR's count table of the training split (count_table.fit_table), None for the AR;
+        codec: None on ranks that do not render audio (no free-running check there)."""
         self.kind, self.cfg = kind, getattr(cfg.training, kind)
         self.table_ce: dict[int, float] = {}
         contract = cache.contract
-        if kind == "nar" and val:
-            self.table_ce = count_table_ce([e.codes for e in train], [e.codes for e in val], contract["codebook_size"])
+        if table is not None:
+            self.table_ce = count_table_ce(table, [e.codes for e in val])
         self.asr: FreeRunningASR | None = None
         if self.cfg.val_asr_utterances and val:
             if world_size > 1 and self.cfg.best_metric.startswith("val/asr_"):
