@@ -256,6 +256,9 @@ class TrainingConfig(Strict):
     scheduled_sampling_ratio_start: float = Field(0.95, ge=0, le=1, description="teacher-forcing")
     scheduled_sampling_ratio_end: float = Field(0.7, ge=0, le=1)
     token_noise: float = Field(0.0, ge=0, lt=1)
+    text_dropout: float = Field(0.0, ge=0, lt=1, description="AR: share of utterances trained on the empty "
+                                "text (BOS EOS), so classifier-free guidance (eval.decode.text_guidance) has "
+                                "an unconditional model")
     nar_refine_train: bool = Field(False, description="NAR: 2-pass self-conditioned refinement")
     nar_stages_per_step: int = Field(0, ge=0, description="NAR stages trained per micro-batch; 0 = all")
     # AR guided attention (DCTTS): penalise audio->text attention far from the diagonal
@@ -338,6 +341,8 @@ class DecodeConfig(Strict):
     top_k: list[int] = Field(default_factory=lambda: [0])
     top_p: list[float] = Field(default_factory=lambda: [0.9, 1.0])
     repetition_penalty: float = Field(1.1, ge=1)
+    text_guidance: float = Field(1.0, ge=0, description="AR classifier-free guidance scale on the text: logits = "
+                                 "empty + s * (text - empty); 1 = off; needs an AR trained with text_dropout > 0")
     max_length_per_char: float = Field(0.25, gt=0, description="seconds of audio per text char")
     nar_refine_steps: int = Field(1, ge=1)
     # the corpus is peak-normalised to data.normalize_level_db (-1 dBFS by default): decoded audio is

@@ -64,7 +64,7 @@ def decode_ar(model: nn.Module, text: Tensor, decode: DecodeConfig, frame_rate: 
     [tokens] = model.generate(
         text[None].to(device), torch.tensor([text.numel()], device=device), max_new_tokens=budget,
         temperature=decode.temperature[0], top_k=decode.top_k[0], top_p=decode.top_p[0],
-        repetition_penalty=decode.repetition_penalty, generator=generator,
+        repetition_penalty=decode.repetition_penalty, generator=generator, text_guidance=decode.text_guidance,
     )  # [T]
     tokens = tokens.cpu()
     hit_bound = tokens.numel() >= budget

@@ -29,6 +29,13 @@ from harmonica.models.layers import (
 from harmonica.models.sampling import apply_repetition_penalty, sample_next
 
 
+def empty_text(text: Tensor, text_lens: Tensor) -> Tensor:
+    """The encoding of the empty text for each row: its first and last valid token (BOS, EOS) [B, 2].
+    What text dropout trains on and what classifier-free guidance decodes as the unconditional model."""
+    rows = torch.arange(text.size(0), device=text.device)  # [B]
+    return torch.stack([text[:, 0], text[rows, (text_lens - 1).clamp(min=0)]], dim=1)  # [B, 2]
+
+
 def prefix_lm_mask(text_mask: Tensor, audio_mask: Tensor) -> Tensor:
     """text_mask [B, L], audio_mask [B, Ta] -> allowed [B, 1, L+Ta, L+Ta] for [text ; audio]."""
     L, Ta = text_mask.size(1), audio_mask.size(1)
@@ -163,44 +170,64 @@ class ARModel(nn.Module):
     def generate(self, text: Tensor, text_lens: Tensor, *, prefix: Tensor | None = None,
                  prefix_lens: Tensor | None = None, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 generator: torch.Generator | None = None) -> list[Tensor]:
+                 generator: torch.Generator | None = None, text_guidance: float = 1.0) -> list[Tensor]:
         """Sample codebook-0 continuations. Returns one LongTensor [T_i] per item: the new tokens only
         (prefix excluded, STOP excluded). Stops per item at STOP, after max_new_tokens, or when
         prefix + new reaches max_seq_len - 1. Text + BOS + prefix go through the model once; then
         one token per step against a KV cache. The repetition penalty covers the item's new tokens.
+        text_guidance s != 1: classifier-free guidance on the text -- each step's logits are
+        empty + s * (text - empty), `empty` the same model given the empty text (`empty_text`; the
+        model must have trained with text dropout to know it); the two run as one batch of 2B.
         Runs in eval mode (restores the previous mode)."""
         was_training = self.training
         self.eval()
         try:
             return self._generate(text, text_lens, prefix, prefix_lens, max_new_tokens, temperature,
-                                  top_k, top_p, repetition_penalty, generator)
+                                  top_k, top_p, repetition_penalty, generator, text_guidance)
         finally:
             self.train(was_training)
 
     def _generate(self, text: Tensor, text_lens: Tensor, prefix: Tensor | None, prefix_lens: Tensor | None,
                   max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-                  repetition_penalty: float, generator: torch.Generator | None) -> list[Tensor]:
-        B, L, dev = text.size(0), text.size(1), text.device
+                  repetition_penalty: float, generator: torch.Generator | None,
+                  text_guidance: float = 1.0) -> list[Tensor]:
+        B, dev = text.size(0), text.device
         if prefix is None:
             prefix = torch.zeros(B, 0, dtype=torch.long, device=dev)  # [B, 0]
         P = prefix.size(1)
         self._check_lengths(text, P)
         prefix_lens = torch.full((B,), P, device=dev) if prefix_lens is None else prefix_lens.to(dev)
         budget = (self.max_audio_len - prefix_lens).clamp(min=0, max=max(max_new_tokens, 0))  # [B]
+        guided = text_guidance != 1.0
+        if guided:  # rows B..2B-1: the same items given the empty text
+            width = max(text.size(1), 2)
+            empty = torch.zeros(B, width, dtype=text.dtype, device=dev)  # [B, L]
+            empty[:, :2] = empty_text(text, text_lens)
+            text = torch.cat([nn.functional.pad(text, (0, width - text.size(1))), empty], dim=0)  # [2B, L]
+            text_lens = torch.cat([text_lens.to(dev), torch.full_like(text_lens.to(dev), 2)])  # [2B]
+            prefix, prefix_lens = prefix.repeat(2, 1), prefix_lens.repeat(2)  # [2B, P], [2B]
 
-        inputs, _, in_mask = self.teacher_inputs(prefix, prefix_lens)  # [B, P+1] BOS + prefix
-        h_text, text_mask, _ = self._encode_text(text, text_lens)  # [B, L, D]
-        x = torch.cat([h_text, self._embed_audio(inputs, torch.arange(P + 1, device=dev))], dim=1)  # [B, L+P+1, D]
+        def combine(logits: Tensor) -> Tensor:  # [R, V+1] -> [B, V+1]
+            if not guided:
+                return logits
+            cond, uncond = logits[:B], logits[B:]  # [B, V+1] each
+            return uncond + text_guidance * (cond - uncond)  # [B, V+1]
+
+        R, L = text.size(0), text.size(1)  # rows run through the model (B, or 2B guided)
+
+        inputs, _, in_mask = self.teacher_inputs(prefix, prefix_lens)  # [R, P+1] BOS + prefix
+        h_text, text_mask, _ = self._encode_text(text, text_lens)  # [R, L, D]
+        x = torch.cat([h_text, self._embed_audio(inputs, torch.arange(P + 1, device=dev))], dim=1)  # [R, L+P+1, D]
         x, cache, _ = run_blocks(self.blocks, x, prefix_lm_mask(text_mask, in_mask), use_cache=True)
-        key_valid = torch.cat([text_mask, in_mask], dim=1)  # [B, L+P+1]
-        last = x[torch.arange(B, device=dev), L + prefix_lens]  # [B, D] hidden of the last valid input
-        logits = self.head(self.ln_f(last))  # [B, V+1]
+        key_valid = torch.cat([text_mask, in_mask], dim=1)  # [R, L+P+1]
+        last = x[torch.arange(R, device=dev), L + prefix_lens]  # [R, D] hidden of the last valid input
+        logits = combine(self.head(self.ln_f(last)))  # [B, V+1]
 
         steps = int(budget.max().item()) if B else 0
         out = torch.zeros(B, steps, dtype=torch.long, device=dev)  # [B, steps]
         n_new = torch.zeros(B, dtype=torch.long, device=dev)  # [B]
         done = budget == 0  # [B]
-        pos = prefix_lens + 1  # [B] audio position of the next input
+        pos = prefix_lens + 1  # [R] audio position of the next input
         for t in range(steps):
             logits = apply_repetition_penalty(logits, out[:, :t], repetition_penalty)  # [B, V+1]
             tok = sample_next(logits, temperature, top_k, top_p, generator)  # [B]
@@ -211,10 +238,10 @@ class ARModel(nn.Module):
             if bool(done.all()):
                 break
             # finished items keep stepping (their outputs are ignored); positions past the table clamp
-            x = self._embed_audio(tok[:, None], pos[:, None])  # [B, 1, D]
-            key_valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :1])], dim=1)  # [B, S+1]
-            x, cache, _ = self._step(x, key_valid, cache)  # [B, 1, D]
-            logits = self.head(self.ln_f(x[:, 0]))  # [B, V+1]
+            x = self._embed_audio(tok.repeat(R // B)[:, None], pos[:, None])  # [R, 1, D]
+            key_valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :1])], dim=1)  # [R, S+1]
+            x, cache, _ = self._step(x, key_valid, cache)  # [R, 1, D]
+            logits = combine(self.head(self.ln_f(x[:, 0])))  # [B, V+1]
             pos = pos + 1
         return [out[b, : int(n_new[b])] for b in range(B)]
 

@@ -115,6 +115,7 @@ class SampleRenderer:
             [tokens] = model.generate(
                 text, text_lens, max_new_tokens=max_new, temperature=d.temperature[0],
                 top_k=d.top_k[0], top_p=d.top_p[0], repetition_penalty=d.repetition_penalty, generator=gen,
+                text_guidance=d.text_guidance,
             )  # [T]
             return tokens[None].cpu() if tokens.numel() else None  # [1, T]
         cb0 = ex.codes[0][None].to(device)  # [1, T]

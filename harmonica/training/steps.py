@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from harmonica.config.schema import TrainingConfig
 from harmonica.models.layers import masked_mean_ce
 from harmonica.training.guided import guided_layers, guided_loss_from_probs, guided_weight_at
-from harmonica.training.objectives import compute_objective, scheduled_sampling_mix, token_noise
+from harmonica.training.objectives import compute_objective, scheduled_sampling_mix, text_dropout, token_noise
 from harmonica.training.schedules import scheduled_sampling_ratio_at
 
 
@@ -64,6 +64,8 @@ class ARTask:
         core = getattr(model, "module", model)  # DDP wraps the model
         text, text_lens = batch["text"], batch["text_lens"]  # [B, L], [B]
         audio, audio_lens = batch["audio"], batch["audio_lens"]  # [B, T], [B]
+        # classifier-free guidance: some rows learn the empty text (the guided loss leaves them out)
+        text, text_lens, dropped = text_dropout(text, text_lens, self.cfg.text_dropout, generator)  # [B, L], [B], [B]
         inputs, _, mask = core.teacher_inputs(audio, audio_lens)  # [B, T+1]
         input_mask = mask & (torch.arange(mask.size(1), device=mask.device)[None] > 0)  # [B, T+1], no BOS
         override = None
@@ -85,7 +87,8 @@ class ARTask:
         loss, terms = compute_objective(logits, aux["targets"], aux["mask"], step, self.cfg, codebook_index=0, n_q=self.n_q)
         if layers:
             guided = guided_loss_from_probs(aux["attn_probs"], layers, self.cfg.guided_attention_heads, text_lens,
-                                            aux["mask"], text.size(1), self.cfg.guided_attention_sigma)
+                                            aux["mask"] & ~dropped[:, None], text.size(1),
+                                            self.cfg.guided_attention_sigma)
             loss = loss + w_guided * guided
             terms["guided_attn"], terms["guided_attn_weight"] = guided.detach(), torch.tensor(w_guided)
         terms["teacher_forcing_ratio"] = torch.tensor(ratio)
@@ -118,6 +121,9 @@ class NARTask:
     def __init__(self, cfg: TrainingConfig, codebook_size: int, n_q: int) -> None:
         if n_q < 2:
             raise ValueError("the NAR needs a codec with n_q >= 2 (it predicts codebooks 1..n_q-1)")
+        if cfg.text_dropout > 0:
+            raise ValueError("training.nar.text_dropout must be 0: text dropout trains the AR's unconditional "
+                             "model for eval.decode.text_guidance; the NAR is not guided")
         self.cfg = cfg
         self.codebook_size = codebook_size
         self.n_q = n_q

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harmonica.models import ARModel, apply_repetition_penalty
+from harmonica.models import ARModel
 from harmonica.models.ar import prefix_lm_mask
-from tests.models.tiny import CODEBOOK, ar_model, batch
+from tests.models.tiny import CODEBOOK, ar_model, batch, reference_greedy
 
 
 def _ar_inputs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,22 +133,11 @@ def test_generate_respects_max_new_tokens_and_stops_at_stop() -> None:
 
 def _reference_greedy(m: ARModel, text, tl, prefix, plen, max_new, penalty) -> list[int]:
     """No cache: re-run the full training forward on the growing sequence each step."""
-    seq = prefix[: int(plen)].tolist()
-    new: list[int] = []
-    for _ in range(max_new):
-        if len(seq) >= m.max_seq_len - 1:
-            break
+    def next_logits(seq: list[int]) -> torch.Tensor:
         audio = torch.tensor([seq], dtype=torch.long).reshape(1, -1)
-        logits, _, _ = m(text, tl, audio, torch.tensor([len(seq)]))
-        last = logits[:, len(seq)]
-        if new:
-            last = apply_repetition_penalty(last, torch.tensor([new]), penalty)
-        tok = int(last.argmax(-1))
-        if tok == m.stop_id:
-            break
-        seq.append(tok)
-        new.append(tok)
-    return new
+        return m(text, tl, audio, torch.tensor([len(seq)]))[0][:, len(seq)]  # [1, V+1]
+
+    return reference_greedy(m, next_logits, prefix, plen, max_new, penalty)
 
 
 @pytest.mark.parametrize("penalty", [1.0, 1.5])

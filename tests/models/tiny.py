@@ -48,3 +48,25 @@ def batch(B: int = 3, L: int = 9, T: int = 11, P: int = 6, seed: int = 1) -> dic
         prompt[b, :, prompt_lens[b]:] = 99
     return dict(text=text, text_lens=text_lens, codes=codes, audio_lens=audio_lens, prompt=prompt,
                 prompt_lens=prompt_lens, speaker=torch.arange(B) % 5)
+
+
+def reference_greedy(m: ARModel, next_logits: Any, prefix: torch.Tensor, plen: Any, max_new: int,
+                     penalty: float) -> list[int]:
+    """The AR's greedy decoding without a KV cache: `next_logits(seq)` re-runs full forwards on the
+    growing sequence (a list of ids) and returns the next token's logits [1, V+1]."""
+    from harmonica.models import apply_repetition_penalty
+
+    seq = prefix[: int(plen)].tolist()
+    new: list[int] = []
+    for _ in range(max_new):
+        if len(seq) >= m.max_seq_len - 1:
+            break
+        last = next_logits(seq)  # [1, V+1]
+        if new:
+            last = apply_repetition_penalty(last, torch.tensor([new]), penalty)
+        tok = int(last.argmax(-1))
+        if tok == m.stop_id:
+            break
+        seq.append(tok)
+        new.append(tok)
+    return new
