@@ -93,6 +93,12 @@ class Synthesizer:
         self.nar, self.nar_meta = load_model(self.nar_path, weights, device)
         self.frontend: TextFrontend = build_frontend(TextConfig.model_validate(nar_meta["text_config"]))
         self.decode = decode or DecodeConfig()
+        dropout = (ar_meta.get("result_config") or {}).get("training.ar.text_dropout", 0.0)
+        if self.decode.text_guidance != 1.0 and not dropout:
+            log.warning("eval.decode.text_guidance=%s but the AR %s trained without text dropout "
+                        "(training.ar.text_dropout=0): its empty-text prediction, the guidance's unconditional "
+                        "model, was never trained; decode with text_guidance=1 or train with text_dropout > 0",
+                        self.decode.text_guidance, self.ar_path)
         self.frame_rate = float(nar_meta["contract"]["frame_rate"])
         self.prompt_frames = int(nar_meta["model_config"].get("prompt_frames", 150))
         self.timings = Timings()

@@ -51,3 +51,15 @@ def test_synthesizer_refuses_before_loading_weights(tiny_checkpoints, tmp_path: 
     (bad / "ema.safetensors").write_bytes(b"not even safetensors")  # must never be read
     with pytest.raises(IncompatibleModelsError, match="text_vocab_hash"):
         Synthesizer(tiny_checkpoints["ar"], bad)
+
+
+def test_guidance_on_an_ar_trained_without_text_dropout_warns(tiny_checkpoints, caplog):
+    """The tiny AR trained without text dropout: guiding it works but says what is wrong with it."""
+    from harmonica.config.schema import DecodeConfig
+
+    with caplog.at_level("WARNING", logger="harmonica.inference.synthesize"):
+        Synthesizer(tiny_checkpoints["ar"], tiny_checkpoints["nar"])
+    assert "text_guidance" not in caplog.text
+    with caplog.at_level("WARNING", logger="harmonica.inference.synthesize"):
+        Synthesizer(tiny_checkpoints["ar"], tiny_checkpoints["nar"], decode=DecodeConfig(text_guidance=2.0))
+    assert "trained without text dropout" in caplog.text
