@@ -327,6 +327,12 @@ class ASRConfig(Strict):
     compute_type: str = "int8"
     language: str = "en"
     beam_size: int = Field(1, ge=1)
+    # whisper tiny at temperature 0 turns some babble into a repetition loop ("no, no, no, ..." x 100):
+    # one such utterance of 16 added ~1.1 to a corpus WER. A transcript cannot hold more than a speaker
+    # could say in the audio's duration: decoding stops at max_tokens_base + rate x seconds tokens
+    # (real speech is ~3 tokens/s, so a correct transcript is never cut).
+    max_tokens_per_second: float = Field(10.0, ge=0, description="transcript length bound; 0 = none")
+    max_tokens_base: int = Field(10, ge=1)
 
 
 class SpeakerSimConfig(Strict):

@@ -10,6 +10,7 @@ Models are loaded lazily and at most once per process (a WhisperModel is ~0.4 s 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ _FIX = (
 # (resolved model, compute_type) -> WhisperModel; shared by every WhisperASR so configs that only
 # differ in decoding options (beam size, language) reuse one loaded model.
 _MODELS: dict[tuple[str, str], Any] = {}
-_ASRS: dict[tuple[str, str, str, int], WhisperASR] = {}
+_ASRS: dict[tuple[Any, ...], WhisperASR] = {}
 _LOCK = threading.Lock()
 
 
@@ -119,7 +120,11 @@ class WhisperASR:
 
         Temperature 0 with no fallback, no VAD and no conditioning on previous windows: the gate
         must be reproducible and must not hide a TTS failure (VAD would drop noise; conditioning
-        lets one hallucination propagate across 30 s windows).
+        lets one hallucination propagate across 30 s windows). Whisper's own fallback (sampling at
+        higher temperatures) is left out: seeded, it still differed run to run here. Instead the
+        transcript is bounded by what could be said in the audio's duration (`max_new_tokens` =
+        max_tokens_base + max_tokens_per_second x seconds): a repetition loop is cut there and its
+        words still count as insertions.
         """
         self.load()
         x = np.nan_to_num(np.asarray(wav, dtype=np.float32).reshape(-1))
@@ -127,9 +132,11 @@ class WhisperASR:
             return ""
         if sr != ASR_SAMPLE_RATE:
             x = soxr.resample(x, sr, ASR_SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+        rate = self.cfg.max_tokens_per_second
+        bound = self.cfg.max_tokens_base + math.ceil(rate * x.size / ASR_SAMPLE_RATE) if rate > 0 else None
         segments, _info = self._model.transcribe(
             x, beam_size=self.cfg.beam_size, language=self.cfg.language, vad_filter=False,
-            condition_on_previous_text=False, temperature=0.0, without_timestamps=True,
+            condition_on_previous_text=False, temperature=0.0, without_timestamps=True, max_new_tokens=bound,
         )
         return " ".join(seg.text.strip() for seg in segments).strip()
 
@@ -142,7 +149,7 @@ class WhisperASR:
 def get_asr(cfg: ASRConfig, *, load: bool = True) -> WhisperASR:
     """The process-wide WhisperASR for this config. Loads the model immediately by default so a
     bad `eval.asr.model` fails before any audio is generated."""
-    key = (cfg.model, cfg.compute_type, cfg.language, cfg.beam_size)
+    key = (cfg.model, cfg.compute_type, cfg.language, cfg.beam_size, cfg.max_tokens_per_second, cfg.max_tokens_base)
     asr = _ASRS.get(key)
     if asr is None:
         asr = WhisperASR(cfg)

@@ -1,5 +1,6 @@
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,3 +74,16 @@ def test_asr_is_cached_per_process(asr) -> None:
     other = get_asr(ASRConfig(beam_size=2))
     assert other is not asr
     assert other._model is asr._model  # same weights, different decoding options
+
+
+def test_a_repetition_loop_is_cut_at_what_the_audio_could_hold() -> None:
+    """1.9 s of a demo_long model's babble (eval, AR 1000 + NAR 150 steps) that whisper tiny.en turns
+    into "The fire and the water, and the fire and the water, ..." at temperature 0."""
+    import soundfile as sf
+
+    wav, sr = sf.read(Path(__file__).with_name("data") / "whisper_loop_babble.wav", dtype="float32")
+    unbounded = get_asr(ASRConfig(max_tokens_per_second=0)).transcribe(wav, sr)
+    assert len(unbounded.split()) > 40, unbounded  # the loop, as evaluate met it
+    bounded = get_asr(ASRConfig()).transcribe(wav, sr)
+    assert unbounded.startswith(bounded[:20]) and 3 <= len(bounded.split()) <= 15, bounded
+    assert get_asr(ASRConfig()).transcribe(wav, sr) == bounded  # deterministic
