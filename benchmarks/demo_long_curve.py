@@ -12,6 +12,7 @@ at step = whole seconds of training, plus `curve.json` and `curve.png`; the prep
 evaluate runs are its children.
 
     python benchmarks/demo_long_curve.py --workdir W [--project demo_long] [--points 4] [--eval-utterances 16] [key=value ...]
+    python benchmarks/demo_long_curve.py --workdir W --rescore CURVE_RUN_ID [key=value ...]   # evaluate again, no training
 """
 
 from __future__ import annotations
@@ -105,6 +106,33 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{r['cer']:>6.3f} {r['sim']:>6.3f} {r['resynthesis_wer']:>10.3f}")
 
 
+def evaluate_points(eval_cfg: HarmonicaConfig, workdir: Path, pairs: list[dict[str, Any]], parent: Run,
+                    progress: bool) -> list[dict[str, Any]]:
+    """Evaluate each point's AR/NAR checkpoint pair ({percent, ar_step, ar_dir, nar_step, nar_dir, minutes})."""
+    rows = []
+    for pair in pairs:
+        out = run_evaluate(eval_cfg, workdir, str(pair["ar_dir"]), str(pair["nar_dir"]), progress=progress,
+                           parent_run_id=parent.run_id)
+        m = out.result.metrics
+        row = {k: pair[k] for k in ("percent", "ar_step", "nar_step", "minutes")}
+        row.update({"wer": m["eval/wer"], "cer": m["eval/cer"], "sim": m["eval/sim"],
+                    "resynthesis_wer": m["baseline/resynthesis/wer"], "evaluate_run_id": out.run_id})
+        rows.append(row)
+        log_point(parent, row)
+    return rows
+
+
+def finish(parent: Run, workdir: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    summary = {**summary, "points": rows}
+    parent.log_dict(summary, "curve.json")
+    plots = Path(workdir) / "outputs" / "curves"
+    plots.mkdir(parents=True, exist_ok=True)
+    parent.log_artifact(plot(rows, plots / f"curve-{parent.run_id}.png"), "plots")
+    parent.set_tags({"harmonica.curve.final_wer": f"{rows[-1]['wer']:.4f}",
+                     "harmonica.curve.minutes": f"{rows[-1]['minutes']:.2f}"})
+    return {**summary, "run_id": parent.run_id}
+
+
 def run_curve(project: str, overrides: list[str], workdir: Path, points: int = 4,
               eval_utterances: int = 16, progress: bool = False) -> dict[str, Any]:
     base = load_config(project, overrides)
@@ -121,28 +149,42 @@ def run_curve(project: str, overrides: list[str], workdir: Path, points: int = 4
         except (FileNotFoundError, ValueError):
             run_preprocess(cfg, workdir, progress=progress, parent_run_id=parent.run_id)
         trained = {kind: train(cfg, kind, workdir, steps[kind], parent.run_id) for kind in KINDS}
-        rows = []
-        for i, ((ar_step, ar_dir, ar_min), (nar_step, nar_dir, nar_min)) in enumerate(
-                zip(trained["ar"]["points"], trained["nar"]["points"], strict=True)):
-            out = run_evaluate(eval_cfg, workdir, str(ar_dir), str(nar_dir), progress=progress,
-                               parent_run_id=parent.run_id)
-            m = out.result.metrics
-            row = {"percent": 100 * (i + 1) / points, "ar_step": ar_step, "nar_step": nar_step,
-                   "minutes": ar_min + nar_min, "wer": m["eval/wer"], "cer": m["eval/cer"], "sim": m["eval/sim"],
-                   "resynthesis_wer": m["baseline/resynthesis/wer"], "evaluate_run_id": out.run_id}
-            rows.append(row)
-            log_point(parent, row)
-        summary = {"project": project, "overrides": overrides, "points": rows,
-                   **{f"{k}_run_id": trained[k]["run_id"] for k in KINDS},
-                   **{f"{k}_wall_minutes": trained[k]["wall_minutes"] for k in KINDS}}
-        parent.log_dict(summary, "curve.json")
-        plots = Path(workdir) / "outputs" / "curves"
-        plots.mkdir(parents=True, exist_ok=True)
-        parent.log_artifact(plot(rows, plots / f"curve-{parent.run_id}.png"), "plots")
-        parent.set_tags({"harmonica.curve.final_wer": f"{rows[-1]['wer']:.4f}",
-                         "harmonica.curve.minutes": f"{rows[-1]['minutes']:.2f}"})
-        summary["run_id"] = parent.run_id
-        return summary
+        pairs = [{"percent": 100 * (i + 1) / points, "ar_step": ar_step, "ar_dir": ar_dir, "nar_step": nar_step,
+                  "nar_dir": nar_dir, "minutes": ar_min + nar_min}
+                 for i, ((ar_step, ar_dir, ar_min), (nar_step, nar_dir, nar_min)) in enumerate(
+                     zip(trained["ar"]["points"], trained["nar"]["points"], strict=True))]
+        rows = evaluate_points(eval_cfg, workdir, pairs, parent, progress)
+        return finish(parent, workdir, rows, {
+            "project": project, "overrides": overrides, **{f"{k}_run_id": trained[k]["run_id"] for k in KINDS},
+            **{f"{k}_wall_minutes": trained[k]["wall_minutes"] for k in KINDS}})
+
+
+def rescore_curve(curve_run_id: str, overrides: list[str], workdir: Path, eval_utterances: int = 16,
+                  progress: bool = False) -> dict[str, Any]:
+    """Evaluate a finished curve's checkpoints again with today's evaluation (and `overrides`), no training:
+    a new curve run tagged with the one it re-scores, the same points and minutes."""
+    import tempfile
+
+    probe = Tracker(load_config("demo", []), workdir)  # the workdir's embedded store, to read the old run
+    with tempfile.TemporaryDirectory() as tmp:
+        old = json.loads(probe.reader.download_artifacts(curve_run_id, "curve.json", tmp).read_text())
+    project = old["project"]
+    cfg = load_config(project, [*old["overrides"], *overrides])
+    eval_cfg = load_config(project, [*old["overrides"], *overrides, f"eval.max_utterances={eval_utterances}"])
+    roots = {k: Path(workdir) / "checkpoints" / project / k / old[f"{k}_run_id"] / "ckpt" for k in KINDS}
+    pairs = [{**{k: r[k] for k in ("percent", "ar_step", "nar_step", "minutes")},
+              "ar_dir": step_dir(roots["ar"], r["ar_step"]), "nar_dir": step_dir(roots["nar"], r["nar_step"])}
+             for r in old["points"]]
+    description = (f"re-score of curve run {curve_run_id} (same checkpoints and minutes) with this evaluation on "
+                   f"{eval_utterances or 'all'} eval utterances; overrides {overrides or 'none'}")
+    with Tracker(cfg, workdir).run("demo_long_curve", f"demo_long_curve-{project}-rescored",
+                                   description=description) as parent:
+        parent.log_config(cfg)
+        parent.set_tags({"harmonica.curve.rescored_from": curve_run_id})
+        rows = evaluate_points(eval_cfg, workdir, pairs, parent, progress)
+        keep = {k: old[k] for k in old if k.endswith(("_run_id", "_wall_minutes")) and k != "run_id"}
+        return finish(parent, workdir, rows, {"project": project, "overrides": [*old["overrides"], *overrides],
+                                              "rescored_from": curve_run_id, **keep})
 
 
 def main() -> None:
@@ -151,10 +193,15 @@ def main() -> None:
     parser.add_argument("--project", default="demo_long")
     parser.add_argument("--points", type=int, default=4, help="evaluated points, k/points of training")
     parser.add_argument("--eval-utterances", type=int, default=16, help="fixed eval slice size; 0 = whole slice")
+    parser.add_argument("--rescore", metavar="CURVE_RUN_ID", help="evaluate that curve's checkpoints again "
+                        "(no training; e.g. after an evaluation change); overrides apply to the evaluation")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args()
-    summary = run_curve(args.project, args.overrides, Path(args.workdir), args.points, args.eval_utterances,
-                        progress=True)
+    if args.rescore:
+        summary = rescore_curve(args.rescore, args.overrides, Path(args.workdir), args.eval_utterances, progress=True)
+    else:
+        summary = run_curve(args.project, args.overrides, Path(args.workdir), args.points, args.eval_utterances,
+                            progress=True)
     print_table(summary["points"])
     print(f"AR training {summary['ar_wall_minutes']:.2f} min, NAR training {summary['nar_wall_minutes']:.2f} min; "
           f"MLflow run {summary['run_id']}")

@@ -78,6 +78,20 @@ def test_curve_end_to_end_on_tiny_models(tmp_path, tiny_corpus, tiny_cache_workd
     evaluated = sorted((r.data.tags["harmonica.ar_step"], r.data.tags["harmonica.nar_step"])
                        for r in children if r.data.tags["harmonica.stage"] == "evaluate")
     assert evaluated == [("4", "4"), ("8", "8")]
+
+    # --rescore: the same checkpoints and minutes evaluated again (here with another decoding seed), no training
+    monkeypatch.setattr(sys, "argv", ["demo_long_curve.py", "--workdir", str(work), "--eval-utterances", "2",
+                                      "--rescore", parent.info.run_id, "eval.seed=7"])
+    curve.main()
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["curve"]
+    assert [r["minutes"] for r in again] == [r["minutes"] for r in result]
+    [rescored] = client.search_runs([parent.info.experiment_id],
+                                    f"tags.`harmonica.curve.rescored_from` = '{parent.info.run_id}'")
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{rescored.info.run_id}'")
+    assert sorted((r.data.tags["harmonica.stage"], r.data.tags["harmonica.ar_step"]) for r in children) == [
+        ("evaluate", "4"), ("evaluate", "8")]
+    assert {r.data.params["eval.seed"] for r in children} == {"7"}
     assert all(r.data.metrics["eval/utterances"] == 2 for r in children if r.data.tags["harmonica.stage"] == "evaluate")
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"curve.json", "plots"} <= arts
