@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -200,11 +201,26 @@ class Tracker:
                     if status != "KILLED":
                         raise
                     # a Ctrl-C can leave the store busy (found by CI: SQLite "database is locked" after an
-                    # interrupted write); its error must not replace the KeyboardInterrupt and its resume hint
-                    log.warning("could not mark run %s KILLED (%s); it shows RUNNING until resumed",
-                                run.run_id, str(exc).splitlines()[0])
+                    # interrupted write); its error must not replace the KeyboardInterrupt and its resume
+                    # hint. The lock is transient: mark the run KILLED directly, a few times, then give up.
+                    if not self._mark_killed(run.run_id):
+                        log.warning("could not mark run %s KILLED (%s); it shows RUNNING until resumed",
+                                    run.run_id, str(exc).splitlines()[0])
             else:
                 end_lost_run(run, status, raise_error=ok)
+
+    def _mark_killed(self, run_id: str, attempts: int = 5) -> bool:
+        """Set an interrupted run's status to KILLED with the client, retrying a busy store; True if done."""
+        for attempt in range(attempts):
+            time.sleep(0.4 * (attempt + 1))
+            try:
+                self.client.set_terminated(run_id, "KILLED")
+            except Exception:  # still locked: wait longer
+                continue
+            with contextlib.suppress(Exception):  # only pops the fluent run stack now
+                mlflow.end_run(status="KILLED")
+            return True
+        return False
 
     @property
     def reader(self) -> TrackingReader:
