@@ -36,6 +36,13 @@ def empty_text(text: Tensor, text_lens: Tensor) -> Tensor:
     return torch.stack([text[:, 0], text[rows, (text_lens - 1).clamp(min=0)]], dim=1)  # [B, 2]
 
 
+def blank_text(text: Tensor, text_lens: Tensor) -> Tensor:
+    """Each row replaced by the empty text (`empty_text`) padded to the width of `text` [B, L >= 2]."""
+    blank = torch.zeros_like(text)  # [B, L]
+    blank[:, :2] = empty_text(text, text_lens)
+    return blank
+
+
 def prefix_lm_mask(text_mask: Tensor, audio_mask: Tensor) -> Tensor:
     """text_mask [B, L], audio_mask [B, Ta] -> allowed [B, 1, L+Ta, L+Ta] for [text ; audio]."""
     L, Ta = text_mask.size(1), audio_mask.size(1)
@@ -200,10 +207,8 @@ class ARModel(nn.Module):
         budget = (self.max_audio_len - prefix_lens).clamp(min=0, max=max(max_new_tokens, 0))  # [B]
         guided = text_guidance != 1.0
         if guided:  # rows B..2B-1: the same items given the empty text
-            width = max(text.size(1), 2)
-            empty = torch.zeros(B, width, dtype=text.dtype, device=dev)  # [B, L]
-            empty[:, :2] = empty_text(text, text_lens)
-            text = torch.cat([nn.functional.pad(text, (0, width - text.size(1))), empty], dim=0)  # [2B, L]
+            text = nn.functional.pad(text, (0, max(2 - text.size(1), 0)))  # [B, L >= 2]
+            text = torch.cat([text, blank_text(text, text_lens)], dim=0)  # [2B, L]
             text_lens = torch.cat([text_lens.to(dev), torch.full_like(text_lens.to(dev), 2)])  # [2B]
             prefix, prefix_lens = prefix.repeat(2, 1), prefix_lens.repeat(2)  # [2B, P], [2B]
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harmonica.config.schema import TrainingConfig
-from harmonica.models.ar import empty_text
+from harmonica.models.ar import blank_text
 from harmonica.training.schedules import codebook_entropy_weight_at, label_smoothing_at
 
 __all__ = [
@@ -188,15 +188,13 @@ def token_noise(tokens: Tensor, p: float, vocab_size: int, generator: torch.Gene
 def text_dropout(text: Tensor, text_lens: Tensor, p: float,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Classifier-free guidance training: each row, with probability p, becomes the empty text
-    (its BOS and EOS, `ARModel.empty_text`; the rest padding, length 2). text [B, L], text_lens [B]
+    (its BOS and EOS, `models.ar.blank_text`; the rest padding, length 2). text [B, L], text_lens [B]
     -> (text [B, L], text_lens [B], dropped [B] bool). New tensors; the generator must live on
     text.device."""
     if p <= 0:  # no draw: the generator's stream is unchanged when text dropout is off
         return text, text_lens, torch.zeros(text.size(0), dtype=torch.bool, device=text.device)
     dropped = torch.rand(text.size(0), generator=generator, device=text.device) < p  # [B]
-    blank = torch.zeros_like(text)  # [B, L]
-    blank[:, :2] = empty_text(text, text_lens)
-    text = torch.where(dropped[:, None], blank, text)  # [B, L]
+    text = torch.where(dropped[:, None], blank_text(text, text_lens), text)  # [B, L]
     return text, torch.where(dropped, torch.full_like(text_lens, 2), text_lens), dropped
 
 
