@@ -176,6 +176,9 @@ class TransformerConfig(Strict):
     n_heads: int = Field(4, ge=1)
     ff_mult: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
+    attn_dropout: float | None = Field(
+        None, ge=0, lt=1, description="dropout on the attention probabilities; None = `dropout`. On CPU any value "
+        "> 0 makes torch leave its fused attention kernel for the explicit one (~5x slower forward + backward)")
     max_seq_len: int = Field(1024, ge=8, description="audio positions incl. the stop token")
     text_layers: int = Field(2, ge=0, description="non-causal text-encoder layers before the blocks")
 

@@ -15,6 +15,7 @@ is T+1 inputs); longer audio is a ValueError, `ARModel.cap_audio` truncates.
 from __future__ import annotations
 
 from collections.abc import Collection
+from functools import partial
 from typing import Any
 
 import torch
@@ -70,9 +71,9 @@ class ARModel(nn.Module):
         self.audio_emb = nn.Embedding(codebook_size + 2, D)
         self.audio_pos = PositionalEmbedding(cfg.max_seq_len, D, pos_embedding)
         self.drop = nn.Dropout(cfg.dropout)
-        self.text_encoder = nn.ModuleList(
-            Block(D, cfg.n_heads, cfg.ff_mult, cfg.dropout) for _ in range(cfg.text_layers))
-        self.blocks = nn.ModuleList(Block(D, cfg.n_heads, cfg.ff_mult, cfg.dropout) for _ in range(cfg.n_layers))
+        block = partial(Block, D, cfg.n_heads, cfg.ff_mult, cfg.dropout, attn_dropout=cfg.attn_dropout)
+        self.text_encoder = nn.ModuleList(block() for _ in range(cfg.text_layers))
+        self.blocks = nn.ModuleList(block() for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(D)
         self.head = nn.Linear(D, codebook_size + 1)  # tokens + STOP
         self.apply(init_weights)

@@ -102,9 +102,10 @@ class AdaLayerNorm(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, dropout: float, attn_dropout: float | None = None) -> None:
         super().__init__()
-        self.n_heads, self.dropout = n_heads, dropout
+        self.n_heads = n_heads
+        self.dropout = dropout if attn_dropout is None else attn_dropout  # on the attention probabilities
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.resid_drop = nn.Dropout(dropout)
@@ -158,11 +159,11 @@ class Block(nn.Module):
     """Pre-LN block: x + Attn(LN(x)); x + FFN(LN(x)). With cond_dim, both LNs are AdaLN."""
 
     def __init__(self, d_model: int, n_heads: int, ff_mult: int, dropout: float,
-                 cond_dim: int | None = None) -> None:
+                 cond_dim: int | None = None, attn_dropout: float | None = None) -> None:
         super().__init__()
         self.adaln = cond_dim is not None
         self.ln1 = AdaLayerNorm(d_model, cond_dim) if cond_dim else nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, n_heads, dropout)
+        self.attn = SelfAttention(d_model, n_heads, dropout, attn_dropout)
         self.ln2 = AdaLayerNorm(d_model, cond_dim) if cond_dim else nn.LayerNorm(d_model)
         self.mlp = FeedForward(d_model, ff_mult, dropout)
 

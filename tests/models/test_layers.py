@@ -99,3 +99,23 @@ def test_per_codebook() -> None:
     assert per_codebook(0.7, 3) == 0.7
     assert per_codebook([1.0, 0.5], 0) == 1.0
     assert per_codebook([1.0, 0.5], 5) == 0.5
+
+
+@pytest.mark.parametrize("collect_attn", [False, True])
+def test_attn_dropout_sets_the_attention_probabilities_dropout_apart(collect_attn: bool) -> None:
+    """attn_dropout=0 keeps the residual/FFN dropout but no dropout on the attention probabilities
+    (on CPU that is what lets torch use its fused kernel); None falls back to `dropout`."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 16)
+    allowed = lengths_to_mask(torch.tensor([6, 4]), 6)[:, None, None, :]
+    outputs = {}
+    for attn_dropout in (0.0, None):
+        block = Block(16, 2, 2, 0.5, attn_dropout=attn_dropout)
+        block.load_state_dict(Block(16, 2, 2, 0.0).state_dict())  # same weights for both
+        attn = block.attn.train()
+        attn.resid_drop.eval()  # only the attention-probability dropout stays random
+        y_train, _, _ = attn(x, allowed, collect_attn=collect_attn)
+        y_eval, _, _ = attn.eval()(x, allowed, collect_attn=collect_attn)
+        outputs[attn_dropout] = (y_train, y_eval)
+    torch.testing.assert_close(*outputs[0.0])
+    assert not torch.allclose(*outputs[None])
