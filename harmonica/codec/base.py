@@ -122,6 +122,38 @@ class Codec(abc.ABC):
         """int codes ``[k, T]`` (``1 <= k <= n_q``, first k stages) -> float32 ``[T*hop]``."""
 
     @abc.abstractmethod
+    def stage_embeddings(self, stage: int) -> torch.Tensor:
+        """The vectors stage `stage`'s entries stand for, ``[stage_sizes[stage], D]``: what `decode`
+        sums over the stages before it turns the sum into audio."""
+
+    @abc.abstractmethod
+    def decode_latent(self, latent: torch.Tensor) -> np.ndarray:
+        """A sum of stage embeddings ``[T, D]`` -> float32 ``[T*hop]`` (the second half of `decode`)."""
+
+    def decode_expected(self, codes: np.ndarray, probs: Mapping[int, torch.Tensor]) -> np.ndarray:
+        """Decode codes ``[k, T]`` where each stage s in `probs` (``[T, stage_sizes[s]]``, rows summing
+        to 1) contributes the probability-weighted mean of its embeddings instead of the entry in
+        `codes`: the minimum-mean-square-error estimate of a residual the predictor is unsure of.
+        An unsure argmax adds a wrong residual vector (error ~2x the residual's own); the mean
+        shrinks towards what the predictor can tell. One-hot probs decode exactly like `decode`."""
+        c = self._check_codes(codes)  # [k, T]
+        bad = [s for s in probs if not 0 <= s < c.shape[0]]
+        if bad:
+            raise ValueError(f"{self.name}: probabilities for stages {bad} outside the {c.shape[0]} decoded")
+        latent = torch.zeros(())
+        for stage in range(c.shape[0]):
+            table = self.stage_embeddings(stage)  # [K_s, D]
+            if stage in probs:
+                p = probs[stage].to(table.dtype)  # [T, K_s]
+                if p.shape != (c.shape[1], table.shape[0]):
+                    raise ValueError(f"{self.name}: stage {stage} probabilities {tuple(p.shape)}, expected "
+                                     f"{(c.shape[1], table.shape[0])}")
+                latent = latent + p @ table  # [T, D]
+            else:
+                latent = latent + table[c[stage]]  # [T, D]
+        return self.decode_latent(latent)
+
+    @abc.abstractmethod
     def fit(self, wavs: Iterable[np.ndarray]) -> None:
         """Fit data-dependent state on training audio; no-op when nothing needs fitting."""
 

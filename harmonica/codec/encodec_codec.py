@@ -137,6 +137,17 @@ class EncodecCodec(Codec):
         wav = self.model.decode([(c[None], None)])  # [1, 1, >= T*hop]
         return wav[0, 0, : c.shape[1] * HOP].numpy().astype(np.float32)
 
+    @torch.inference_mode()
+    def stage_embeddings(self, stage: int) -> torch.Tensor:
+        layer = self.model.quantizer.vq.layers[stage]
+        return layer.project_out(layer.codebook).float()  # [1024, D]
+
+    @torch.inference_mode()
+    def decode_latent(self, latent: torch.Tensor) -> np.ndarray:
+        """Quantizer output ``[T, D]`` -> the decoder's waveform (what `decode` runs after the lookup)."""
+        wav = self.model.decoder(latent.float().T[None])  # [1, 1, >= T*hop]
+        return wav[0, 0, : latent.shape[0] * HOP].numpy().astype(np.float32)
+
     # ------------------------------------------------------------------ identity/state
 
     def settings(self) -> dict[str, Any]:

@@ -112,7 +112,16 @@ class MelRVQCodec(Codec):
         return residual_dequantize(self._check_codes(codes), self.codebooks)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        log_mel = self.quantized_log_mel(codes)  # [T, n_mels]
+        return self.decode_latent(self.quantized_log_mel(codes))
+
+    def stage_embeddings(self, stage: int) -> torch.Tensor:
+        if self.codebooks is None:
+            raise RuntimeError("mel_rvq: no codebooks (fit or load_state first)")
+        return self.codebooks[stage, : self.sizes[stage]]  # [K_s, n_mels]
+
+    def decode_latent(self, latent: torch.Tensor) -> np.ndarray:
+        """Log-mel ``[T, n_mels]`` -> Griffin-Lim waveform."""
+        log_mel = latent  # [T, n_mels]
         mag = self.mel.magnitude(log_mel, nnls_iters=NNLS_ITERS)  # [n_freq, T]
         wav = self.mel.griffin_lim(mag, self.cfg.griffin_lim_iters, self.cfg.seed)  # [T*hop]
         return wav.numpy().astype(np.float32, copy=False)

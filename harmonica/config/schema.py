@@ -354,6 +354,10 @@ class DecodeConfig(Strict):
                                  "empty + s * (text - empty); 1 = off; needs an AR trained with text_dropout > 0")
     max_length_per_char: float = Field(0.25, gt=0, description="seconds of audio per text char")
     nar_refine_steps: int = Field(1, ge=1)
+    nar_residual: Literal["sampled", "expected"] = Field(
+        "sampled", description="what the codec decodes for codebooks 1..: the NAR's sampled (argmax at temperature "
+        "0) entries, or `expected`: the probability-weighted mean of each stage's codec embeddings (the "
+        "minimum-mean-square-error residual; an unsure argmax adds a wrong residual vector instead)")
     # the corpus is peak-normalised to data.normalize_level_db (-1 dBFS by default): decoded audio is
     # attenuated (never amplified) to the same ceiling, so nothing leaves the decoder past full scale
     peak_ceiling_db: float = Field(-1.0, le=0, description="max peak of decoded audio in dBFS (attenuate only)")

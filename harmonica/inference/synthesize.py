@@ -141,18 +141,22 @@ class Synthesizer:
         wav, _, _ = self._complete(ids, cb0.long(), prompt, speaker, torch.Generator().manual_seed(seed))
         return wav
 
-    def decode_codes(self, codes: np.ndarray, timing: str = "codec_decode") -> tuple[np.ndarray, float]:
+    def decode_codes(self, codes: np.ndarray, timing: str = "codec_decode",
+                     probs: dict[int, torch.Tensor] | None = None) -> tuple[np.ndarray, float]:
         """The one way out of the codec: codes [k, T] -> (waveform float32 with its peak at most
-        decode.peak_ceiling_db, the gain applied in dB). Model output and baselines alike."""
+        decode.peak_ceiling_db, the gain applied in dB). Model output and baselines alike. probs:
+        stage -> [T, K_s] predicted distributions decoded as expected embeddings (Codec.decode_expected)."""
         t = time.perf_counter()
-        wav = self.codec.decode(codes)
+        wav = self.codec.decode_expected(codes, probs) if probs else self.codec.decode(codes)
         self.timings.add(timing, t)
         return limit_peak(wav, self.decode.peak_ceiling_db)
 
     def _complete(self, ids: torch.Tensor, cb0: torch.Tensor, prompt: torch.Tensor | None, speaker: int | None,
                   gen: torch.Generator) -> tuple[np.ndarray, torch.Tensor, float]:
         t = time.perf_counter()
-        codes = decode_nar(self.nar, ids, cb0, self.decode, prompt=prompt, speaker=speaker, generator=gen)  # [n_q, T]
+        probs: dict[int, torch.Tensor] | None = {} if self.decode.nar_residual == "expected" else None
+        codes = decode_nar(self.nar, ids, cb0, self.decode, prompt=prompt, speaker=speaker, generator=gen,
+                           probs_out=probs)  # [n_q, T]
         self.timings.add("nar", t)
-        wav, gain_db = self.decode_codes(codes.numpy())
+        wav, gain_db = self.decode_codes(codes.numpy(), probs=probs)
         return wav, codes, gain_db

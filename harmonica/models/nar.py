@@ -18,6 +18,7 @@ The audio limit matches the AR: T <= max_seq_len - 1 (ValueError beyond; `cap_au
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -68,8 +69,8 @@ class NARModel(nn.Module):
         D = cfg.d_model
         self.text_emb = nn.Embedding(text_vocab_size, D)
         self.text_pos = PositionalEmbedding(max_text_len, D, pos_embedding)
-        self.text_encoder = nn.ModuleList(
-            Block(D, cfg.n_heads, cfg.ff_mult, cfg.dropout) for _ in range(cfg.text_layers))
+        block = partial(Block, D, cfg.n_heads, cfg.ff_mult, cfg.dropout, attn_dropout=cfg.attn_dropout)
+        self.text_encoder = nn.ModuleList(block() for _ in range(cfg.text_layers))
         # Target inputs use codebooks 0..n_q-2; the prompt also uses n_q-1, so that table only
         # exists with a prompt (no parameter without a gradient path).
         n_tables = n_q if cfg.speaker_condition == "prompt" else n_q - 1
@@ -83,8 +84,7 @@ class NARModel(nn.Module):
         elif cfg.speaker_condition == "embedding":
             self.speaker_emb = nn.Embedding(cfg.max_speakers, D)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            Block(D, cfg.n_heads, cfg.ff_mult, cfg.dropout, cond_dim=D) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(block(cond_dim=D) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(D)
         self.heads = nn.ModuleList(nn.Linear(D, codebook_size) for _ in range(n_q - 1))  # head k-1 -> codebook k
         if cfg.count_prior:  # row [k-1, i] = log p(codebook k | codebook 0 = i); zeros until set_count_prior
@@ -300,11 +300,13 @@ class NARModel(nn.Module):
                  prompt: Tensor | None = None, prompt_lens: Tensor | None = None, speaker: Tensor | None = None,
                  refine_steps: int = 1, temperature: float | list[float] = 0.0, top_k: int | list[int] = 0,
                  top_p: float | list[float] = 1.0,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, probs_out: dict[int, Tensor] | None = None) -> Tensor:
         """Fill codebooks 1..n_q-1 in order given codebook 0 (cb0 [B, T]) -> codes [B, n_q, T]
         (padding = 0). Each stage runs refine_steps passes; pass r > 1 feeds pass r-1's tokens as
         self_cond. temperature/top_k/top_p: scalars or per-codebook lists indexed by codebook id
-        (entry 0 belongs to the AR; short lists repeat their last entry); temperature 0 = argmax."""
+        (entry 0 belongs to the AR; short lists repeat their last entry); temperature 0 = argmax.
+        probs_out: a dict that receives stage k's predicted distribution [B, T, codebook_sizes[k]]
+        (the last pass's softmax, before any sampling temperature), for a soft codec decode."""
         if refine_steps < 1:
             raise ValueError(f"refine_steps must be >= 1, got {refine_steps}")
         was_training = self.training
@@ -325,6 +327,8 @@ class NARModel(nn.Module):
                                       per_codebook(top_k, k), per_codebook(top_p, k), generator)  # [B*T]
                     estimate = tok.view(B, T).masked_fill(~amask, 0)  # [B, T]
                 codes[:, k] = estimate
+                if probs_out is not None:
+                    probs_out[k] = logits[..., : self.codebook_sizes[k]].softmax(dim=-1)  # [B, T, K_k]
             return codes
         finally:
             self.train(was_training)

@@ -98,13 +98,17 @@ class SampleRenderer:
         was_training = model.training
         model.eval()
         try:
-            codes = self._codes(model, spec, device, gen)
+            probs: dict[int, torch.Tensor] | None = {} if self.decode_cfg.nar_residual == "expected" else None
+            codes = self._codes(model, spec, device, gen, probs)
         finally:
             model.train(was_training)
-        return None if codes is None else self.codec.decode(codes.numpy())
+        if codes is None:
+            return None
+        return self.codec.decode_expected(codes.numpy(), probs) if probs else self.codec.decode(codes.numpy())
 
-    def _codes(self, model: nn.Module, spec: SampleSpec, device: torch.device,
-               gen: torch.Generator) -> torch.Tensor | None:
+    def _codes(self, model: nn.Module, spec: SampleSpec, device: torch.device, gen: torch.Generator,
+               probs: dict[int, torch.Tensor] | None = None) -> torch.Tensor | None:
+        """AR: [1, T] or None; NAR: [n_q, T], its stage distributions into `probs` when given."""
         d = self.decode_cfg
         ex = spec.example
         text = ex.text[None].to(device)  # [1, L]
@@ -124,12 +128,15 @@ class SampleRenderer:
         prompt_lens = torch.tensor([spec.prompt.size(1)], device=device) if spec.prompt is not None else None
         speaker = torch.tensor([spec.speaker], device=device)
         cond = getattr(model, "speaker_condition", None) or model.cfg.speaker_condition
+        stage_probs: dict[int, torch.Tensor] | None = {} if probs is not None else None
         out = model.generate(
             text, text_lens, cb0, lens,
             prompt=prompt if cond == "prompt" else None,
             prompt_lens=prompt_lens if cond == "prompt" else None,
             speaker=speaker if cond == "embedding" else None,
             refine_steps=d.nar_refine_steps, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
-            generator=gen,
+            generator=gen, probs_out=stage_probs,
         )  # [1, n_q, T]
+        if probs is not None and stage_probs is not None:
+            probs.update({k: p[0].cpu() for k, p in stage_probs.items()})  # [T, K_k] each
         return out[0].cpu()  # [n_q, T]

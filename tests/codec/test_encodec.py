@@ -211,3 +211,9 @@ def test_missing_encodec_says_how_to_install_it(monkeypatch) -> None:
     monkeypatch.setattr(sys, "meta_path", [NoEncodec, *sys.meta_path])
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps encodec==0.1.1"):
         encodec_loading.import_encodec()
+
+
+def test_decode_expected_with_one_hot_probabilities_is_decode(codec: EncodecCodec) -> None:
+    codes = np.random.default_rng(0).integers(0, codec.codebook_size, size=(3, 12))  # [3, T]
+    probs = {s: torch.nn.functional.one_hot(torch.from_numpy(codes[s]), codec.codebook_size).float() for s in (1, 2)}
+    np.testing.assert_allclose(codec.decode_expected(codes, probs), codec.decode(codes), atol=1e-5)

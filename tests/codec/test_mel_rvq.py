@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
+import torch
 
 from harmonica.codec import Codec, build_codec, load_codec
 from harmonica.codec.mel_rvq import MelRVQCodec
@@ -188,3 +189,28 @@ def test_per_stage_codebook_sizes(train_wavs, one_second: np.ndarray, tmp_path: 
 def test_codebook_sizes_are_validated(sizes: list[int]) -> None:
     with pytest.raises(ValueError, match="codebook_sizes"):
         CodecConfig(n_q=2, codebook_sizes=sizes)
+
+
+def test_decode_expected_with_one_hot_probabilities_is_decode(codec: MelRVQCodec, one_second) -> None:
+    codes = codec.encode(one_second)[:3]  # [3, T]
+    probs = {s: torch.nn.functional.one_hot(torch.from_numpy(codes[s]), codec.stage_sizes[s]).float() for s in (1, 2)}
+    np.testing.assert_allclose(codec.decode_expected(codes, probs), codec.decode(codes), atol=1e-6)
+
+
+def test_decode_expected_decodes_the_probability_weighted_embedding(codec: MelRVQCodec, one_second,
+                                                                    monkeypatch) -> None:
+    codes = codec.encode(one_second)[:2]  # [2, T]
+    seen: list[torch.Tensor] = []
+    monkeypatch.setattr(codec, "decode_latent", lambda latent: seen.append(latent) or np.zeros(1, np.float32))
+    K = codec.stage_sizes[1]
+    codec.decode_expected(codes, {1: torch.full((codes.shape[1], K), 1.0 / K)})  # uniform: the mean entry
+    expected = codec.stage_embeddings(0)[torch.from_numpy(codes[0])] + codec.stage_embeddings(1).mean(0)
+    torch.testing.assert_close(seen[0], expected)
+
+
+def test_decode_expected_refuses_probabilities_that_do_not_fit(codec: MelRVQCodec, one_second) -> None:
+    codes = codec.encode(one_second)[:2]
+    with pytest.raises(ValueError, match="stage 1 probabilities"):
+        codec.decode_expected(codes, {1: torch.ones(3, 5)})
+    with pytest.raises(ValueError, match="outside the 2 decoded"):
+        codec.decode_expected(codes, {2: torch.ones(codes.shape[1], codec.stage_sizes[2])})

@@ -254,3 +254,30 @@ def test_per_stage_codebook_sizes_bound_generated_ids() -> None:
     with pytest.raises(ValueError, match="codebook_sizes"):
         NARModel(section, text_vocab_size=24, codebook_size=CODEBOOK, n_q=N_Q, max_text_len=16,
                  codebook_sizes=[CODEBOOK, 99, 2, 2])
+
+
+def test_generate_reports_each_stage_distribution_for_a_soft_decode() -> None:
+    """probs_out: stage k's distribution over its own entries, whose argmax is the greedy code, and
+    which the forward's logits give under the same lower codebooks."""
+    from harmonica.config.schema import ModelConfig, NARModelConfig
+    from harmonica.models import build_model
+
+    sizes = [CODEBOOK, 3, 5, 2]
+    contract = {"text_vocab_size": 24, "codebook_size": CODEBOOK, "n_q": N_Q, "max_text_len": 16,
+                "codebook_sizes": sizes}
+    section = NARModelConfig(d_model=32, n_layers=1, n_heads=4, max_seq_len=32, text_layers=1, prompt_frames=6)
+    torch.manual_seed(0)
+    m = build_model("nar", ModelConfig(nar=section), contract).eval()
+    b = batch()
+    kw = SPEAKER_KW["prompt"](b)
+    probs: dict[int, torch.Tensor] = {}
+    codes = m.generate(b["text"], b["text_lens"], b["codes"][:, 0], b["audio_lens"], **kw, temperature=0.0,
+                       probs_out=probs)
+    assert sorted(probs) == list(range(1, N_Q))
+    for k in range(1, N_Q):
+        assert probs[k].shape == (3, 11, sizes[k])
+        torch.testing.assert_close(probs[k].sum(-1), torch.ones(3, 11))
+        mask = torch.arange(11)[None] < b["audio_lens"][:, None]
+        assert torch.equal(probs[k].argmax(-1)[mask], codes[:, k][mask])
+        logits, _, _ = m(b["text"], b["text_lens"], codes, b["audio_lens"], k, **kw)
+        torch.testing.assert_close(probs[k][mask], logits[..., : sizes[k]].softmax(-1)[mask])
