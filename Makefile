@@ -24,8 +24,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/install_system_deps.sh
 	# two workers, one test file each at a time (module fixtures stay shared): the suite is mostly
-	# single-threaded subprocess work, so 2 cores halve it
-	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile
+	# single-threaded subprocess work, so 2 cores halve it; the 25 slowest tests end the log
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
 
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not slow"
