@@ -14,7 +14,8 @@ import click
 
 from harmonica import cli_text as text
 from harmonica.cli_recovery import corpus_path, resume_hint
-from harmonica.cli_support import (config, echo, flag, no_progress_option, options, overrides_argument,
+from harmonica.cli_support import (Terminated, config, echo, flag, interrupt_on_sigterm, no_progress_option,
+                                   options, overrides_argument,
                                    progress_on, project_option, registry_errors, report_errors, setup_logging,
                                    split_overrides, tracking_uri, user_errors, user_facing, workdir_option)
 pair_options = options(
@@ -31,6 +32,7 @@ def main(verbose: bool) -> None:
     """harmonica: VALL-E-style TTS training with every run tracked in MLflow."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     setup_logging(verbose)
+    interrupt_on_sigterm()
 
 
 @main.command()
@@ -97,9 +99,9 @@ def train(kind: str, project: str, workdir: str, resume: bool, resume_from: str 
                             accept_config_change=accept_config_change,
                             allow_cache_mismatch=allow_cache_mismatch or flag(allow_cache_mismatch_if),
                             run_name=run_name, progress=progress_on(no_progress))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo(resume_hint(kind, project, cfg.project if cfg else project, workdir, overrides), err=True)
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
     if out.run_id and out.tracking_uri:  # a DDP rank > 0 has nothing to say: rank 0 reports
         echo(text.train_summary(kind, out))
 

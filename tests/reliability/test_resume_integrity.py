@@ -110,7 +110,9 @@ def test_sigkill_then_resume_gives_the_histories_of_an_uninterrupted_run(tmp_pat
 
 
 @pytest.mark.slow
-def test_sigint_prints_the_exact_resume_command(tmp_path, tiny_corpus):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_sigint_prints_the_exact_resume_command(tmp_path, tiny_corpus, sig, code):
+    """Ctrl-C, and SIGTERM (kill, timeout, a scheduler's preemption) alike: KILLED run, resume command."""
     workdir = tmp_path / "work"
     args = cli_args(tiny_corpus, "ar", "training.ar.total_steps=400", "training.ar.ckpt_every=40",
                     "training.ar.val_every=400", "training.ar.sample_every=400")
@@ -123,9 +125,9 @@ def test_sigint_prints_the_exact_resume_command(tmp_path, tiny_corpus):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for("*/ckpt/step_0000040", workdir / "checkpoints" / "demo" / "ar")
     assert proc.poll() is None, "training ended before it could be interrupted: raise total_steps"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == code, err[-3000:]
     line = next(ln.strip() for ln in err.splitlines() if ln.strip().startswith("harmonica train"))
     cmd = shlex.split(line)
     assert "--resume" in cmd and str(workdir.resolve()) in cmd
