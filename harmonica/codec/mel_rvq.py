@@ -121,8 +121,7 @@ class MelRVQCodec(Codec):
 
     def decode_latent(self, latent: torch.Tensor) -> np.ndarray:
         """Log-mel ``[T, n_mels]`` -> Griffin-Lim waveform."""
-        log_mel = latent  # [T, n_mels]
-        mag = self.mel.magnitude(log_mel, nnls_iters=NNLS_ITERS)  # [n_freq, T]
+        mag = self.mel.magnitude(latent, nnls_iters=NNLS_ITERS)  # [n_freq, T]
         wav = self.mel.griffin_lim(mag, self.cfg.griffin_lim_iters, self.cfg.seed)  # [T*hop]
         return wav.numpy().astype(np.float32, copy=False)
 

@@ -81,7 +81,6 @@ def decode_nar(model: nn.Module, text: Tensor, cb0: Tensor, decode: DecodeConfig
     """text [L], cb0 [T], prompt [n_q, P] -> codes [n_q, T] (codebooks 1.. filled by the NAR).
     probs_out receives stage k's predicted distribution [T, K_k] (for decode.nar_residual=expected)."""
     device = next(model.parameters()).device
-    probs: dict[int, Tensor] | None = {} if probs_out is not None else None
     cond = model.cfg.speaker_condition
     kwargs: dict = {}
     if cond == "prompt":
@@ -94,10 +93,10 @@ def decode_nar(model: nn.Module, text: Tensor, cb0: Tensor, decode: DecodeConfig
         text[None].to(device), torch.tensor([text.numel()], device=device), cb0[None].to(device),
         torch.tensor([cb0.numel()], device=device), refine_steps=decode.nar_refine_steps,
         temperature=decode.temperature, top_k=decode.top_k, top_p=decode.top_p, generator=generator,
-        probs_out=probs, **kwargs,
+        probs_out=probs_out, **kwargs,
     )  # [1, n_q, T]
-    if probs_out is not None and probs is not None:
-        probs_out.update({k: p[0].cpu() for k, p in probs.items()})  # [T, K_k] each
+    if probs_out is not None:
+        probs_out.update({k: p[0].cpu() for k, p in probs_out.items()})  # [1, T, K_k] -> [T, K_k]
     return codes[0].cpu()
 
 

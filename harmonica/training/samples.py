@@ -128,15 +128,14 @@ class SampleRenderer:
         prompt_lens = torch.tensor([spec.prompt.size(1)], device=device) if spec.prompt is not None else None
         speaker = torch.tensor([spec.speaker], device=device)
         cond = getattr(model, "speaker_condition", None) or model.cfg.speaker_condition
-        stage_probs: dict[int, torch.Tensor] | None = {} if probs is not None else None
         out = model.generate(
             text, text_lens, cb0, lens,
             prompt=prompt if cond == "prompt" else None,
             prompt_lens=prompt_lens if cond == "prompt" else None,
             speaker=speaker if cond == "embedding" else None,
             refine_steps=d.nar_refine_steps, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
-            generator=gen, probs_out=stage_probs,
+            generator=gen, probs_out=probs,
         )  # [1, n_q, T]
-        if probs is not None and stage_probs is not None:
-            probs.update({k: p[0].cpu() for k, p in stage_probs.items()})  # [T, K_k] each
+        if probs is not None:
+            probs.update({k: p[0].cpu() for k, p in probs.items()})  # [1, T, K_k] -> [T, K_k]
         return out[0].cpu()  # [n_q, T]
