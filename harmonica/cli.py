@@ -14,7 +14,8 @@ import click
 
 from harmonica import cli_text as text
 from harmonica.cli_recovery import corpus_path, resume_hint
-from harmonica.cli_support import (Terminated, config, echo, flag, interrupt_on_sigterm, no_progress_option,
+from harmonica import interrupts
+from harmonica.cli_support import (config, echo, flag, no_progress_option,
                                    options, overrides_argument,
                                    progress_on, project_option, registry_errors, report_errors, setup_logging,
                                    split_overrides, tracking_uri, user_errors, user_facing, workdir_option)
@@ -32,7 +33,7 @@ def main(verbose: bool) -> None:
     """harmonica: VALL-E-style TTS training with every run tracked in MLflow."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     setup_logging(verbose)
-    interrupt_on_sigterm()
+    interrupts.install()
 
 
 @main.command()
@@ -101,7 +102,7 @@ def train(kind: str, project: str, workdir: str, resume: bool, resume_from: str 
                             run_name=run_name, progress=progress_on(no_progress))
     except KeyboardInterrupt as exc:
         click.echo(resume_hint(kind, project, cfg.project if cfg else project, workdir, overrides), err=True)
-        sys.exit(143 if isinstance(exc, Terminated) else 130)
+        sys.exit(143 if isinstance(exc, interrupts.Terminated) else 130)
     if out.run_id and out.tracking_uri:  # a DDP rank > 0 has nothing to say: rank 0 reports
         echo(text.train_summary(kind, out))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,22 +62,6 @@ def flag(value: str) -> bool:
     if value.lower() in ("0", "false", "no", "off", ""):
         return False
     raise click.BadParameter(f"expected true/false, got {value!r}")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, `timeout`, a scheduler's preemption, torchrun stopping its workers) taken like
-    Ctrl-C: the run is marked KILLED and `train` prints its resume command, instead of the process
-    vanishing with its MLflow run left RUNNING."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated(f"signal {signum}")
-
-
-def interrupt_on_sigterm() -> None:
-    """Install the SIGTERM handler (main thread only; a no-op elsewhere)."""
-    with contextlib.suppress(ValueError):  # not the main thread
-        signal.signal(signal.SIGTERM, _terminate)
 
 
 def setup_logging(verbose: bool) -> None:

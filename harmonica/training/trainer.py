@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harmonica import interrupts
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.cache import TokenCache
 from harmonica.models import build_model
@@ -155,7 +156,8 @@ class Trainer:
             self.load(resume_from)
         self.progress.start(self.tcfg.total_steps, initial=self.state.step)  # a resumed run starts at its step
         try:
-            return self._loop()
+            with interrupts.at_step_boundaries():  # Ctrl-C / SIGTERM land between steps, not in a write
+                return self._loop()
         finally:
             self.progress.close()
 
@@ -207,6 +209,7 @@ class Trainer:
             last_ckpt = self._last_saved or last_ckpt
             window.excluded += time.perf_counter() - paused  # throughput counts training time only
             self.progress.update(next_step, final)
+            interrupts.check()
             if broadcast_flag(self.state.stop_reason is not None, self.dist, self.device):
                 self.state.stop_reason = self.state.stop_reason or "stopped by rank 0"
                 break

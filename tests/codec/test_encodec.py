@@ -47,6 +47,7 @@ def codec(fit_wavs) -> EncodecCodec:
     return c
 
 
+@pytest.mark.slow
 def test_contract_attributes(codec: EncodecCodec) -> None:
     assert (codec.sample_rate, codec.frame_rate, codec.hop_length) == (24_000, 75.0, HOP)
     assert (codec.n_q, codec.codebook_size) == (8, 1024)

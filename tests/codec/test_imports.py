@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import pytest
 import subprocess
 import sys
 
 
+@pytest.mark.slow
 def test_import_is_light() -> None:
     code = (
         "import sys\n"

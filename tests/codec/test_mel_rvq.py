@@ -143,6 +143,7 @@ def _espeak(text: str, voice: str) -> np.ndarray:
     return soxr.resample(wav, sr, 24_000).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_real_speech_round_trip(tmp_path: Path) -> None:
     sentences = [
         "The quick brown fox jumps over the lazy dog.",

@@ -35,6 +35,7 @@ def _digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".flac", ".csv")}
 
 
+@pytest.mark.slow
 def test_generated_corpus_splits_audio_reuse_and_determinism(tmp_path: Path):
     root = ensure_generated_corpus(TINY, 1234, 24_000, tmp_path / "a", workers=1)
     cm = prepare_demo(root)

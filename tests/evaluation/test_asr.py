@@ -49,6 +49,7 @@ def test_unloadable_hub_model_fails_fast(monkeypatch) -> None:
     assert "HF_HUB_OFFLINE" in str(err.value)
 
 
+@pytest.mark.slow
 def test_transcribes_demo_corpus(asr, demo_rows, demo_wav) -> None:
     refs = [demo_rows[i]["text"] for i in ASR_IDS]
     hyps = asr.transcribe_many([demo_wav(i) for i in ASR_IDS], 16_000)
@@ -75,6 +76,7 @@ def test_asr_is_cached_per_process(asr) -> None:
     assert other._model is asr._model  # same weights, different decoding options
 
 
+@pytest.mark.slow
 def test_a_transcript_is_cut_at_what_the_audio_could_hold(demo_rows, demo_wav) -> None:
     """The bound stops decoding at max_tokens_base + rate x seconds tokens. (What it is for -- whisper tiny
     looping on babble, "The fire and the water, and the fire ..." -- is too close to a decoding tie to pin

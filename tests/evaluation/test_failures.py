@@ -19,6 +19,7 @@ def only(report: FailureReport, kind: str) -> bool:
     return report.flags[kind] and report.kinds == [kind]
 
 
+@pytest.mark.slow
 def test_clean_speech_raises_no_flag(demo_rows, demo_wav) -> None:
     for utt in CLEAN_IDS:
         rep = detect_failures(demo_wav(utt), SR, demo_rows[utt]["text"])

@@ -33,6 +33,7 @@ def no_speechbrain(monkeypatch):
     monkeypatch.setitem(sys.modules, "speechbrain", None)  # import -> ImportError, even if installed
 
 
+@pytest.mark.slow
 def test_embedding_is_unit_norm(encoder, demo_wav) -> None:
     emb = encoder.embed(demo_wav("en_us_m3_174"), 16_000)
     assert emb.ndim == 1 and emb.shape[0] == 256

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import soundfile as sf
+import pytest
 
 from tests.tiny import TINY
 
@@ -16,6 +17,7 @@ def _synth(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_synthesize_writes_audio_and_refuses_bad_pairs(tiny_checkpoints, tiny_corpus, tmp_path):
     prompt = next((tiny_corpus / "wavs").glob("*.wav"))
     out = tmp_path / "x.wav"

@@ -185,6 +185,7 @@ def test_generate_refine_and_sampling_options() -> None:
         m.generate(*args, **kw, refine_steps=0)
 
 
+@pytest.mark.slow
 def test_overfit_two_sequences_all_stages() -> None:
     torch.manual_seed(0)
     m = nar_model("prompt").train()

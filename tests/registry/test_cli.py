@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from click.testing import CliRunner
+import pytest
 
 from harmonica.cli import main
 from tests.registry.fakes import TEST_GATES, with_metrics
@@ -14,6 +15,7 @@ def test_the_commands_exist():  # a lost command fails here instead of skipping 
     assert {"list", "show", "rollback"} <= set(main.commands["registry"].commands)
 
 
+@pytest.mark.slow
 def test_cli_promote_list_show_rollback(store, ckpts):
     runner = CliRunner()
     wd = ["--workdir", str(store.workdir)]

@@ -2,6 +2,7 @@
 decisions that agree with the final state; the same candidate twice registers once."""
 
 from __future__ import annotations
+import pytest
 
 from tests.registry.fakes import with_metrics
 from tests.registry.race import race
@@ -33,6 +34,7 @@ def check_two_candidates(client, decisions: list[dict], better_eval: str, name: 
     assert not client.search_registered_models(f"name='{name}.promotion-lock'")
 
 
+@pytest.mark.slow
 def test_two_processes_two_candidates_one_champion(store, ckpts, tiny_corpus, tmp_path):
     good = store.candidate(ckpts, metrics=with_metrics(eval__wer=0.25))
     best = store.candidate(ckpts, metrics=with_metrics(eval__wer=0.10))
@@ -40,6 +42,7 @@ def test_two_processes_two_candidates_one_champion(store, ckpts, tiny_corpus, tm
     check_two_candidates(store.client, decisions, best)
 
 
+@pytest.mark.slow
 def test_two_processes_same_candidate_register_once(store, ckpts, tiny_corpus, tmp_path):
     eid = store.candidate(ckpts)
     decisions = race(store.tracking_uri, store.workdir, tiny_corpus, [eid, eid], tmp_path)

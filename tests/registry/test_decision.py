@@ -80,6 +80,7 @@ def test_primary_suffix_and_table_rows():
     assert table_rows({"nope": 1}) == [] and table_rows(None) == []
 
 
+@pytest.mark.slow
 def test_promote_moves_the_champion_only_on_a_significant_win(store, ckpts, champion_rows):
     cfg = store.cfg.model_copy(deep=True)
     cfg.gates.champion_confidence = 0.95

@@ -45,6 +45,7 @@ def promote_runs(store) -> list:
 # ------------------------------------------------------------------------------------ happy path
 
 
+@pytest.mark.slow
 def test_first_passing_candidate_becomes_champion_with_every_gate_tagged(store, ckpts):
     eid = store.candidate(ckpts)
     d = run(store, eid)
@@ -98,6 +99,7 @@ def test_promoting_the_same_evaluation_twice_registers_one_version(store, ckpts)
     assert len(promote_runs(store)) == 1  # the idempotent answer records nothing new
 
 
+@pytest.mark.slow
 def test_same_weights_evaluated_again_is_a_new_candidate(store, ckpts):
     first = run(store, store.candidate(ckpts))
     again = run(store, store.candidate(ckpts, metrics=with_metrics(eval__wer=0.2)))
@@ -111,6 +113,7 @@ def test_same_weights_evaluated_again_is_a_new_candidate(store, ckpts):
 # ------------------------------------------------------------------------------------ champion logic
 
 
+@pytest.mark.slow
 def test_better_candidate_moves_champion_worse_stays_candidate(store, ckpts):
     run(store, store.candidate(ckpts, metrics=with_metrics(eval__wer=0.30)))
     better = run(store, store.candidate(ckpts, metrics=with_metrics(eval__wer=0.10)))
@@ -124,6 +127,7 @@ def test_better_candidate_moves_champion_worse_stays_candidate(store, ckpts):
     assert store.client.get_model_version(NAME, "3").tags["harmonica.decision"] == "candidate"
 
 
+@pytest.mark.slow
 def test_primary_metric_in_max_mode(store, ckpts):
     gates = GatesConfig(primary_metric="eval/sim", primary_mode="max", champion_confidence=0)
     run(store, store.candidate(ckpts, metrics=with_metrics(eval__sim=0.7)), gates=gates)
@@ -250,6 +254,7 @@ def test_not_an_evaluate_run(store, ckpts):
 # ------------------------------------------------------------------------------------ registry ops
 
 
+@pytest.mark.slow
 def test_rollback_moves_champion_back_and_records_why(store, ckpts):
     run(store, store.candidate(ckpts, metrics=with_metrics(eval__wer=0.30)))
     run(store, store.candidate(ckpts, metrics=with_metrics(eval__wer=0.10)))
@@ -280,6 +285,7 @@ def test_rollback_moves_champion_back_and_records_why(store, ckpts):
     assert not store.client.search_registered_models(f"name='{lock_name(NAME)}'")
 
 
+@pytest.mark.slow
 def test_list_and_show(store, ckpts):
     run(store, store.candidate(ckpts))
     run(store, store.candidate(ckpts, metrics=with_metrics(eval__sim=0.1)))

@@ -47,6 +47,7 @@ def wav_of(b64: str) -> tuple[np.ndarray, int]:
     return data, sr
 
 
+@pytest.mark.slow
 def test_champion_loaded_by_alias_returns_decodable_audio(champion):
     _, _, model = champion
     out = model.predict(pd.DataFrame({"text": TEXTS}))

@@ -21,6 +21,7 @@ def test_the_schema_has_floats_to_check():
 
 
 @pytest.mark.parametrize("bad", ["inf", "-inf", "nan", ".inf"])
+@pytest.mark.slow
 def test_every_float_in_the_schema_rejects_inf_and_nan(bad):
     for key in FLOAT_KEYS:
         with pytest.raises(ConfigError, match=rf"{key}: Input should be a finite number"):
@@ -64,6 +65,7 @@ def test_a_read_only_workdir_is_one_clear_error(read_only_dir, tiny_corpus, tiny
         assert out.exit_code == 1 and "is not writable" in out.output and "Traceback" not in out.output, out.output
 
 
+@pytest.mark.slow
 def test_a_moved_workdir_is_detected_with_the_fix(tmp_path):
     cfg = load_config("demo", ["tracking.system_metrics=false"])
     old = tmp_path / "old"

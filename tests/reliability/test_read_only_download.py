@@ -7,6 +7,7 @@ from mlflow.tracking import MlflowClient
 from harmonica.tracking.refs import CheckpointRefError, resolve_checkpoint
 
 
+@pytest.mark.slow
 def test_unwritable_download_dir_is_named_not_a_missing_checkpoint(tmp_path, read_only_dir):
     ro = read_only_dir()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,12 +1,14 @@
 """Case 6 (registry): promote-again and rollback messages say what actually happened."""
 
 from click.testing import CliRunner
+import pytest
 
 from harmonica.cli import main
 from tests.registry.conftest import ckpts, mlflow_db_template, reg_cfg, reg_workdir, store  # noqa: F401
 from tests.registry.fakes import with_metrics
 
 
+@pytest.mark.slow
 def test_promote_again_with_looser_gates_and_a_first_rollback(store, ckpts):  # noqa: F811
     runner = CliRunner()
     wd = ["--workdir", str(store.workdir)]

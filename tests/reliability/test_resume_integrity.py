@@ -126,8 +126,16 @@ def test_sigint_prints_the_exact_resume_command(tmp_path, tiny_corpus, sig, code
     _wait_for("*/ckpt/step_0000040", workdir / "checkpoints" / "demo" / "ar")
     assert proc.poll() is None, "training ended before it could be interrupted: raise total_steps"
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # hung on its way out: show where (SIGUSR1 dumps every thread)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"train did not exit within 120 s of {sig.name}; its threads:\n{err[-8000:]}")
     assert proc.returncode == code, err[-3000:]
+    assert "stopping after this step" in err  # taken at a step boundary, not inside a write
     line = next(ln.strip() for ln in err.splitlines() if ln.strip().startswith("harmonica train"))
     cmd = shlex.split(line)
     assert "--resume" in cmd and str(workdir.resolve()) in cmd

@@ -4,6 +4,7 @@ artifact (and the same table tag for the UI's artifact view) as one logged while
 import json
 
 from mlflow.tracking import MlflowClient
+import pytest
 
 from harmonica.tracking.adapter import Run
 from harmonica.tracking.spool import Spool
@@ -11,6 +12,7 @@ from harmonica.tracking.spool import Spool
 TABLE = {"utt_id": ["a", "b"], "wer": [0.25, 1.0], "text": ["hello there", "a quiet river"]}
 
 
+@pytest.mark.slow
 def test_a_table_logged_during_an_outage_arrives_identical_after_sync(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -29,6 +29,7 @@ def _startup_seconds(tmp_path, corpus) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_a_refused_port_is_one_clear_error_within_15_s(tmp_path, tiny_corpus):
     uri = f"http://127.0.0.1:{free_port()}"
     baseline = _startup_seconds(tmp_path, tiny_corpus)
@@ -40,6 +41,7 @@ def test_a_refused_port_is_one_clear_error_within_15_s(tmp_path, tiny_corpus):
     assert f"the MLflow tracking server {uri} is unreachable" in out.stderr and "MLFLOW_TRACKING_URI" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_silent_server_is_one_clear_error_within_15_s(tmp_path, tiny_corpus):
     baseline = _startup_seconds(tmp_path, tiny_corpus)
     with socket.socket() as silent:  # accepts connections (backlog) and never answers

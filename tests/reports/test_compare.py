@@ -7,6 +7,7 @@ from harmonica.reports.common import fmt_num
 from tests.reports.store import DIFFERING_PARAM
 
 
+@pytest.mark.slow
 def test_compare_shows_the_differing_param_and_hides_identical_ones(report_store):
     s = report_store
     result = compare_runs([s.nar_a, s.nar_b], tracking_uri=s.tracking_uri)

@@ -38,6 +38,7 @@ def paths(tmp_path_factory, tiny_corpus) -> dict[str, str]:
     return {str(tiny_corpus): "corpus", str(tmp_path_factory.getbasetemp()): "tmp"}
 
 
+@pytest.mark.slow
 def test_report_store_reports_are_the_frozen_ones(report_store, tmp_path, paths):
     s = report_store
     ids = {s.nar_a: "nar_a", s.nar_b: "nar_b", s.evaluate: "evaluate"}
@@ -48,6 +49,7 @@ def test_report_store_reports_are_the_frozen_ones(report_store, tmp_path, paths)
            *_compare("compare_nar_b_evaluate", [s.nar_b, s.evaluate], s.tracking_uri, ids, paths, col_width=40)])
 
 
+@pytest.mark.slow
 def test_hand_made_runs_reports_are_the_frozen_ones(tmp_path, paths):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

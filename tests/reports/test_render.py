@@ -10,6 +10,7 @@ import sys
 import zipfile
 from importlib import resources
 from pathlib import Path
+import pytest
 
 import harmonica
 from harmonica.reports.model import (
@@ -45,6 +46,7 @@ def test_the_templates_are_package_data():
         assert templates.joinpath(name).is_file(), name
 
 
+@pytest.mark.slow
 def test_a_built_wheel_ships_the_templates(tmp_path):
     """setuptools' package-data includes the templates: a non-editable install has them too."""
     src = tmp_path / "src"

@@ -24,6 +24,7 @@ def _html_section(html: str, title: str) -> str:
     return html.split(f"<h2>{title}</h2>", 1)[1].split("</section>", 1)[0]
 
 
+@pytest.mark.slow
 def test_training_run_report(report_store, tmp_path):
     s = report_store
     paths = build_report(s.nar_b, tracking_uri=s.tracking_uri, out_dir=tmp_path / "rep")

@@ -21,6 +21,7 @@ def eval_workdir(tmp_path: Path, tiny_cache_workdir: Path) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_evaluate_logs_metrics_baselines_table_audio_and_links(eval_workdir, tiny_corpus, tiny_checkpoints):
     cfg = tiny_cfg(tiny_corpus, "eval.split=val")
     out = run_evaluate(cfg, eval_workdir, str(tiny_checkpoints["ar"]), str(tiny_checkpoints["nar"]), progress=False)
@@ -81,6 +82,7 @@ def _cli(*args, cwd):
                           cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_refusals_name_the_fix(eval_workdir, tiny_corpus, tiny_checkpoints, tmp_path):
     corpus = [f"data.corpus_dir={tiny_corpus}", "data.corpus_format=ljspeech"]
     missing = _cli("--workdir", str(eval_workdir), "--ar", str(tmp_path / "none"), "--nar",

@@ -51,6 +51,7 @@ def _decision(cfg, metrics: dict, rows: list[dict], champion_metrics: dict, cham
     return gates, verdict
 
 
+@pytest.mark.slow
 def test_two_processes_idle_and_busy_give_identical_tables_and_decision(eval_workdir, tiny_corpus,
                                                                          tiny_checkpoints, tmp_path):
     quiet, uri = _evaluate_in_process(eval_workdir, tiny_corpus, tiny_checkpoints, tmp_path)
@@ -78,6 +79,7 @@ def test_two_processes_idle_and_busy_give_identical_tables_and_decision(eval_wor
     assert not moved and "difference candidate - champion +0" in reason
 
 
+@pytest.mark.slow
 def test_num_seeds_decodes_every_utterance_several_times(eval_workdir, tiny_corpus, tiny_checkpoints):
     cfg = tiny_cfg(tiny_corpus, "eval.split=val", "eval.num_seeds=2", "eval.oracle=false", "eval.oracle_stages=[]",
                    "eval.decode.temperature=[1.0,1.0]")

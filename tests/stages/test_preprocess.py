@@ -38,6 +38,7 @@ def _harmonica(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_reported_not_fatal_and_run_records_everything(tmp_path: Path, workdir: Path):
     corpus = make_ljspeech_corpus(tmp_path, n=30, bad=BAD)
     cfg = _cfg(corpus.root)
@@ -79,6 +80,7 @@ def report_row(report: dict, utt_id: str) -> dict:
     return next(r for r in report["rows"] if r["id"] == utt_id)
 
 
+@pytest.mark.slow
 def test_identical_rerun_reuses_and_codec_change_invalidates(tmp_path: Path, workdir: Path):
     corpus = make_ljspeech_corpus(tmp_path, n=10)
     first = run_preprocess(_cfg(corpus.root), workdir, progress=False).result
@@ -100,6 +102,7 @@ def test_identical_rerun_reuses_and_codec_change_invalidates(tmp_path: Path, wor
     assert diff and stale.directory.exists()
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_cache(tmp_path: Path, workdir: Path):
     corpus = make_ljspeech_corpus(tmp_path, n=8)
     one = run_preprocess(_cfg(corpus.root), workdir / "a", progress=False).result
@@ -108,6 +111,7 @@ def test_parallel_workers_give_the_same_cache(tmp_path: Path, workdir: Path):
     assert (one.cache.load_split("train").codes == two.cache.load_split("train").codes).all()
 
 
+@pytest.mark.slow
 def test_cli_preprocess_and_its_errors(tmp_path: Path, workdir: Path):
     corpus = make_ljspeech_corpus(tmp_path, n=8)
     ok = _harmonica("preprocess", "--project", "demo", "--corpus", str(corpus.root), "--format", "ljspeech",
@@ -152,6 +156,7 @@ def test_mlflow_run_preprocess_entry_point_on_the_demo_corpus(root: Path, workdi
     assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags["harmonica.cache_fingerprint"]
 
 
+@pytest.mark.slow
 def test_phoneme_frontend_ids_are_in_the_cache_key_and_contract(tmp_path: Path, workdir: Path):
     from harmonica.data.text import build_frontend
 
@@ -174,6 +179,7 @@ def test_phoneme_frontend_ids_are_in_the_cache_key_and_contract(tmp_path: Path, 
     assert found.directory == ph.cache.directory
 
 
+@pytest.mark.slow
 def test_demo_generated_corpus_is_synthesised_at_preprocess_and_keyed(workdir: Path):
     gen = ["data.corpus_format=demo_generated", "data.generated.sentences=20", "data.generated.eval_sentences=2",
            "data.generated.val_sentences=2", "data.generated.prompts_per_speaker=1",
@@ -188,6 +194,7 @@ def test_demo_generated_corpus_is_synthesised_at_preprocess_and_keyed(workdir: P
         find_cache(load_config("demo", [*FAST, *gen, "data.generated.sentences=21"]), workdir)
 
 
+@pytest.mark.slow
 def test_per_stage_codebook_sizes_reach_the_contract(tmp_path: Path, workdir: Path):
     corpus = make_ljspeech_corpus(tmp_path, n=10)
     res = run_preprocess(_cfg(corpus.root, "codec.codebook_sizes=[16,4]"), workdir, progress=False).result
@@ -196,6 +203,7 @@ def test_per_stage_codebook_sizes_reach_the_contract(tmp_path: Path, workdir: Pa
     assert int(codes[1].max()) < 4 and int(codes[0].max()) < 16
 
 
+@pytest.mark.slow
 def test_codec_ladder_is_logged_and_reused(tmp_path: Path, workdir: Path):
     corpus = make_ljspeech_corpus(tmp_path, n=12)
     cfg = _cfg(corpus.root, "data.eval_fraction=0.2", "codec.ladder_utterances=2")

@@ -104,6 +104,7 @@ def train_workdir(tmp_path: Path, tiny_cache_workdir: Path) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_train_on_a_terminal_shows_the_step_bar_with_its_postfix(train_workdir, tiny_corpus):
     rc, stdout, err = _train(train_workdir, tiny_corpus, terminal=True)
     assert rc == 0, err[-3000:]

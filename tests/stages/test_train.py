@@ -79,6 +79,7 @@ def workdir_with_cache(tmp_path: Path, tiny_corpus: Path) -> Path:
     return workdir
 
 
+@pytest.mark.slow
 def test_cli_train_records_a_complete_run_and_refuses_stale_caches(tmp_path, tiny_corpus, workdir_with_cache):
     workdir = workdir_with_cache
     ok = _run(_harmonica("train", "--model-type", "nar", "--workdir", str(workdir), *_args(tiny_corpus, "nar")),

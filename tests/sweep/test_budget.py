@@ -42,6 +42,7 @@ def fake_train(fail_numbers=()):
     return train
 
 
+@pytest.mark.slow
 def test_budget_is_the_study_total_and_failed_trials_are_replaced_at_the_next_launch(tmp_path, sweep_workdir, tiny_sweep_cfg):
     space = write_space(tmp_path, pruner="none")
     train = fake_train(fail_numbers=(1,))
@@ -62,6 +63,7 @@ def test_budget_is_the_study_total_and_failed_trials_are_replaced_at_the_next_la
     assert out3.trials == [] and out3.counts["COMPLETE"] == 3
 
 
+@pytest.mark.slow
 def test_trials_are_seeded_by_their_number(tmp_path, sweep_workdir, tiny_sweep_cfg):
     space = write_space(tmp_path, pruner="none")
     a = run_sweep(tiny_sweep_cfg, sweep_workdir, space, n_trials=3, study_name="seed-a", train_fn=fake_train(),
@@ -78,6 +80,7 @@ def test_trials_are_seeded_by_their_number(tmp_path, sweep_workdir, tiny_sweep_c
     assert [r.number for r in a.trials] == [0, 1, 2] and [r.number for r in b.trials] == [1, 2]
 
 
+@pytest.mark.slow
 def test_storage_lock_is_exclusive_and_stale_locks_are_broken(tmp_path, monkeypatch):
     storage = sto.open_storage(f"sqlite:///{tmp_path / 'l.db'}")
     inside, overlaps = [], []
@@ -126,6 +129,7 @@ json.dump(got, open(out, "w"))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_never_claim_the_same_sqlite_trial(tmp_path):
     url = f"sqlite:///{tmp_path / 'race.db'}"
     study = optuna.create_study(study_name="race", storage=sto.open_storage(url, heartbeat_interval=None))
@@ -146,6 +150,7 @@ def test_redacted_storage_url():
     assert sto.redact("sqlite:///x.db") == "sqlite:///x.db"
 
 
+@pytest.mark.slow
 def test_hyperband_pruner_from_the_space_file(tmp_path, sweep_workdir, tiny_sweep_cfg):
     space = write_space(tmp_path, pruner={"type": "hyperband", "reduction_factor": 2})
     out = run_sweep(tiny_sweep_cfg, sweep_workdir, space, n_trials=4, study_name="hb", train_fn=fake_train(),
@@ -208,6 +213,7 @@ def test_a_dead_workers_trial_is_failed_by_its_heartbeat_retried_and_its_run_clo
     assert run.data.tags[names.SWEEP_FAILED_BY].endswith(f":{os.getpid()}")
 
 
+@pytest.mark.slow
 def test_the_stale_trial_callback_retries_once_per_dead_trial_up_to_max_retries(tmp_path, tiny_sweep_cfg):
     """Two workers' storages on one study: the one whose FAIL transition wins retries the trial (same
     values and user attrs, Optuna's retry system attrs) and ends the dead trial's MLflow run FAILED."""
@@ -240,6 +246,7 @@ def test_the_stale_trial_callback_retries_once_per_dead_trial_up_to_max_retries(
     assert workers[0].events == [(1, None)] and [t.state.name for t in studies[0].get_trials()] == ["FAIL", "FAIL"]
 
 
+@pytest.mark.slow
 def test_trial_0_is_the_projects_config_and_the_report_compares_the_best_with_it(tmp_path, sweep_workdir, tiny_sweep_cfg):
     from mlflow.tracking import MlflowClient
 

@@ -28,6 +28,7 @@ def _children(client: MlflowClient, parent_id: str):
     return client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=100)
 
 
+@pytest.mark.slow
 def test_sweep_parent_children_plots_best_config_and_resume(tmp_path, sweep_workdir, tiny_sweep_cfg):
     space = write_space(tmp_path)
     best_dir = tmp_path / "projects"
@@ -83,6 +84,7 @@ def test_sweep_parent_children_plots_best_config_and_resume(tmp_path, sweep_work
     assert same.trials == [] and len(optuna.load_study(study_name="s1", storage=f"sqlite:///{sweep_workdir / 'optuna.db'}").trials) == 5
 
 
+@pytest.mark.slow
 def test_pruned_trials_are_killed_runs_tagged_pruned(tmp_path, sweep_workdir, tiny_sweep_cfg):
     space = write_space(tmp_path)
     out = run_sweep(tiny_sweep_cfg, sweep_workdir, space, n_trials=3, study_name="prune", pruner=AlwaysPrune(),
@@ -109,6 +111,7 @@ def test_pruned_trials_are_killed_runs_tagged_pruned(tmp_path, sweep_workdir, ti
     assert "baseline: the best trial is trial 0" in Path(notes).read_text()
 
 
+@pytest.mark.slow
 def test_multi_objective_pareto_front(tmp_path, sweep_workdir, tiny_sweep_cfg):
     space = write_space(tmp_path, "pareto.yaml", pruner="none", sampler={"type": "nsga2", "population_size": 2},
                         objective={"type": "multi", "metrics": [{"name": "val_ema/loss"},
@@ -122,6 +125,7 @@ def test_multi_objective_pareto_front(tmp_path, sweep_workdir, tiny_sweep_cfg):
     assert client.get_run(out.parent_run_id).data.metrics["sweep/n_pareto"] >= 1
 
 
+@pytest.mark.slow
 def test_a_study_resumes_only_with_the_same_search(tmp_path, sweep_workdir, tiny_sweep_cfg):
     space = write_space(tmp_path)
     storage = f"sqlite:///{tmp_path / 'o.db'}"

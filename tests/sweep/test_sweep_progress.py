@@ -4,6 +4,7 @@ trainer is asked for its own step bar. Off the terminal: no bar, and the trainer
 import io
 import sys
 from types import SimpleNamespace
+import pytest
 
 from harmonica.stages.sweep import run_sweep
 from tests.sweep.conftest import write_space
@@ -24,6 +25,7 @@ def _train(asked: list):
     return train
 
 
+@pytest.mark.slow
 def test_the_trial_bar_counts_trials_and_shows_the_best_so_far(tmp_path, sweep_workdir, tiny_sweep_cfg, monkeypatch):
     space = write_space(tmp_path, pruner="none")
     stream = Terminal()

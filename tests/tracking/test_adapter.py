@@ -3,6 +3,7 @@ from pathlib import Path
 
 import yaml
 from mlflow.tracking import MlflowClient
+import pytest
 
 from harmonica.config import config_hash, load_config
 from harmonica.tracking.adapter import Tracker, resolve_tracking_uri
@@ -17,6 +18,7 @@ def test_embedded_default_is_sqlite_under_workdir(workdir: Path, monkeypatch):
     assert resolve_tracking_uri(cfg.tracking, workdir) == "http://127.0.0.1:5999"
 
 
+@pytest.mark.slow
 def test_run_carries_config_provenance_metrics_and_dataset(workdir: Path):
     cfg = load_config("demo", ["tracking.system_metrics=false"])
     tracker = Tracker(cfg, workdir)
@@ -47,6 +49,7 @@ def test_run_carries_config_provenance_metrics_and_dataset(workdir: Path):
     assert exp.artifact_location.startswith((workdir / "mlartifacts").resolve().as_uri())
 
 
+@pytest.mark.slow
 def test_failed_stage_marks_run_failed(workdir: Path):
     cfg = load_config("demo", ["tracking.system_metrics=false"])
     tracker = Tracker(cfg, workdir)
@@ -89,6 +92,7 @@ def test_dirty_flag_from_git(tmp_path: Path):
     code_version.cache_clear()
 
 
+@pytest.mark.slow
 def test_trackers_do_not_leak_their_uri_into_the_environment(tmp_path: Path, monkeypatch):
     import os
 
@@ -101,6 +105,7 @@ def test_trackers_do_not_leak_their_uri_into_the_environment(tmp_path: Path, mon
     assert second.tracking_uri.endswith(str((tmp_path / "b" / "mlflow.db").resolve()))
 
 
+@pytest.mark.slow
 def test_a_store_error_while_ending_an_interrupted_run_does_not_replace_the_interrupt(workdir: Path, monkeypatch):
     """Found by CI: after a Ctrl-C, ending the run met SQLite's "database is locked" and that error replaced the
     KeyboardInterrupt, so `harmonica train` exited 1 without its resume command instead of 130."""

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+import pytest
 
 from harmonica.tracking import names
 from harmonica.tracking.checkpoints import MODEL_TYPE, CheckpointModels, publish_checkpoint
@@ -41,6 +42,7 @@ def test_spooled_checkpoints_are_published_at_replay_and_pruned_ones_skipped(tmp
     assert not spool.pending
 
 
+@pytest.mark.slow
 def test_publishing_a_step_again_reuses_its_ready_models_and_replaces_an_unfinished_one(tmp_path):
     """A resumed run re-publishes the checkpoint it resumed from: it may have been killed before, during or after
     the upload. Each weight set ends with exactly one READY model of the step."""

@@ -7,6 +7,7 @@ import json
 import numpy as np
 from mlflow.tracking import MlflowClient
 from PIL import Image
+import pytest
 
 from harmonica.tracking import names
 from harmonica.tracking.adapter import Run
@@ -29,6 +30,7 @@ def _pixels(path) -> np.ndarray:
         return np.asarray(img.convert("RGBA"))
 
 
+@pytest.mark.slow
 def test_logged_images_have_mlflows_stepped_layout_and_read_back_by_key_and_step(tmp_path):
     uri, client, exp = _store(tmp_path)
     rid = client.create_run(exp).info.run_id

@@ -23,6 +23,7 @@ def _run(client, exp, stage, status="FINISHED", **tags):
     return run.info.run_id
 
 
+@pytest.mark.slow
 def test_runs_histories_and_previous_run(store, tmp_path):
     uri, client, exp = store
     first = _run(client, exp, "train_ar")
@@ -45,6 +46,7 @@ def test_runs_histories_and_previous_run(store, tmp_path):
     assert got.read_text() == "hi"
 
 
+@pytest.mark.slow
 def test_registry_versions_and_aliases(store):
     uri, client, exp = store
     rid = _run(client, exp, "promote")

@@ -3,12 +3,14 @@
 import json
 
 from mlflow.tracking import MlflowClient
+import pytest
 
 from harmonica.tracking import names
 from harmonica.tracking.registry import HISTORY_KEEP, ModelRegistry, describe_model
 from harmonica.tracking.lock import lock_name
 
 
+@pytest.mark.slow
 def test_versions_tags_aliases_and_the_bounded_champion_history(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import torch
 from mlflow.tracking import MlflowClient
+import pytest
 
 from harmonica.codec import load_codec
 from harmonica.data.cache import find_cache
@@ -18,6 +19,7 @@ from tests.tiny import tiny_cfg, tiny_steps
 IMAGE = re.compile(r"^images/(?P<key>[^+]+)\+step\+(?P<step>\d+)\+timestamp\+\d+\+[0-9a-f-]+\.png$")
 
 
+@pytest.mark.slow
 def test_training_logs_spectrograms_and_the_heatmap_with_their_steps(tiny_corpus, tiny_cache_workdir, tmp_path):
     kind = "nar"  # its samples always have audio (an AR sample that stops at once has neither wav nor picture)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

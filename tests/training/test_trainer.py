@@ -23,6 +23,7 @@ def _trainer(corpus, workdir, out: Path, kind: str, sink, *extra: str, codec=Non
 
 
 @pytest.mark.parametrize("kind", ["ar", "nar"])
+@pytest.mark.slow
 def test_every_metric_family_is_logged(kind, tiny_corpus, tiny_cache_workdir, tmp_path):
     sink = RecordingSink()
     from harmonica.codec import load_codec
