@@ -13,10 +13,9 @@ from pathlib import Path
 import click
 
 from harmonica import cli_text as text
-from harmonica.cli_recovery import corpus_path, resume_hint
 from harmonica import interrupts
-from harmonica.cli_support import (config, echo, flag, no_progress_option,
-                                   options, overrides_argument,
+from harmonica.cli_recovery import corpus_path, resume_hint
+from harmonica.cli_support import (config, echo, flag, no_progress_option, options, overrides_argument,
                                    progress_on, project_option, registry_errors, report_errors, setup_logging,
                                    split_overrides, tracking_uri, user_errors, user_facing, workdir_option)
 pair_options = options(

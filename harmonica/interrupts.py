@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import logging
 import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 class Terminated(KeyboardInterrupt):
