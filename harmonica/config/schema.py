@@ -190,7 +190,10 @@ class TransformerConfig(Strict):
 
 
 class ARModelConfig(TransformerConfig):
-    pass
+    speaker_condition: Literal["none", "prompt"] = Field(
+        "none", description="prompt: codebook 0 of another utterance of the speaker (a crop of <= prompt_frames) "
+        "sits between the text and the audio, so the AR knows the voice it continues (VALL-E's enrolment)")
+    prompt_frames: int = Field(75, ge=1, description="AR acoustic prompt length (frames)")
 
 
 class NARModelConfig(TransformerConfig):

@@ -54,10 +54,21 @@ def cut_loops(tokens: Tensor, frame_rate: float) -> tuple[Tensor, bool]:
     return tokens[: start + period], True
 
 
+def _ar_prompt(model: nn.Module, prompt: Tensor | None, device: torch.device) -> dict[str, Tensor]:
+    """generate()'s prompt kwargs for a prompt-conditioned AR ({} for the others; a missing prompt
+    is the model's error, which says what to pass)."""
+    if getattr(getattr(model, "cfg", None), "speaker_condition", "none") != "prompt" or prompt is None:
+        return {}
+    cb0 = prompt[0] if prompt.dim() == 2 else prompt  # [P]
+    return {"prompt": cb0[None].to(device), "prompt_lens": torch.tensor([cb0.numel()], device=device)}
+
+
 @torch.no_grad()
 def decode_ar(model: nn.Module, text: Tensor, decode: DecodeConfig, frame_rate: float,
-              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
-    """text [L] -> first-codebook tokens [T] plus decoding facts (length bound hit, loop cut)."""
+              generator: torch.Generator | None = None,
+              prompt: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """text [L] -> first-codebook tokens [T] plus decoding facts (length bound hit, loop cut).
+    prompt [n_q, P] (or [P]): the speaker's acoustic prompt, used when the AR is prompt-conditioned."""
     device = next(model.parameters()).device
     limit = model.max_audio_len if hasattr(model, "max_audio_len") else model.cfg.max_seq_len - 1
     budget = max_frames_for_text(int(text.numel()), decode, frame_rate, int(limit))
@@ -65,6 +76,7 @@ def decode_ar(model: nn.Module, text: Tensor, decode: DecodeConfig, frame_rate: 
         text[None].to(device), torch.tensor([text.numel()], device=device), max_new_tokens=budget,
         temperature=decode.temperature[0], top_k=decode.top_k[0], top_p=decode.top_p[0],
         repetition_penalty=decode.repetition_penalty, generator=generator, text_guidance=decode.text_guidance,
+        **_ar_prompt(model, prompt, device),
     )  # [T]
     tokens = tokens.cpu()
     hit_bound = tokens.numel() >= budget

@@ -46,6 +46,22 @@ def read_checkpoint_meta(path: Path) -> dict[str, Any]:
     return json.loads(meta_file.read_text(encoding="utf-8"))
 
 
+def pair_prompt_frames(ar_meta: dict[str, Any], nar_meta: dict[str, Any]) -> int:
+    """Frames of acoustic prompt an AR/NAR pair reads: one prompt serves both halves, as long as the
+    longer of the two takes (each model cuts its own; an AR without a prompt takes none)."""
+    ar_cfg = ar_meta.get("model_config") or {}
+    ar_frames = int(ar_cfg.get("prompt_frames", 0)) if ar_cfg.get("speaker_condition") == "prompt" else 0
+    return max(int(nar_meta["model_config"].get("prompt_frames", 150)), ar_frames)
+
+
+def pair_speaker_condition(ar_meta: dict[str, Any], nar_meta: dict[str, Any]) -> str:
+    """What a caller must give an AR/NAR pair for the voice: "prompt" when either half reads an
+    acoustic prompt, else the NAR's condition ("embedding" or "none")."""
+    if (ar_meta.get("model_config") or {}).get("speaker_condition") == "prompt":
+        return "prompt"
+    return str((nar_meta.get("model_config") or {}).get("speaker_condition", "none"))
+
+
 def load_model(path: Path, weights: str = "ema", device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Build the model described by a checkpoint's meta.json and load its raw or EMA weights."""
     meta = read_checkpoint_meta(path)
@@ -100,7 +116,7 @@ class Synthesizer:
                         "model, was never trained; decode with text_guidance=1 or train with text_dropout > 0",
                         self.decode.text_guidance, self.ar_path)
         self.frame_rate = float(nar_meta["contract"]["frame_rate"])
-        self.prompt_frames = int(nar_meta["model_config"].get("prompt_frames", 150))
+        self.prompt_frames = pair_prompt_frames(ar_meta, nar_meta)
         self.timings = Timings()
 
     @property
@@ -109,7 +125,8 @@ class Synthesizer:
 
     @property
     def speaker_condition(self) -> str:
-        return self.nar.cfg.speaker_condition
+        """What a caller must give for the voice (`pair_speaker_condition`)."""
+        return pair_speaker_condition(self.ar_meta, self.nar_meta)
 
     def prompt_from_wav(self, path: str | Path) -> torch.Tensor:
         """An acoustic prompt [n_q, P] from a reference recording of the target voice."""
@@ -126,7 +143,7 @@ class Synthesizer:
         gen = torch.Generator().manual_seed(seed)
         ids = torch.tensor(self.frontend.encode(text), dtype=torch.long)  # [L]
         t = time.perf_counter()
-        cb0, info = decode_ar(self.ar, ids, self.decode, self.frame_rate, generator=gen)  # [T]
+        cb0, info = decode_ar(self.ar, ids, self.decode, self.frame_rate, generator=gen, prompt=prompt)  # [T]
         self.timings.add("ar", t)
         if cb0.numel() == 0:
             return np.zeros(0, dtype=np.float32), {**info, "gain_db": 0.0, "codes": None}

@@ -1,13 +1,17 @@
 """Autoregressive stage: codebook 0 of the codec, as a prefix language model over [text ; audio].
 
-Layout of one sequence (S = L + T + 1):
+Layout of one sequence (S = L + P + T + 1):
 
-    text:  t_0 .. t_{L-1}                 (text_encoder: non-causal, text only; then the blocks)
-    audio: BOS a_0 .. a_{T-1}             (input, positions 0..T in the audio table)
-    target:    a_0 .. a_{T-1} STOP        (logits [B, T+1, codebook_size + 1])
+    text:   t_0 .. t_{L-1}                (text_encoder: non-causal, text only; then the blocks)
+    prompt: p_0 .. p_{P-1}                (speaker_condition=prompt only: codebook 0 of another
+                                           utterance of the speaker, audio table + prompt positions)
+    audio:  BOS a_0 .. a_{T-1}            (input, positions 0..T in the audio table)
+    target:     a_0 .. a_{T-1} STOP       (logits [B, T+1, codebook_size + 1])
 
-In the blocks text queries attend to all valid text; audio queries attend to all valid text and
-causally to audio. Audio ids: 0..codebook_size-1 tokens, codebook_size = STOP, codebook_size + 1 =
+Text and prompt form the prefix: their queries attend to the whole valid prefix; audio queries
+attend to the prefix and causally to audio. Text keys stay at 0..L-1, so attention to the text is
+probs[..., :L] with or without a prompt; audio queries start at `aux["audio_offset"]` = L + P.
+Audio ids: 0..codebook_size-1 tokens, codebook_size = STOP, codebook_size + 1 =
 BOS (input only). The audio table has max_seq_len positions, so T <= max_seq_len - 1 (BOS..a_{T-1}
 is T+1 inputs); longer audio is a ValueError, `ARModel.cap_audio` truncates.
 """
@@ -70,6 +74,9 @@ class ARModel(nn.Module):
         self.text_pos = PositionalEmbedding(max_text_len, D, pos_embedding)
         self.audio_emb = nn.Embedding(codebook_size + 2, D)
         self.audio_pos = PositionalEmbedding(cfg.max_seq_len, D, pos_embedding)
+        self.prompted = cfg.speaker_condition == "prompt"
+        if self.prompted:
+            self.prompt_pos = PositionalEmbedding(cfg.prompt_frames, D, pos_embedding)
         self.drop = nn.Dropout(cfg.dropout)
         block = partial(Block, D, cfg.n_heads, cfg.ff_mult, cfg.dropout, attn_dropout=cfg.attn_dropout)
         self.text_encoder = nn.ModuleList(block() for _ in range(cfg.text_layers))
@@ -114,6 +121,26 @@ class ARModel(nn.Module):
     def _embed_audio(self, tokens: Tensor, positions: Tensor) -> Tensor:
         return self.audio_emb(tokens) + self.audio_pos(positions)  # [B, Ta, D]
 
+    def _prefix(self, text: Tensor, text_lens: Tensor, prompt: Tensor | None, prompt_lens: Tensor | None,
+                collect_attn: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Text (+ acoustic prompt) -> (hidden [B, L+P, D], prefix mask [B, L+P], text-encoder entropies).
+        prompt: [B, P] codebook-0 ids or [B, n_q, P] codes (codebook 0 is used), cut to prompt_frames."""
+        h, mask, ents = self._encode_text(text, text_lens, collect_attn)  # [B, L, D], [B, L]
+        if not self.prompted:
+            return h, mask, ents
+        if prompt is None:
+            raise ValueError("this AR is conditioned on an acoustic prompt (model.ar.speaker_condition=prompt): "
+                             "pass the prompt's codes (--prompt-wav, or a speaker prompt)")
+        prompt = prompt[:, 0] if prompt.dim() == 3 else prompt  # [B, P]
+        prompt = prompt[:, : self.cfg.prompt_frames]  # [B, P]
+        P = prompt.size(1)
+        plens = torch.full((prompt.size(0),), P, device=prompt.device) if prompt_lens is None \
+            else prompt_lens.to(prompt.device).clamp(max=P)  # [B]
+        pmask = lengths_to_mask(plens, P)  # [B, P]
+        tok = prompt.masked_fill(~pmask, 0).long()  # [B, P] padding (PAD_ID) embeds as entry 0
+        hp = self.drop(self.audio_emb(tok) + self.prompt_pos(torch.arange(P, device=prompt.device)))  # [B, P, D]
+        return torch.cat([h, hp], dim=1), torch.cat([mask, pmask], dim=1), ents  # [B, L+P, D], [B, L+P]
+
     def teacher_inputs(self, audio: Tensor, audio_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """-> (inputs [B, T+1] = BOS a_0..a_{T-1}, targets [B, T+1] = a_0..a_{T-1} STOP,
         mask [B, T+1] valid targets = positions 0..audio_lens). Padding holds 0."""
@@ -137,8 +164,10 @@ class ARModel(nn.Module):
 
     def forward(self, text: Tensor, text_lens: Tensor, audio: Tensor, audio_lens: Tensor, *,
                 collect_attn: bool = False, input_override: Tensor | None = None,
-                attn_layers: Collection[int] = ()) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        """text [B, L], text_lens [B], audio [B, T] codebook-0 ids (padded), audio_lens [B].
+                attn_layers: Collection[int] = (), prompt: Tensor | None = None,
+                prompt_lens: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """text [B, L], text_lens [B], audio [B, T] codebook-0 ids (padded), audio_lens [B]; prompt
+        [B, P] (or [B, n_q, P]) and prompt_lens [B] when speaker_condition=prompt.
 
         Returns logits [B, T+1, codebook_size+1], loss (masked mean CE vs targets) and aux with
         inputs/targets/mask [B, T+1], input_mask [B, T+1] (real audio inputs, excludes BOS: the
@@ -146,7 +175,8 @@ class ARModel(nn.Module):
         (text encoder first) when collect_attn. input_override [B, T+1] replaces the teacher-forced
         inputs (keep BOS at index 0); its padding is ignored. attn_layers: decoder blocks whose
         attention probabilities aux["attn_probs"][i] [B, H, L+T+1, L+T+1] are returned (with
-        gradients, e.g. for a guided-attention loss); empty = the fused attention kernel everywhere."""
+        gradients, e.g. for a guided-attention loss); empty = the fused attention kernel everywhere.
+        aux["audio_offset"] = L + P: the row of the first audio query in those probabilities."""
         B, T = audio.shape
         self._check_lengths(text, T)
         inputs, targets, mask = self.teacher_inputs(audio, audio_lens)
@@ -156,16 +186,18 @@ class ARModel(nn.Module):
                 raise ValueError(f"input_override must be [B, T+1] = {tuple(inputs.shape)} incl. BOS, "
                                  f"got {tuple(input_override.shape)}")
             inputs = torch.where(mask, input_override.long(), torch.zeros_like(inputs))  # [B, T+1]
-        h_text, text_mask, ents = self._encode_text(text, text_lens, collect_attn)  # [B, L, D]
+        h_pre, pre_mask, ents = self._prefix(text, text_lens, prompt, prompt_lens, collect_attn)  # [B, L+P, D]
+        offset = h_pre.size(1)  # L + P
         x_audio = self.drop(self._embed_audio(inputs, torch.arange(T + 1, device=audio.device)))  # [B, T+1, D]
-        x = torch.cat([h_text, x_audio], dim=1)  # [B, L+T+1, D]
-        query_mask = torch.cat([text_mask, mask], dim=1)  # [B, L+T+1]
+        x = torch.cat([h_pre, x_audio], dim=1)  # [B, L+P+T+1, D]
+        query_mask = torch.cat([pre_mask, mask], dim=1)  # [B, L+P+T+1]
         probs: dict[int, Tensor] = {}
-        x, _, ents_dec = run_blocks(self.blocks, x, prefix_lm_mask(text_mask, mask), query_mask=query_mask,
-                                    collect_attn=collect_attn, keep_probs=attn_layers, probs_out=probs)  # [B, L+T+1, D]
-        logits = self.head(self.ln_f(x[:, text.size(1):]))  # [B, T+1, V+1]
+        x, _, ents_dec = run_blocks(self.blocks, x, prefix_lm_mask(pre_mask, mask), query_mask=query_mask,
+                                    collect_attn=collect_attn, keep_probs=attn_layers, probs_out=probs)  # [B, L+P+T+1, D]
+        logits = self.head(self.ln_f(x[:, offset:]))  # [B, T+1, V+1]
         loss = masked_mean_ce(logits, targets, mask)
-        aux: dict[str, Any] = {"inputs": inputs, "targets": targets, "mask": mask, "input_mask": input_mask}
+        aux: dict[str, Any] = {"inputs": inputs, "targets": targets, "mask": mask, "input_mask": input_mask,
+                               "audio_offset": offset}
         if collect_attn:
             aux["attn_entropy"] = torch.stack(ents + ents_dec)  # [n_blocks_total, H]
         if attn_layers:
@@ -178,8 +210,10 @@ class ARModel(nn.Module):
     def generate(self, text: Tensor, text_lens: Tensor, *, prefix: Tensor | None = None,
                  prefix_lens: Tensor | None = None, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 generator: torch.Generator | None = None, text_guidance: float = 1.0) -> list[Tensor]:
-        """Sample codebook-0 continuations. Returns one LongTensor [T_i] per item: the new tokens only
+                 generator: torch.Generator | None = None, text_guidance: float = 1.0,
+                 prompt: Tensor | None = None, prompt_lens: Tensor | None = None) -> list[Tensor]:
+        """Sample codebook-0 continuations (prompt [B, P] / [B, n_q, P]: the speaker's acoustic prompt
+        when speaker_condition=prompt; `prefix` is a different thing, audio the output continues). Returns one LongTensor [T_i] per item: the new tokens only
         (prefix excluded, STOP excluded). Stops per item at STOP, after max_new_tokens, or when
         prefix + new reaches max_seq_len - 1. Text + BOS + prefix go through the model once; then
         one token per step against a KV cache. The repetition penalty covers the item's new tokens.
@@ -191,14 +225,15 @@ class ARModel(nn.Module):
         self.eval()
         try:
             return self._generate(text, text_lens, prefix, prefix_lens, max_new_tokens, temperature,
-                                  top_k, top_p, repetition_penalty, generator, text_guidance)
+                                  top_k, top_p, repetition_penalty, generator, text_guidance, prompt, prompt_lens)
         finally:
             self.train(was_training)
 
     def _generate(self, text: Tensor, text_lens: Tensor, prefix: Tensor | None, prefix_lens: Tensor | None,
                   max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                   repetition_penalty: float, generator: torch.Generator | None,
-                  text_guidance: float = 1.0) -> list[Tensor]:
+                  text_guidance: float = 1.0, prompt: Tensor | None = None,
+                  prompt_lens: Tensor | None = None) -> list[Tensor]:
         B, dev = text.size(0), text.device
         if prefix is None:
             prefix = torch.zeros(B, 0, dtype=torch.long, device=dev)  # [B, 0]
@@ -212,6 +247,9 @@ class ARModel(nn.Module):
             text = torch.cat([text, blank_text(text, text_lens)], dim=0)  # [2B, L]
             text_lens = torch.cat([text_lens.to(dev), torch.full_like(text_lens.to(dev), 2)])  # [2B]
             prefix, prefix_lens = prefix.repeat(2, 1), prefix_lens.repeat(2)  # [2B, P], [2B]
+            if prompt is not None:  # the unconditional rows keep the voice, only the text is empty
+                prompt = torch.cat([prompt, prompt], dim=0)  # [2B, (n_q,) Pp]
+                prompt_lens = None if prompt_lens is None else prompt_lens.repeat(2)  # [2B]
 
         def combine(logits: Tensor) -> Tensor:  # [R, V+1] -> [B, V+1]
             if not guided:
@@ -219,14 +257,15 @@ class ARModel(nn.Module):
             cond, uncond = logits[:B], logits[B:]  # [B, V+1] each
             return uncond + text_guidance * (cond - uncond)  # [B, V+1]
 
-        R, L = text.size(0), text.size(1)  # rows run through the model (B, or 2B guided)
+        R = text.size(0)  # rows run through the model (B, or 2B guided)
 
         inputs, _, in_mask = self.teacher_inputs(prefix, prefix_lens)  # [R, P+1] BOS + prefix
-        h_text, text_mask, _ = self._encode_text(text, text_lens)  # [R, L, D]
-        x = torch.cat([h_text, self._embed_audio(inputs, torch.arange(P + 1, device=dev))], dim=1)  # [R, L+P+1, D]
-        x, cache, _ = run_blocks(self.blocks, x, prefix_lm_mask(text_mask, in_mask), use_cache=True)
-        key_valid = torch.cat([text_mask, in_mask], dim=1)  # [R, L+P+1]
-        last = x[torch.arange(R, device=dev), L + prefix_lens]  # [R, D] hidden of the last valid input
+        h_pre, pre_mask, _ = self._prefix(text, text_lens, prompt, prompt_lens)  # [R, L+Pp, D] text (+ prompt)
+        offset = h_pre.size(1)  # L + Pp
+        x = torch.cat([h_pre, self._embed_audio(inputs, torch.arange(P + 1, device=dev))], dim=1)  # [R, L+Pp+P+1, D]
+        x, cache, _ = run_blocks(self.blocks, x, prefix_lm_mask(pre_mask, in_mask), use_cache=True)
+        key_valid = torch.cat([pre_mask, in_mask], dim=1)  # [R, L+Pp+P+1]
+        last = x[torch.arange(R, device=dev), offset + prefix_lens]  # [R, D] hidden of the last valid input
         logits = combine(self.head(self.ln_f(last)))  # [B, V+1]
 
         steps = int(budget.max().item()) if B else 0
@@ -261,7 +300,7 @@ class ARModel(nn.Module):
         """Partition of all parameters (non-empty groups only; no speaker_encoder in the AR)."""
         return partition_params(self, {
             "text_emb": "embeddings", "text_pos": "embeddings", "audio_emb": "embeddings",
-            "audio_pos": "embeddings", "text_encoder": "text_encoder", "blocks": "attention",
+            "audio_pos": "embeddings", "prompt_pos": "embeddings", "text_encoder": "text_encoder", "blocks": "attention",
             "ln_f": "output_heads", "head": "output_heads",
         })
 
@@ -273,5 +312,6 @@ class ARModel(nn.Module):
             "max_seq_len": self.max_seq_len, "max_audio_len": self.max_audio_len,
             "max_text_len": self.max_text_len, "text_vocab_size": self.text_vocab_size,
             "stop_id": self.stop_id, "audio_bos_id": self.bos_id, "n_classes": self.codebook_size + 1,
-            "pos_embedding": self.pos_embedding,
+            "pos_embedding": self.pos_embedding, "speaker_condition": c.speaker_condition,
+            **({"prompt_frames": c.prompt_frames} if self.prompted else {}),
         }

@@ -142,14 +142,13 @@ def pip_requirements(codec_name: str = "mel_rvq") -> list[str]:
 def build_artifacts(ar_dir: Path, nar_dir: Path, out: Path, *, decode: dict[str, Any],
                     settings: dict[str, Any] | None = None, prompt_cache: Any = None) -> dict[str, str]:
     """Stage everything the model needs under `out`; -> the `artifacts` mapping for log_model."""
-    from harmonica.inference.synthesize import read_checkpoint_meta
+    from harmonica.inference.synthesize import pair_prompt_frames, pair_speaker_condition, read_checkpoint_meta
 
     out = Path(out)
     ar = stage_ema_checkpoint(ar_dir, out / "ar")
     nar = stage_ema_checkpoint(nar_dir, out / "nar")
     ar_meta, nar_meta = read_checkpoint_meta(ar), read_checkpoint_meta(nar)
-    prompt_frames = int(nar_meta["model_config"].get("prompt_frames", 150))
-    speakers = write_prompts(out / "prompts", prompt_cache, prompt_frames)
+    speakers = write_prompts(out / "prompts", prompt_cache, pair_prompt_frames(ar_meta, nar_meta))
     artifacts = {"ar": str(ar), "nar": str(nar), "prompts": str(out / "prompts")}
     codec_cfg = nar_meta.get("codec_config", {})
     if codec_cfg.get("name") == "encodec" and not any((nar / "codec").glob("*.safetensors")):
@@ -169,7 +168,7 @@ def build_artifacts(ar_dir: Path, nar_dir: Path, out: Path, *, decode: dict[str,
         "ar_contract": ar_meta["contract"],
         "nar_contract": nar_meta["contract"],
         "sample_rate": int(nar_meta["contract"]["sample_rate"]),
-        "speaker_condition": nar_meta["model_config"].get("speaker_condition"),
+        "speaker_condition": pair_speaker_condition(ar_meta, nar_meta),
         "bundled_prompt_speakers": speakers,
         "ar_step": ar_meta.get("step"),
         "nar_step": nar_meta.get("step"),
@@ -222,8 +221,10 @@ def package_candidate(run: Run, ev: Evidence, cfg: HarmonicaConfig, workdir: Pat
         log.warning("cannot read the evaluate run's config.yaml (%s): using the project's eval.decode", ev.decode_problem)
         decode = cfg.eval.decode.model_dump(mode="json")
         decode_source = "the project's eval.decode (config.yaml unreadable)"
+    from harmonica.inference.synthesize import pair_speaker_condition
+
     prompt_cache = find_prompt_cache(ev.nar_meta, workdir, cfg)
-    if prompt_cache is None and ev.nar_meta.get("model_config", {}).get("speaker_condition") == "prompt":
+    if prompt_cache is None and pair_speaker_condition(ev.ar_meta, ev.nar_meta) == "prompt":
         notes.append("no token cache of this model's codec under the workdir: the model bundles no default "
                      "voice prompts, so requests must carry prompt_audio_b64")
     trained = {ev.tags.get(names.SOURCE_HASH)} | {

@@ -163,7 +163,7 @@ class HarmonicaTTS(mlflow.pyfunc.PythonModel):
                     return self.synth.prompt_from_wav(tmp.name), None
             if not self.prompts:
                 raise ServingInputError(
-                    "this model's NAR is conditioned on an acoustic prompt and bundles no default voices: "
+                    "this model is conditioned on an acoustic prompt and bundles no default voices: "
                     "pass prompt_audio_b64 (base64 WAV, a few seconds of the target voice)"
                 )
             name = speaker or self.prompt_speakers[0]

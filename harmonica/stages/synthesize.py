@@ -56,7 +56,7 @@ def run_synthesize(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: st
         synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode)
         prompt = synth.prompt_from_wav(prompt_wav) if prompt_wav else None
         if synth.speaker_condition == "prompt" and prompt is None:
-            raise SynthesisError("this NAR is conditioned on an acoustic prompt: pass --prompt-wav FILE "
+            raise SynthesisError("this model is conditioned on an acoustic prompt: pass --prompt-wav FILE "
                                  "(a few seconds of the target voice)")
         bar.update(2, {"now": PHASES[2]})
         wav, info = synth.synthesize(text, prompt=prompt, speaker=speaker, seed=seed)

@@ -214,16 +214,22 @@ def _pad_codes(codes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return out, lens
 
 
-def collate_ar(examples: Sequence[Example]) -> dict[str, Any]:
-    """-> text [B, L], text_lens [B], audio [B, T] (codebook 0), audio_lens [B], ids, speakers."""
+def collate_ar(examples: Sequence[Example], *, prompt_picker: PromptPicker | None = None,
+               generator: torch.Generator | None = None) -> dict[str, Any]:
+    """-> text [B, L], text_lens [B], audio [B, T] (codebook 0), audio_lens [B], ids, speakers; with a
+    picker also prompt [B, P] (codebook 0 of the picked crop), prompt_lens [B]."""
     text, text_lens = _pad_text(examples)
     codes, audio_lens = _pad_codes([e.codes[:1] for e in examples])  # [B, 1, T]
-    return {"text": text, "text_lens": text_lens, "audio": codes[:, 0], "audio_lens": audio_lens,
-            "ids": [e.id for e in examples], "speakers": [e.speaker for e in examples]}
+    out: dict[str, Any] = {"text": text, "text_lens": text_lens, "audio": codes[:, 0], "audio_lens": audio_lens,
+                           "ids": [e.id for e in examples], "speakers": [e.speaker for e in examples]}
+    if prompt_picker is not None:
+        prompt, out["prompt_lens"] = _pad_codes([prompt_picker.pick(e, generator)[:1] for e in examples])
+        out["prompt"] = prompt[:, 0]  # [B, P]
+    return out
 
 
 class PromptPicker:
-    """Acoustic prompt for the NAR: a random crop (<= prompt_frames, all n_q codebooks) of ANOTHER
+    """Acoustic prompt for the NAR (and a prompted AR): a random crop (<= prompt_frames, all n_q codebooks) of ANOTHER
     utterance of the same speaker, so the model must use speaker identity rather than copy the target.
 
     Known leak: when the speaker has no other utterance in the pool (or is not in it at all), the

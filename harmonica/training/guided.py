@@ -52,9 +52,10 @@ def diagonal_penalty(text_lens: Tensor, query_mask: Tensor, max_text: int, sigma
     return 1.0 - torch.exp(-((n[:, :, None] - t[:, None, :]) ** 2) / (2.0 * sigma**2))  # [B, Tq, L]
 
 
-def text_attention(probs: Tensor, max_text: int) -> Tensor:
-    """probs [B, H, L+Tq, L+Tq] over [text ; audio] -> audio queries over text keys [B, H, Tq, L]."""
-    return probs[:, :, max_text:, :max_text]
+def text_attention(probs: Tensor, max_text: int, audio_offset: int | None = None) -> Tensor:
+    """probs [B, H, S, S] over [text ; (prompt ;) audio] -> audio queries over text keys [B, H, Tq, L].
+    audio_offset: the first audio row (L + prompt length; None = L, no prompt)."""
+    return probs[:, :, max_text if audio_offset is None else audio_offset:, :max_text]
 
 
 def guided_attention_loss(text_probs: Tensor, text_lens: Tensor, query_mask: Tensor, sigma: float) -> Tensor:
@@ -69,10 +70,11 @@ def guided_attention_loss(text_probs: Tensor, text_lens: Tensor, query_mask: Ten
 
 
 def guided_loss_from_probs(probs: Mapping[int, Tensor], layers: Sequence[int], heads: int, text_lens: Tensor,
-                           query_mask: Tensor, max_text: int, sigma: float) -> Tensor:
+                           query_mask: Tensor, max_text: int, sigma: float,
+                           audio_offset: int | None = None) -> Tensor:
     """Mean of `guided_attention_loss` over the given layers' first `heads` heads (0 = all)."""
     losses = []
     for i in layers:
-        p = text_attention(probs[i], max_text)  # [B, H, Tq, L]
+        p = text_attention(probs[i], max_text, audio_offset)  # [B, H, Tq, L]
         losses.append(guided_attention_loss(p[:, :heads] if heads else p, text_lens, query_mask, sigma))
     return torch.stack(losses).mean()

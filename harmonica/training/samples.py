@@ -113,21 +113,22 @@ class SampleRenderer:
         ex = spec.example
         text = ex.text[None].to(device)  # [1, L]
         text_lens = torch.tensor([ex.text.numel()], device=device)  # [1]
+        prompt = spec.prompt[None].to(device) if spec.prompt is not None else None  # [1, n_q, P]
+        prompt_lens = torch.tensor([spec.prompt.size(1)], device=device) if spec.prompt is not None else None
+        cond = getattr(model, "speaker_condition", None) or model.cfg.speaker_condition
         if self.kind == "ar":
             budget = int(len(ex.text) * d.max_length_per_char * self.frame_rate)
             max_new = max(1, min(self.max_audio_frames, budget))
             [tokens] = model.generate(
                 text, text_lens, max_new_tokens=max_new, temperature=d.temperature[0],
                 top_k=d.top_k[0], top_p=d.top_p[0], repetition_penalty=d.repetition_penalty, generator=gen,
-                text_guidance=d.text_guidance,
+                text_guidance=d.text_guidance, prompt=prompt if cond == "prompt" else None,
+                prompt_lens=prompt_lens if cond == "prompt" else None,
             )  # [T]
             return tokens[None].cpu() if tokens.numel() else None  # [1, T]
         cb0 = ex.codes[0][None].to(device)  # [1, T]
         lens = torch.tensor([cb0.size(1)], device=device)
-        prompt = spec.prompt[None].to(device) if spec.prompt is not None else None  # [1, n_q, P]
-        prompt_lens = torch.tensor([spec.prompt.size(1)], device=device) if spec.prompt is not None else None
         speaker = torch.tensor([spec.speaker], device=device)
-        cond = getattr(model, "speaker_condition", None) or model.cfg.speaker_condition
         out = model.generate(
             text, text_lens, cb0, lens,
             prompt=prompt if cond == "prompt" else None,

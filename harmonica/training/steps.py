@@ -48,6 +48,11 @@ def _usage(logits: Tensor, targets: Tensor, mask: Tensor, codebook: int, ce_mean
         return UsageUpdate(codebook, logits.detach().argmax(-1), targets, mask, ce_sum)
 
 
+def _voice(batch: dict[str, Any]) -> dict[str, Tensor]:
+    """The AR's acoustic prompt of a batch, if it has one (speaker_condition=prompt)."""
+    return {k: batch[k] for k in ("prompt", "prompt_lens") if batch.get(k) is not None}
+
+
 class ARTask:
     """Text -> first codebook with a stop token; scheduled sampling and teacher-forcing noise."""
 
@@ -66,13 +71,14 @@ class ARTask:
         audio, audio_lens = batch["audio"], batch["audio_lens"]  # [B, T], [B]
         # classifier-free guidance: some rows learn the empty text (the guided loss leaves them out)
         text, text_lens, dropped = text_dropout(text, text_lens, self.cfg.text_dropout, generator)  # [B, L], [B], [B]
+        voice = _voice(batch)
         inputs, _, mask = core.teacher_inputs(audio, audio_lens)  # [B, T+1]
         input_mask = mask & (torch.arange(mask.size(1), device=mask.device)[None] > 0)  # [B, T+1], no BOS
         override = None
         ratio = scheduled_sampling_ratio_at(step, self.cfg)
         if ratio < 1.0:
             with torch.no_grad():
-                first, _, _ = model(text, text_lens, audio, audio_lens)  # [B, T+1, V+1]
+                first, _, _ = model(text, text_lens, audio, audio_lens, **voice)  # [B, T+1, V+1]
             override = scheduled_sampling_mix(
                 inputs, core.predicted_inputs(first), ratio, generator=generator, mask=input_mask
             )  # [B, T+1]
@@ -83,12 +89,13 @@ class ARTask:
         layers = guided_layers(self.cfg, len(core.blocks)) if w_guided > 0 else []
         logits, _, aux = model(
             text, text_lens, audio, audio_lens, collect_attn=collect_attn, input_override=override, attn_layers=layers,
+            **voice,
         )  # [B, T+1, V+1]
         loss, terms = compute_objective(logits, aux["targets"], aux["mask"], step, self.cfg, codebook_index=0, n_q=self.n_q)
         if layers:
             guided = guided_loss_from_probs(aux["attn_probs"], layers, self.cfg.guided_attention_heads, text_lens,
                                             aux["mask"] & ~dropped[:, None], text.size(1),
-                                            self.cfg.guided_attention_sigma)
+                                            self.cfg.guided_attention_sigma, aux["audio_offset"])
             loss = loss + w_guided * guided
             terms["guided_attn"], terms["guided_attn_weight"] = guided.detach(), torch.tensor(w_guided)
         terms["teacher_forcing_ratio"] = torch.tensor(ratio)
@@ -102,7 +109,8 @@ class ARTask:
 
     @torch.no_grad()
     def val_step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        logits, loss, aux = model(batch["text"], batch["text_lens"], batch["audio"], batch["audio_lens"])
+        logits, loss, aux = model(batch["text"], batch["text_lens"], batch["audio"], batch["audio_lens"],
+                                  **_voice(batch))
         return StepOutput(loss=loss, terms={"ce": loss}, usage=[_usage(logits, aux["targets"], aux["mask"], 0)])
 
 

@@ -3,6 +3,7 @@
   {prefix}/text_gain        teacher-forced CE with each utterance's text swapped for another's of
                             the same batch (a fixed derangement) minus CE with the true texts, in
                             nats per frame. ~0 = the model ignores the text (it continues audio).
+                            An acoustic prompt stays with its utterance: only the text is swapped.
   {prefix}/attn_text_share  mean attention mass audio queries put on text keys (over valid queries,
                             heads and decoder layers); /layer{i} per layer.
   {prefix}/guided_attn      the guided-attention penalty of that attention (harmonica/training/
@@ -54,17 +55,18 @@ def text_use_metrics(model: nn.Module, batches: Sequence[dict[str, Any]], prefix
         for b in batches:
             text, text_lens, audio, audio_lens = b["text"], b["text_lens"], b["audio"], b["audio_lens"]
             L = text.size(1)
-            _, loss, aux = model(text, text_lens, audio, audio_lens, attn_layers=layers)
+            voice = {k: b[k] for k in ("prompt", "prompt_lens") if b.get(k) is not None}  # kept when texts swap
+            _, loss, aux = model(text, text_lens, audio, audio_lens, attn_layers=layers, **voice)
             mask = aux["mask"]  # [B, T+1] valid audio queries / targets
             nq = int(mask.sum())
             for i in layers:
-                p = text_attention(aux["attn_probs"][i], L)  # [B, H, T+1, L]
+                p = text_attention(aux["attn_probs"][i], L, aux["audio_offset"])  # [B, H, T+1, L]
                 share[i] += float(text_share(p, mask)) * nq
                 guided[i] += float(guided_attention_loss(p, text_lens, mask, sigma)) * nq
             queries += nq
             if text.size(0) >= 2:
                 perm = derangement(text.size(0)).to(text.device)
-                _, swapped, _ = model(text[perm], text_lens[perm], audio, audio_lens)
+                _, swapped, _ = model(text[perm], text_lens[perm], audio, audio_lens, **voice)
                 true_sum += float(loss) * nq
                 swapped_sum += float(swapped) * nq
                 swap_frames += nq

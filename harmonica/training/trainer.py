@@ -123,7 +123,7 @@ class Trainer:
             )
         self.picker = (
             PromptPicker(self.train_examples, self.mcfg.prompt_frames, self.tcfg.seed)
-            if kind == "nar" and self.mcfg.speaker_condition == "prompt" else None
+            if self.mcfg.speaker_condition == "prompt" else None
         )
         sampler = LengthBucketSampler(
             [e.length for e in self.train_examples], [e.speaker for e in self.train_examples],
@@ -143,7 +143,7 @@ class Trainer:
 
     def _collate(self, examples: list[Example], generator: torch.Generator) -> dict[str, Any]:
         if self.kind == "ar":
-            return collate_ar(examples)
+            return collate_ar(examples, prompt_picker=self.picker, generator=generator)
         return collate_nar(examples, prompt_picker=self.picker, speaker_index=self.speakers, generator=generator)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -147,6 +147,21 @@ def test_collate_ar_shapes_and_padding():
     assert torch.isfinite(loss)
 
 
+def test_collate_ar_with_a_picker_adds_codebook0_of_another_utterance_of_the_speaker():
+    ex = make_examples(6, n_speakers=2)
+    picker = PromptPicker(ex, prompt_frames=5, seed=0)
+    batch = collate_ar(ex, prompt_picker=picker, generator=torch.Generator().manual_seed(0))
+    assert batch["prompt"].shape == (len(ex), int(batch["prompt_lens"].max())) and int(batch["prompt_lens"].max()) <= 5
+    for b, e in enumerate(ex):
+        p = batch["prompt"][b, : batch["prompt_lens"][b]]
+        assert any(o.speaker == e.speaker and o.id != e.id and
+                   any(torch.equal(o.codes[0, s:s + p.numel()], p) for s in range(o.frames)) for o in ex)
+    m = tiny.ar_model(speaker_condition="prompt", prompt_frames=5, max_seq_len=48)
+    _, loss, _ = m(batch["text"], batch["text_lens"], batch["audio"], batch["audio_lens"],
+                   prompt=batch["prompt"], prompt_lens=batch["prompt_lens"])
+    assert torch.isfinite(loss) and "prompt" not in collate_ar(ex)
+
+
 def test_prompt_from_same_speaker_other_utterance():
     ex = make_examples(12, n_speakers=3) + [
         Example("solo", "lonely", torch.ones(4, dtype=torch.long), torch.arange(40).repeat(N_Q, 1))]
