@@ -80,9 +80,11 @@ def curve_groups(metric_names: Iterable[str]) -> list[tuple[str, list[str]]]:
 
 def key_metric_names(metrics: Iterable[str]) -> list[str]:
     """The comparison metrics a run has, in a fixed order: final training loss, validation losses,
-    predicted-utilisation median, eval WER/SIM/failure rate and collapse events."""
+    what the model reads (the AR's text gain, the NAR's margin over its count table, the free-running
+    check's WER), predicted-utilisation median, eval WER/SIM/failure rate and collapse events."""
     names = set(metrics)
     out = [k for k in ("ar/loss", "nar/loss", "val/loss", "val_ema/loss",
+                       "val_ema/text_gain", "val_ema/ce_margin", "val/asr_wer",
                        "ar/util_pred_median", "nar/util_pred_median", "val/util_pred_median",
                        "eval/wer", "eval/cer", "eval/sim", "eval/fail/any", "baseline/resynthesis/wer",
                        "oracle/gt_coarse/wer", "collapse/events",
@@ -91,7 +93,7 @@ def key_metric_names(metrics: Iterable[str]) -> list[str]:
 
 
 # lower is better unless listed here
-HIGHER_IS_BETTER = re.compile(r"(util_pred|/sim$|/acc$|usage_entropy)")
+HIGHER_IS_BETTER = re.compile(r"(util_pred|/sim$|/acc$|usage_entropy|text_gain$|ce_margin$)")
 
 
 def better_is_higher(metric: str) -> bool:

@@ -62,11 +62,12 @@ def test_curve_end_to_end_on_tiny_models(tmp_path, tiny_corpus, tiny_cache_workd
     parent = runs[0]
     for name in ("wer", "cer", "sim", "resynthesis_wer", "minutes", "percent"):
         history = sorted(client.get_metric_history(parent.info.run_id, f"curve/{name}"), key=lambda h: h.step)
-        # SIM is NaN when a tiny model decodes nothing at a point: the table keeps it, MLflow gets no point
-        assert len(history) == (2 if name in ("wer", "minutes", "percent") else len(history)) >= 1, name
+        # SIM is NaN when a tiny model decodes too little at a point (an embedding needs audio): the
+        # table keeps it, MLflow gets no point. MLflow holds exactly the table's finite values.
         want = [r[name] for r in result if isinstance(r.get(name), float) and math.isfinite(r[name])]
-        if want:  # the printed table holds this column: MLflow has exactly its finite values
-            assert [h.value for h in history] == pytest.approx(want), name
+        if name in ("wer", "minutes", "percent"):
+            assert len(want) == 2, name
+        assert [h.value for h in history] == pytest.approx(want), name
     wers = client.get_metric_history(parent.info.run_id, "curve/wer")
     minutes = client.get_metric_history(parent.info.run_id, "curve/minutes")
     assert [h.step for h in wers] == [round(m.value * 60) for m in minutes]  # step = seconds of training

@@ -3,7 +3,7 @@
 import pytest
 
 from harmonica.reports import compare_runs, format_table
-from harmonica.reports.common import fmt_num
+from harmonica.reports.common import better_is_higher, fmt_num, key_metric_names
 from tests.reports.store import DIFFERING_PARAM
 
 
@@ -54,3 +54,14 @@ def test_compare_mixed_stages_and_truncation(report_store):
 def test_compare_needs_two_runs(report_store):
     with pytest.raises(ValueError, match="at least two"):
         compare_runs([report_store.nar_a], tracking_uri=report_store.tracking_uri)
+
+
+def test_key_metrics_show_what_the_models_read_with_the_right_direction() -> None:
+    """An AR comparison shows its text gain, a NAR's its margin over the count table, with the
+    free-running check's WER, in a fixed order."""
+    have = ["eval/wer", "throughput/tokens_per_sec", "val/asr_wer", "val_ema/text_gain", "val_ema/loss",
+            "ar/loss", "val_ema/ce_margin", "ar/cb0/ce"]
+    assert key_metric_names(have) == ["ar/loss", "val_ema/loss", "val_ema/text_gain", "val_ema/ce_margin",
+                                      "val/asr_wer", "eval/wer"]
+    assert all(better_is_higher(m) for m in ("val_ema/text_gain", "val_ema/ce_margin"))
+    assert not any(better_is_higher(m) for m in ("val/asr_wer", "val_ema/loss", "eval/wer"))
