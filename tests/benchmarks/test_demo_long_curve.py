@@ -63,11 +63,11 @@ def test_curve_end_to_end_on_tiny_models(tmp_path, tiny_corpus, tiny_cache_workd
     for name in ("wer", "cer", "sim", "resynthesis_wer", "minutes", "percent"):
         history = sorted(client.get_metric_history(parent.info.run_id, f"curve/{name}"), key=lambda h: h.step)
         # SIM is NaN when a tiny model decodes too little at a point (an embedding needs audio): the
-        # table keeps it, MLflow gets no point. MLflow holds exactly the table's finite values.
-        want = [r[name] for r in result if isinstance(r.get(name), float) and math.isfinite(r[name])]
-        if name in ("wer", "minutes", "percent"):
-            assert len(want) == 2, name
-        assert [h.value for h in history] == pytest.approx(want), name
+        # table keeps it, MLflow gets no point; every other column has both points, all finite
+        assert len(history) == 2 or (name == "sim" and len(history) < 2), name
+        assert all(math.isfinite(h.value) for h in history), name
+        if name in result[0]:  # a column of the printed summary: MLflow holds exactly its values
+            assert [h.value for h in history] == pytest.approx([r[name] for r in result]), name
     wers = client.get_metric_history(parent.info.run_id, "curve/wer")
     minutes = client.get_metric_history(parent.info.run_id, "curve/minutes")
     assert [h.step for h in wers] == [round(m.value * 60) for m in minutes]  # step = seconds of training
