@@ -174,7 +174,7 @@ class ARModel(nn.Module):
         positions noise / scheduled sampling may touch) and attn_entropy [text_layers + n_layers, H]
         (text encoder first) when collect_attn. input_override [B, T+1] replaces the teacher-forced
         inputs (keep BOS at index 0); its padding is ignored. attn_layers: decoder blocks whose
-        attention probabilities aux["attn_probs"][i] [B, H, L+T+1, L+T+1] are returned (with
+        attention probabilities aux["attn_probs"][i] [B, H, S, S] (S = L+P+T+1) are returned (with
         gradients, e.g. for a guided-attention loss); empty = the fused attention kernel everywhere.
         aux["audio_offset"] = L + P: the row of the first audio query in those probabilities."""
         B, T = audio.shape
@@ -212,11 +212,12 @@ class ARModel(nn.Module):
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                  generator: torch.Generator | None = None, text_guidance: float = 1.0,
                  prompt: Tensor | None = None, prompt_lens: Tensor | None = None) -> list[Tensor]:
-        """Sample codebook-0 continuations (prompt [B, P] / [B, n_q, P]: the speaker's acoustic prompt
-        when speaker_condition=prompt; `prefix` is a different thing, audio the output continues). Returns one LongTensor [T_i] per item: the new tokens only
-        (prefix excluded, STOP excluded). Stops per item at STOP, after max_new_tokens, or when
-        prefix + new reaches max_seq_len - 1. Text + BOS + prefix go through the model once; then
-        one token per step against a KV cache. The repetition penalty covers the item's new tokens.
+        """Sample codebook-0 continuations. prompt [B, P] / [B, n_q, P]: the speaker's acoustic prompt
+        (speaker_condition=prompt); `prefix` is another thing: audio the output continues.
+        Returns one LongTensor [T_i] per item: the new tokens only (prefix excluded, STOP excluded).
+        Stops per item at STOP, after max_new_tokens, or when prefix + new reaches max_seq_len - 1.
+        Text (+ prompt) + BOS + prefix go through the model once; then one token per step against a
+        KV cache. The repetition penalty covers the item's new tokens.
         text_guidance s != 1: classifier-free guidance on the text -- each step's logits are
         empty + s * (text - empty), `empty` the same model given the empty text (`empty_text`; the
         model must have trained with text dropout to know it); the two run as one batch of 2B.
