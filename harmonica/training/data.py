@@ -21,7 +21,7 @@ from harmonica.data.cache import SplitTokens
 
 __all__ = [
     "UNKNOWN_SPEAKER", "BatchStream", "Example", "LengthBucketSampler", "PromptPicker", "collate_ar",
-    "collate_nar", "load_examples", "speaker_table",
+    "collate_nar", "load_examples", "prompt_kwargs", "speaker_table",
 ]
 
 PAD_ID = 0  # text and audio padding; every consumer masks with the *_lens tensors anyway
@@ -228,9 +228,15 @@ def collate_ar(examples: Sequence[Example], *, prompt_picker: PromptPicker | Non
     return out
 
 
+def prompt_kwargs(batch: dict[str, Any]) -> dict[str, Tensor]:
+    """A collated batch's acoustic prompt as model keyword arguments ({} when it has none)."""
+    return {k: batch[k] for k in ("prompt", "prompt_lens") if batch.get(k) is not None}
+
+
 class PromptPicker:
-    """Acoustic prompt for the NAR (and a prompted AR): a random crop (<= prompt_frames, all n_q codebooks) of ANOTHER
-    utterance of the same speaker, so the model must use speaker identity rather than copy the target.
+    """Acoustic prompt for the NAR (and a prompted AR): a random crop (<= prompt_frames, all n_q
+    codebooks) of ANOTHER utterance of the same speaker, so the model must use speaker identity
+    rather than copy the target.
 
     Known leak: when the speaker has no other utterance in the pool (or is not in it at all), the
     crop comes from the example itself, i.e. the prompt contains target codes. Such speakers are

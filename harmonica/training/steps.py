@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from harmonica.config.schema import TrainingConfig
 from harmonica.models.layers import masked_mean_ce
+from harmonica.training.data import prompt_kwargs
 from harmonica.training.guided import guided_layers, guided_loss_from_probs, guided_weight_at
 from harmonica.training.objectives import compute_objective, scheduled_sampling_mix, text_dropout, token_noise
 from harmonica.training.schedules import scheduled_sampling_ratio_at
@@ -48,11 +49,6 @@ def _usage(logits: Tensor, targets: Tensor, mask: Tensor, codebook: int, ce_mean
         return UsageUpdate(codebook, logits.detach().argmax(-1), targets, mask, ce_sum)
 
 
-def _voice(batch: dict[str, Any]) -> dict[str, Tensor]:
-    """The AR's acoustic prompt of a batch, if it has one (speaker_condition=prompt)."""
-    return {k: batch[k] for k in ("prompt", "prompt_lens") if batch.get(k) is not None}
-
-
 class ARTask:
     """Text -> first codebook with a stop token; scheduled sampling and teacher-forcing noise."""
 
@@ -71,7 +67,7 @@ class ARTask:
         audio, audio_lens = batch["audio"], batch["audio_lens"]  # [B, T], [B]
         # classifier-free guidance: some rows learn the empty text (the guided loss leaves them out)
         text, text_lens, dropped = text_dropout(text, text_lens, self.cfg.text_dropout, generator)  # [B, L], [B], [B]
-        voice = _voice(batch)
+        voice = prompt_kwargs(batch)
         inputs, _, mask = core.teacher_inputs(audio, audio_lens)  # [B, T+1]
         input_mask = mask & (torch.arange(mask.size(1), device=mask.device)[None] > 0)  # [B, T+1], no BOS
         override = None
@@ -110,7 +106,7 @@ class ARTask:
     @torch.no_grad()
     def val_step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         logits, loss, aux = model(batch["text"], batch["text_lens"], batch["audio"], batch["audio_lens"],
-                                  **_voice(batch))
+                                  **prompt_kwargs(batch))
         return StepOutput(loss=loss, terms={"ce": loss}, usage=[_usage(logits, aux["targets"], aux["mask"], 0)])
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harmonica.training.data import prompt_kwargs
 from harmonica.training.guided import guided_attention_loss, text_attention
 
 
@@ -55,7 +56,7 @@ def text_use_metrics(model: nn.Module, batches: Sequence[dict[str, Any]], prefix
         for b in batches:
             text, text_lens, audio, audio_lens = b["text"], b["text_lens"], b["audio"], b["audio_lens"]
             L = text.size(1)
-            voice = {k: b[k] for k in ("prompt", "prompt_lens") if b.get(k) is not None}  # kept when texts swap
+            voice = prompt_kwargs(b)  # the voice stays with its utterance when the texts swap
             _, loss, aux = model(text, text_lens, audio, audio_lens, attn_layers=layers, **voice)
             mask = aux["mask"]  # [B, T+1] valid audio queries / targets
             nq = int(mask.sum())
