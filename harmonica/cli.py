@@ -128,7 +128,7 @@ def sync(run_id: str, project: str, workdir: str) -> None:
 @pair_options
 @click.option("--text", "sentence", required=True)
 @click.option("--prompt-wav", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="a few seconds of the target voice (NAR speaker_condition=prompt)")
+              help="a few seconds of the target voice (speaker_condition=prompt, AR or NAR)")
 @click.option("--speaker", type=int, default=None, help="speaker index (NAR speaker_condition=embedding)")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True)
 @project_option(help="for eval.decode.* and tracking settings")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harmonica.config.schema import HarmonicaConfig
+from harmonica.data.audio import AudioError
 from harmonica.tracking.adapter import resolve_tracking_uri
 from harmonica.tracking.refs import resolve_checkpoint
 from harmonica.training.progress import make_progress
@@ -54,7 +55,11 @@ def run_synthesize(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: st
         ar_path, nar_path = resolve_pair(cfg, Path(workdir), ar_ref, nar_ref)
         bar.update(1, {"now": PHASES[1]})
         synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode)
-        prompt = synth.prompt_from_wav(prompt_wav) if prompt_wav else None
+        try:
+            prompt = synth.prompt_from_wav(prompt_wav) if prompt_wav else None
+        except AudioError as e:
+            raise SynthesisError(f"--prompt-wav {prompt_wav} is not audio harmonica can read ({e}): "
+                                 "pass a WAV/FLAC recording of the target voice") from e
         if synth.speaker_condition == "prompt" and prompt is None:
             raise SynthesisError("this model is conditioned on an acoustic prompt: pass --prompt-wav FILE "
                                  "(a few seconds of the target voice)")

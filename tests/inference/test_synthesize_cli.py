@@ -34,6 +34,13 @@ def test_synthesize_writes_audio_and_refuses_bad_pairs(tiny_checkpoints, tiny_co
                        "--text", "hi", "--out", str(out), "--workdir", str(tmp_path), cwd=tmp_path)
     assert no_prompt.returncode != 0 and "--prompt-wav" in no_prompt.stderr
 
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_text("not audio")
+    unreadable = _synth("--ar", str(tiny_checkpoints["ar"]), "--nar", str(tiny_checkpoints["nar"]), "--text", "hi",
+                        "--prompt-wav", str(garbage), "--out", str(out), "--workdir", str(tmp_path), cwd=tmp_path)
+    assert unreadable.returncode == 1 and "Traceback" not in unreadable.stderr
+    assert "--prompt-wav" in unreadable.stderr and "is not audio harmonica can read" in unreadable.stderr
+
     missing = _synth("--ar", str(tmp_path / "nope"), "--nar", str(tiny_checkpoints["nar"]), "--text", "hi",
                      "--out", str(out), "--workdir", str(tmp_path), cwd=tmp_path)
     assert missing.returncode != 0 and "not a checkpoint reference" in missing.stderr
