@@ -130,6 +130,17 @@ class Codec(abc.ABC):
     def decode_latent(self, latent: torch.Tensor) -> np.ndarray:
         """A sum of stage embeddings ``[T, D]`` -> float32 ``[T*hop]`` (the second half of `decode`)."""
 
+    @abc.abstractmethod
+    def latent(self, wav: np.ndarray) -> torch.Tensor:
+        """float32 mono ``[T_samples]`` -> the quantizer's input ``[ceil(T/hop), D]``: what the sum of
+        the stage embeddings approximates."""
+
+    def resynthesize_unquantized(self, wav: np.ndarray) -> np.ndarray:
+        """The codec without its quantizer: `decode_latent` of the waveform's own latent. Its distance
+        from the recording is the vocoder's (decoder's) share of what the codec loses; the rest is the
+        quantizer's."""
+        return self.decode_latent(self.latent(wav))
+
     def decode_expected(self, codes: np.ndarray, probs: Mapping[int, torch.Tensor]) -> np.ndarray:
         """Decode codes ``[k, T]`` where each stage s in `probs` (``[T, stage_sizes[s]]``, rows summing
         to 1) contributes the probability-weighted mean of its embeddings instead of the entry in

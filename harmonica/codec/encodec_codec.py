@@ -92,6 +92,9 @@ class EncodecCodec(Codec):
         x = self._check_wav(wav)[None, None]  # [1, 1, T]
         return self.model.encoder(x)[0].t().contiguous()  # [T_frames, 128]
 
+    def latent(self, wav: np.ndarray) -> torch.Tensor:
+        return self.embeddings(wav)  # [T, 128]
+
     def fit(self, wavs: Iterable[np.ndarray]) -> None:
         """Initialise the quantizer codebooks by residual k-means; no-op for real weights."""
         if self._pretrained and not self.needs_fit:

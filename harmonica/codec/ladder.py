@@ -3,7 +3,9 @@
 For a fixed slice of held-out utterances (the first `n` eval-split ids of a token cache, else val), the
 cached codes of stages 0..k-1 are decoded for every k = 1..n_q and transcribed by the evaluation ASR;
 WER (corpus-level, as `eval/wer`) and CER (mean, as `eval/cer`) per k show how much speech the AR's
-target (k = 1) and each NAR stage add, next to the same figures on the recordings themselves. Pure
+target (k = 1) and each NAR stage add, next to the same figures on the recordings themselves and on
+the codec without its quantizer (`unquantized`: the recording's own latent through the codec's
+decoder), which splits what resynthesis loses into the vocoder's share and the quantizer's. Pure
 computation: the preprocess stage logs the result (`codec/ladder/k{k}/wer` ...).
 """
 
@@ -31,11 +33,13 @@ log = logging.getLogger(__name__)
 
 LADDER_FILE = "codec_ladder.json"
 GROUND_TRUTH = "ground_truth"
+UNQUANTIZED = "unquantized"
+LADDER_VERSION = 2  # 2: + the unquantized level; a stored ladder of another version is measured again
 
 
 @dataclass
 class Ladder:
-    metrics: dict[str, float]  # codec/ladder/{k<k>|ground_truth}/{wer,cer}, codec/ladder/time_sec
+    metrics: dict[str, float]  # codec/ladder/{k<k>|ground_truth|unquantized}/{wer,cer}, .../time_sec
     rows: list[dict[str, Any]]  # one per (utterance, level): id, level, text, hypothesis, wer, cer
     settings: dict[str, Any]
 
@@ -43,9 +47,11 @@ class Ladder:
         keys = ("level", "id", "text", "hypothesis", "cer")
         return {k: [r[k] for r in self.rows] for k in keys}
 
+    def levels(self) -> list[str]:
+        return [GROUND_TRUTH, UNQUANTIZED] + [f"k{k}" for k in range(1, self.settings["n_q"] + 1)]
+
     def summary(self) -> str:
-        levels = [GROUND_TRUTH] + [f"k{k}" for k in range(1, self.settings["n_q"] + 1)]
-        cells = [f"{lv} {self.metrics[f'codec/ladder/{lv}/wer']:.3f}" for lv in levels]
+        cells = [f"{lv} {self.metrics[f'codec/ladder/{lv}/wer']:.3f}" for lv in self.levels()]
         return "codec ladder WER: " + ", ".join(cells)
 
 
@@ -58,7 +64,7 @@ def ladder_slice(cache: TokenCache, n: int) -> list[tuple[dict[str, Any], np.nda
 
 def _settings(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> dict[str, Any]:
     return {"utterances": n, "asr": cfg.eval.asr.model_dump(mode="json"), "cache": cache.fingerprint,
-            "n_q": int(cache.contract["n_q"])}
+            "n_q": int(cache.contract["n_q"]), "version": LADDER_VERSION}
 
 
 def _score(level: str, items: list[tuple[dict[str, Any], np.ndarray, str]], wavs: list[np.ndarray], sr: int,
@@ -95,6 +101,9 @@ def run_ladder(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> Ladder | None
             wav = trim_silence(wav, sr, cfg.data.trim_db)
         truth.append(normalize(wav, cfg.data.normalize, cfg.data.normalize_level_db))
     metrics, rows = _score(GROUND_TRUTH, items, truth, sr, asr)
+    m, r = _score(UNQUANTIZED, items, [codec.resynthesize_unquantized(w) for w in truth], sr, asr)
+    metrics.update(m)
+    rows += r
     for k in range(1, codec.n_q + 1):
         wavs = [codec.decode(codes[:k]) for _, codes, _ in items]
         m, r = _score(f"k{k}", items, wavs, sr, asr)
@@ -110,7 +119,7 @@ def run_ladder(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> Ladder | None
 def write_table(ladder: Ladder, path: Path) -> Path:
     """A small markdown table: one line per level with its WER and CER."""
     lines = ["| level | WER | CER |", "|---|---|---|"]
-    for level in [GROUND_TRUTH] + [f"k{k}" for k in range(1, ladder.settings["n_q"] + 1)]:
+    for level in ladder.levels():
         m = ladder.metrics
         lines.append(f"| {level} | {m[f'codec/ladder/{level}/wer']:.3f} | {m[f'codec/ladder/{level}/cer']:.3f} |")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -82,6 +82,9 @@ class MelRVQCodec(Codec):
         """Log-mel frames ``[ceil(T/hop), n_mels]`` of one waveform."""
         return self.mel.log_mel(self._check_wav(wav))
 
+    def latent(self, wav: np.ndarray) -> torch.Tensor:
+        return self.features(wav)  # [T, n_mels]
+
     def fit(self, wavs: Iterable[np.ndarray]) -> None:
         """(Re)fit the codebooks on at most ``kmeans_max_frames`` seeded-sampled frames."""
         pool = FrameReservoir(self.cfg.kmeans_max_frames, self.cfg.seed)

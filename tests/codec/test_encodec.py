@@ -218,3 +218,16 @@ def test_decode_expected_with_one_hot_probabilities_is_decode(codec: EncodecCode
     codes = np.random.default_rng(0).integers(0, codec.codebook_size, size=(3, 12))  # [3, T]
     probs = {s: torch.nn.functional.one_hot(torch.from_numpy(codes[s]), codec.codebook_size).float() for s in (1, 2)}
     np.testing.assert_allclose(codec.decode_expected(codes, probs), codec.decode(codes), atol=1e-5)
+
+
+def test_unquantized_resynthesis_decodes_the_quantizers_input(codec: EncodecCodec, one_second) -> None:
+    latent = codec.latent(one_second)  # [75, 128]
+    assert latent.shape == (75, 128)
+    codes = codec.encode(one_second)  # [8, 75]
+    # the latent is what the stages approximate: each stage's embedding brings the sum closer to it
+    sums = torch.cumsum(torch.stack([codec.stage_embeddings(s)[codes[s]] for s in range(codec.n_q)]), 0)
+    errors = [float((latent - s).pow(2).mean()) for s in sums]  # stage 1 .. n_q
+    assert errors[-1] < errors[0], errors
+    out = codec.resynthesize_unquantized(one_second)
+    assert out.shape == (75 * HOP,) and out.dtype == np.float32
+    np.testing.assert_allclose(out, codec.decode_latent(latent), atol=1e-6)

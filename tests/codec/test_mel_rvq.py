@@ -79,6 +79,19 @@ def test_griffin_lim_matches_quantized_mel(codec: MelRVQCodec, test_wavs) -> Non
         assert _mae(codec.features(audio), codec.quantized_log_mel(codes)) < 0.3
 
 
+def test_unquantized_resynthesis_is_the_vocoder_alone(codec: MelRVQCodec, test_wavs) -> None:
+    """The recording's own log-mel through Griffin-Lim: closer to the recording than any decode of its
+    codes (the ladder's `unquantized` level: what the vocoder loses, without the quantizer)."""
+    for w in test_wavs:
+        audio = codec.resynthesize_unquantized(w)
+        assert audio.dtype == np.float32 and audio.shape == (codec.encode(w).shape[1] * HOP,)
+        assert np.array_equal(audio, codec.decode_latent(codec.latent(w)))
+        truth = codec.features(w)  # [T, n_mels]
+        unquantized = _mae(codec.features(audio), truth)
+        quantized = _mae(codec.features(codec.decode(codec.encode(w))), truth)
+        assert unquantized < quantized, (unquantized, quantized)
+
+
 def test_decode_is_deterministic_and_accepts_prefix(codec: Codec, one_second) -> None:
     codes = codec.encode(one_second)
     assert np.array_equal(codec.decode(codes), codec.decode(codes))

@@ -210,14 +210,14 @@ def test_codec_ladder_is_logged_and_reused(tmp_path: Path, workdir: Path):
     out = run_preprocess(cfg, workdir, progress=False)
     client = MlflowClient(out.tracking_uri)
     metrics = client.get_run(out.run_id).data.metrics
-    for level in ("ground_truth", "k1", "k2"):
+    for level in ("ground_truth", "unquantized", "k1", "k2"):
         for m in ("wer", "cer"):
             assert 0.0 <= metrics[f"codec/ladder/{level}/{m}"], (level, m)
     assert "codec/ladder/k3/wer" not in metrics  # n_q = 2
     table = (Path(client.download_artifacts(out.run_id, "codec_ladder/codec_ladder.md"))).read_text()
-    assert table.count("\n") == 2 + 3 and "| k2 |" in table
+    assert table.count("\n") == 2 + 4 and "| k2 |" in table and "| unquantized |" in table
     rows = json.loads(Path(client.download_artifacts(out.run_id, "codec_ladder/rows.json")).read_text())
-    assert len(rows["data"]) == 2 * 3
+    assert len(rows["data"]) == 2 * 4
     # a second preprocess reuses the cache and the stored ladder (same figures, no new ASR pass)
     again = run_preprocess(cfg, workdir, progress=False)
     m2 = MlflowClient(again.tracking_uri).get_run(again.run_id).data.metrics
