@@ -78,10 +78,11 @@ def test_cross_field_stop_token_cap():
 
 
 def test_cross_field_warmup_and_grad_accum_units():
+    total = load_config("demo").training.ar.total_steps
     with pytest.raises(ConfigError, match="warmup_steps"):
-        load_config("demo", ["training.ar.warmup_steps=800"])
+        load_config("demo", [f"training.ar.warmup_steps={total + 200}"])
     with pytest.raises(ConfigError, match="optimizer steps"):
-        load_config("demo", ["training.ar.scheduled_sampling=true", "training.ar.scheduled_sampling_start=900"])
+        load_config("demo", ["training.ar.scheduled_sampling=true", f"training.ar.scheduled_sampling_start={total + 300}"])
     cfg = load_config("demo", ["training.ar.grad_accum_steps=4"])
     assert cfg.training.ar.micro_steps_total == 4 * cfg.training.ar.total_steps
 
