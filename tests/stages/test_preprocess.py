@@ -226,6 +226,16 @@ def test_codec_ladder_is_logged_and_reused(tmp_path: Path, workdir: Path):
     # the slice size is not a token setting: same cache
     other = run_preprocess(_cfg(corpus.root, "data.eval_fraction=0.2"), workdir, progress=False)
     assert other.result.reused
+    # a ladder stored by an older harmonica (no version, no unquantized level) is measured again
+    stored = again.result.cache.directory / "codec_ladder.json"
+    payload = json.loads(stored.read_text())
+    del payload["settings"]["version"]
+    payload["metrics"] = {k: v for k, v in payload["metrics"].items() if "/unquantized/" not in k}
+    stored.write_text(json.dumps(payload))
+    third = run_preprocess(cfg, workdir, progress=False)
+    m3 = MlflowClient(third.tracking_uri).get_run(third.run_id).data.metrics
+    assert "codec/ladder/unquantized/wer" in m3
+    assert json.loads(stored.read_text())["settings"]["version"] >= 2
 
 
 def test_codec_ladder_skips_a_codec_without_trained_weights(tmp_path: Path):
