@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -78,15 +79,26 @@ def _score(level: str, items: list[tuple[dict[str, Any], np.ndarray, str]], wavs
     return metrics, rows
 
 
+def _read_stored(path: Path) -> dict[str, Any] | None:
+    """The stored ladder's payload; None when there is none or it cannot be read (measured again)."""
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        log.warning("stored codec ladder %s is unreadable (%s); measuring it again", path, e)
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 def run_ladder(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> Ladder | None:
     """The ladder on `n` utterances (None when the cache has no eval/val utterance). Reuses the result
     stored in the cache directory when it was made with the same slice size and ASR."""
     settings = _settings(cfg, cache, n)
     stored = cache.directory / LADDER_FILE
-    if stored.is_file():
-        payload = json.loads(stored.read_text(encoding="utf-8"))
-        if payload.get("settings") == settings:
-            return Ladder(payload["metrics"], payload["rows"], settings)
+    payload = _read_stored(stored)
+    if payload is not None and payload.get("settings") == settings:
+        return Ladder(payload["metrics"], payload["rows"], settings)
     items = ladder_slice(cache, n)
     if not items:
         return None
@@ -111,7 +123,9 @@ def run_ladder(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> Ladder | None
         rows += r
     metrics["codec/ladder/time_sec"] = time.perf_counter() - start
     ladder = Ladder(metrics, rows, settings)
-    stored.write_text(json.dumps({"settings": settings, "metrics": metrics, "rows": rows}, indent=1), encoding="utf-8")
+    tmp = stored.with_name(stored.name + ".tmp")  # a kill mid-write must not leave half a ladder
+    tmp.write_text(json.dumps({"settings": settings, "metrics": metrics, "rows": rows}, indent=1), encoding="utf-8")
+    os.replace(tmp, stored)
     log.info("%s (%d utterances, %.0f s)", ladder.summary(), len(items), metrics["codec/ladder/time_sec"])
     return ladder
 

@@ -236,6 +236,11 @@ def test_codec_ladder_is_logged_and_reused(tmp_path: Path, workdir: Path):
     m3 = MlflowClient(third.tracking_uri).get_run(third.run_id).data.metrics
     assert "codec/ladder/unquantized/wer" in m3
     assert json.loads(stored.read_text())["settings"]["version"] >= 2
+    # a stored ladder cut short (a kill mid-write by an older harmonica, a full disk) is measured again
+    stored.write_text('{"settings": {"utter')
+    fourth = run_preprocess(cfg, workdir, progress=False)
+    assert "codec/ladder/unquantized/wer" in MlflowClient(fourth.tracking_uri).get_run(fourth.run_id).data.metrics
+    assert "codec/ladder/unquantized/wer" in json.loads(stored.read_text())["metrics"]  # written whole again
 
 
 def test_codec_ladder_skips_a_codec_without_trained_weights(tmp_path: Path):
