@@ -5,7 +5,9 @@ cached codes of stages 0..k-1 are decoded for every k = 1..n_q and transcribed b
 WER (corpus-level, as `eval/wer`) and CER (mean, as `eval/cer`) per k show how much speech the AR's
 target (k = 1) and each NAR stage add, next to the same figures on the recordings themselves and on
 the codec without its quantizer (`unquantized`: the recording's own latent through the codec's
-decoder), which splits what resynthesis loses into the vocoder's share and the quantizer's. Pure
+decoder), which splits what resynthesis loses into the vocoder's share and the quantizer's. A slice of
+a few utterances is noisy, so each level's WER carries a 95% bootstrap interval over the slice's
+utterances (`.../wer_ci_low|_ci_high`, the same resamples for every level, as evaluate does). Pure
 computation: the preprocess stage logs the result (`codec/ladder/k{k}/wer` ...).
 """
 
@@ -27,8 +29,9 @@ from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.audio import load_audio, normalize, trim_silence
 from harmonica.data.cache import TokenCache
 from harmonica.evaluation.asr import get_asr
+from harmonica.evaluation.bootstrap import percentile_interval, resample_indices, resampled_ratios, word_counts
 from harmonica.evaluation.suite import _split_items as split_items
-from harmonica.evaluation.text import cer, corpus_wer
+from harmonica.evaluation.text import cer, corpus_wer, wer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ LADDER_VERSION = 2  # 2: + the unquantized level; a stored ladder of another ver
 
 @dataclass
 class Ladder:
-    metrics: dict[str, float]  # codec/ladder/{k<k>|ground_truth|unquantized}/{wer,cer}, .../time_sec
+    metrics: dict[str, float]  # codec/ladder/{k<k>|ground_truth|unquantized}/{wer,cer,wer_ci_*}, .../time_sec
     rows: list[dict[str, Any]]  # one per (utterance, level): id, level, text, hypothesis, wer, cer
     settings: dict[str, Any]
 
@@ -51,9 +54,37 @@ class Ladder:
     def levels(self) -> list[str]:
         return [GROUND_TRUTH, UNQUANTIZED] + [f"k{k}" for k in range(1, self.settings["n_q"] + 1)]
 
+    def wer_cell(self, level: str) -> str:
+        """'0.546 [0.47, 0.62]' (the interval when there is one)."""
+        m, key = self.metrics, f"codec/ladder/{level}/wer"
+        lo, hi = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+        bounds = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
+        return f"{m[key]:.3f}{bounds}"
+
     def summary(self) -> str:
-        cells = [f"{lv} {self.metrics[f'codec/ladder/{lv}/wer']:.3f}" for lv in self.levels()]
-        return "codec ladder WER: " + ", ".join(cells)
+        cells = [f"{lv} {self.wer_cell(lv)}" for lv in self.levels()]
+        return "codec ladder WER [95% CI]: " + ", ".join(cells)
+
+
+def ladder_intervals(rows: list[dict[str, Any]], levels: list[str], samples: int, seed: int) -> dict[str, float]:
+    """`codec/ladder/<level>/wer_ci_low|_ci_high`: percentile intervals of corpus WER over resamples of
+    the slice's utterances, the same resamples for every level (empty with no resamples; a level that
+    lacks an utterance of the slice gets none)."""
+    ids = list(dict.fromkeys(r["id"] for r in rows))
+    idx = resample_indices(len(ids), samples, seed)  # [samples, n]
+    out: dict[str, float] = {}
+    if idx.size == 0:
+        return out
+    for level in levels:
+        by_id = {r["id"]: r for r in rows if r["level"] == level}
+        if set(by_id) != set(ids):
+            continue
+        counts = np.array([word_counts(by_id[u]["text"], by_id[u]["hypothesis"],
+                                       wer(by_id[u]["text"], by_id[u]["hypothesis"])) for u in ids])  # [n, 2]
+        lo, hi = percentile_interval(resampled_ratios(counts[:, 0], counts[:, 1], idx))
+        out[f"codec/ladder/{level}/wer_ci_low"] = lo
+        out[f"codec/ladder/{level}/wer_ci_high"] = hi
+    return out
 
 
 def ladder_slice(cache: TokenCache, n: int) -> list[tuple[dict[str, Any], np.ndarray, str]]:
@@ -98,7 +129,9 @@ def run_ladder(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> Ladder | None
     stored = cache.directory / LADDER_FILE
     payload = _read_stored(stored)
     if payload is not None and payload.get("settings") == settings:
-        return Ladder(payload["metrics"], payload["rows"], settings)
+        ladder = Ladder(payload["metrics"], payload["rows"], settings)
+        ladder.metrics.update(_intervals(cfg, ladder))  # from the stored rows: older ladders gain them too
+        return ladder
     items = ladder_slice(cache, n)
     if not items:
         return None
@@ -123,6 +156,7 @@ def run_ladder(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> Ladder | None
         rows += r
     metrics["codec/ladder/time_sec"] = time.perf_counter() - start
     ladder = Ladder(metrics, rows, settings)
+    ladder.metrics.update(_intervals(cfg, ladder))
     tmp = stored.with_name(stored.name + ".tmp")  # a kill mid-write must not leave half a ladder
     tmp.write_text(json.dumps({"settings": settings, "metrics": metrics, "rows": rows}, indent=1), encoding="utf-8")
     os.replace(tmp, stored)
@@ -130,11 +164,14 @@ def run_ladder(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> Ladder | None
     return ladder
 
 
+def _intervals(cfg: HarmonicaConfig, ladder: Ladder) -> dict[str, float]:
+    return ladder_intervals(ladder.rows, ladder.levels(), cfg.eval.bootstrap_samples, cfg.eval.seed)
+
+
 def write_table(ladder: Ladder, path: Path) -> Path:
     """A small markdown table: one line per level with its WER and CER."""
-    lines = ["| level | WER | CER |", "|---|---|---|"]
+    lines = ["| level | WER [95% CI] | CER |", "|---|---|---|"]
     for level in ladder.levels():
-        m = ladder.metrics
-        lines.append(f"| {level} | {m[f'codec/ladder/{level}/wer']:.3f} | {m[f'codec/ladder/{level}/cer']:.3f} |")
+        lines.append(f"| {level} | {ladder.wer_cell(level)} | {ladder.metrics[f'codec/ladder/{level}/cer']:.3f} |")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

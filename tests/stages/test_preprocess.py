@@ -214,6 +214,9 @@ def test_codec_ladder_is_logged_and_reused(tmp_path: Path, workdir: Path):
         for m in ("wer", "cer"):
             assert 0.0 <= metrics[f"codec/ladder/{level}/{m}"], (level, m)
     assert "codec/ladder/k3/wer" not in metrics  # n_q = 2
+    for level in ("ground_truth", "unquantized", "k1", "k2"):  # each level's 95% interval over the slice
+        key = f"codec/ladder/{level}/wer"
+        assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"], level
     table = (Path(client.download_artifacts(out.run_id, "codec_ladder/codec_ladder.md"))).read_text()
     assert table.count("\n") == 2 + 4 and "| k2 |" in table and "| unquantized |" in table
     rows = json.loads(Path(client.download_artifacts(out.run_id, "codec_ladder/rows.json")).read_text())
@@ -223,6 +226,7 @@ def test_codec_ladder_is_logged_and_reused(tmp_path: Path, workdir: Path):
     m2 = MlflowClient(again.tracking_uri).get_run(again.run_id).data.metrics
     assert again.result.reused and m2["codec/ladder/k1/cer"] == metrics["codec/ladder/k1/cer"]
     assert m2["codec/ladder/time_sec"] == metrics["codec/ladder/time_sec"]
+    assert m2["codec/ladder/k1/wer_ci_high"] == metrics["codec/ladder/k1/wer_ci_high"]
     # the slice size is not a token setting: same cache
     other = run_preprocess(_cfg(corpus.root, "data.eval_fraction=0.2"), workdir, progress=False)
     assert other.result.reused
