@@ -355,6 +355,11 @@ class DecodeConfig(Strict):
     repetition_penalty: float = Field(1.1, ge=1)
     text_guidance: float = Field(1.0, ge=0, description="AR classifier-free guidance scale on the text: logits = "
                                  "empty + s * (text - empty); 1 = off; needs an AR trained with text_dropout > 0")
+    text_window: int = Field(0, ge=0, description="monotonic text window at AR decoding (DCTTS forcibly incremental "
+                             "attention): the windowed heads see only the text keys c-1 .. c+text_window around "
+                             "each item's text position c, which follows their attention and never moves back; 0 = off")
+    text_window_heads: int = Field(0, ge=0, description="the first n heads of every AR block are windowed "
+                                   "(the guided-attention heads, training.guided_attention_heads); 0 = all")
     max_length_per_char: float = Field(0.25, gt=0, description="seconds of audio per text char")
     nar_refine_steps: int = Field(1, ge=1)
     nar_residual: Literal["sampled", "expected"] = Field(

@@ -76,7 +76,7 @@ def decode_ar(model: nn.Module, text: Tensor, decode: DecodeConfig, frame_rate: 
         text[None].to(device), torch.tensor([text.numel()], device=device), max_new_tokens=budget,
         temperature=decode.temperature[0], top_k=decode.top_k[0], top_p=decode.top_p[0],
         repetition_penalty=decode.repetition_penalty, generator=generator, text_guidance=decode.text_guidance,
-        **_ar_prompt(model, prompt, device),
+        text_window=decode.text_window, text_window_heads=decode.text_window_heads, **_ar_prompt(model, prompt, device),
     )  # [T]
     tokens = tokens.cpu()
     hit_bound = tokens.numel() >= budget

@@ -31,6 +31,7 @@ from harmonica.models.layers import (
     KV, Block, PositionalEmbedding, cap_audio, init_weights, lengths_to_mask, masked_mean_ce,
     partition_params, run_blocks, scale_residual_init,
 )
+from harmonica.models.monotonic import advance, windowed_allowed
 from harmonica.models.sampling import apply_repetition_penalty, sample_next
 
 
@@ -211,7 +212,8 @@ class ARModel(nn.Module):
                  prefix_lens: Tensor | None = None, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                  generator: torch.Generator | None = None, text_guidance: float = 1.0,
-                 prompt: Tensor | None = None, prompt_lens: Tensor | None = None) -> list[Tensor]:
+                 prompt: Tensor | None = None, prompt_lens: Tensor | None = None,
+                 text_window: int = 0, text_window_heads: int = 0) -> list[Tensor]:
         """Sample codebook-0 continuations. prompt [B, P] / [B, n_q, P]: the speaker's acoustic prompt
         (speaker_condition=prompt); `prefix` is another thing: audio the output continues.
         Returns one LongTensor [T_i] per item: the new tokens only (prefix excluded, STOP excluded).
@@ -221,12 +223,16 @@ class ARModel(nn.Module):
         text_guidance s != 1: classifier-free guidance on the text -- each step's logits are
         empty + s * (text - empty), `empty` the same model given the empty text (`empty_text`; the
         model must have trained with text dropout to know it); the two run as one batch of 2B.
+        text_window w > 0: the first `text_window_heads` heads of every block (0 = all) see only the
+        text keys c-1 .. c+w around each item's text position c, which follows their attention and
+        never moves back (`harmonica.models.monotonic`); 0 = off.
         Runs in eval mode (restores the previous mode)."""
         was_training = self.training
         self.eval()
         try:
             return self._generate(text, text_lens, prefix, prefix_lens, max_new_tokens, temperature,
-                                  top_k, top_p, repetition_penalty, generator, text_guidance, prompt, prompt_lens)
+                                  top_k, top_p, repetition_penalty, generator, text_guidance, prompt, prompt_lens,
+                                  text_window, text_window_heads)
         finally:
             self.train(was_training)
 
@@ -234,7 +240,8 @@ class ARModel(nn.Module):
                   max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                   repetition_penalty: float, generator: torch.Generator | None,
                   text_guidance: float = 1.0, prompt: Tensor | None = None,
-                  prompt_lens: Tensor | None = None) -> list[Tensor]:
+                  prompt_lens: Tensor | None = None, text_window: int = 0,
+                  text_window_heads: int = 0) -> list[Tensor]:
         B, dev = text.size(0), text.device
         if prefix is None:
             prefix = torch.zeros(B, 0, dtype=torch.long, device=dev)  # [B, 0]
@@ -274,6 +281,8 @@ class ARModel(nn.Module):
         n_new = torch.zeros(B, dtype=torch.long, device=dev)  # [B]
         done = budget == 0  # [B]
         pos = prefix_lens + 1  # [R] audio position of the next input
+        text_pos = torch.zeros(R, dtype=torch.long, device=dev)  # [R] monotonic text position (text_window)
+        window = dict(text_len=text.size(1), heads=text_window_heads)  # text keys 0..L-1
         for t in range(steps):
             logits = apply_repetition_penalty(logits, out[:, :t], repetition_penalty)  # [B, V+1]
             tok = sample_next(logits, temperature, top_k, top_p, generator)  # [B]
@@ -286,7 +295,15 @@ class ARModel(nn.Module):
             # finished items keep stepping (their outputs are ignored); positions past the table clamp
             x = self._embed_audio(tok.repeat(R // B)[:, None], pos[:, None])  # [R, 1, D]
             key_valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :1])], dim=1)  # [R, S+1]
-            x, cache, _ = self._step(x, key_valid, cache)  # [R, 1, D]
+            if text_window > 0:
+                allowed = windowed_allowed(key_valid, text_pos, n_heads=self.cfg.n_heads, forward=text_window,
+                                           **window)  # [R, H, 1, S+1]
+                probs: dict[int, Tensor] = {}
+                x, cache, _ = run_blocks(self.blocks, x, allowed, past=cache, use_cache=True,
+                                         keep_probs=range(len(self.blocks)), probs_out=probs)  # [R, 1, D]
+                text_pos = advance(text_pos, list(probs.values()), **window)  # [R]
+            else:
+                x, cache, _ = self._step(x, key_valid, cache)  # [R, 1, D]
             logits = combine(self.head(self.ln_f(x[:, 0])))  # [B, V+1]
             pos = pos + 1
         return [out[b, : int(n_new[b])] for b in range(B)]

@@ -122,7 +122,8 @@ class SampleRenderer:
             [tokens] = model.generate(
                 text, text_lens, max_new_tokens=max_new, temperature=d.temperature[0],
                 top_k=d.top_k[0], top_p=d.top_p[0], repetition_penalty=d.repetition_penalty, generator=gen,
-                text_guidance=d.text_guidance, prompt=prompt if cond == "prompt" else None,
+                text_guidance=d.text_guidance, text_window=d.text_window, text_window_heads=d.text_window_heads,
+                prompt=prompt if cond == "prompt" else None,
                 prompt_lens=prompt_lens if cond == "prompt" else None,
             )  # [T]
             return tokens[None].cpu() if tokens.numel() else None  # [1, T]
