@@ -194,6 +194,9 @@ class ARModelConfig(TransformerConfig):
         "none", description="prompt: codebook 0 of another utterance of the speaker (a crop of <= prompt_frames) "
         "sits between the text and the audio, so the AR knows the voice it continues (VALL-E's enrolment)")
     prompt_frames: int = Field(75, ge=1, description="AR acoustic prompt length (frames)")
+    frames_per_step: int = Field(1, ge=1, le=8, description="reduction factor r (Tacotron): each AR position reads "
+                                 "the previous r frames and predicts the next r, so the audio sequence is r x "
+                                 "shorter; 1 = one frame per position (VALL-E)")
 
 
 class NARModelConfig(TransformerConfig):

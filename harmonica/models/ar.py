@@ -14,12 +14,20 @@ probs[..., :L] with or without a prompt; audio queries start at `aux["audio_offs
 Audio ids: 0..codebook_size-1 tokens, codebook_size = STOP, codebook_size + 1 =
 BOS (input only). The audio table has max_seq_len positions, so T <= max_seq_len - 1 (BOS..a_{T-1}
 is T+1 inputs); longer audio is a ValueError, `ARModel.cap_audio` truncates.
+
+Reduction factor r = frames_per_step (Tacotron's r): audio position g reads the frames of the group
+before it (position 0: r BOS) and predicts the r targets g*r .. g*r + r-1, so the audio part has
+G = ceil((T+1)/r) positions. A group's frames are embedded by slot (a table of r x (codebook_size + 2)
+entries) and summed; the head gives r x (codebook_size + 1) logits per position, unfolded to the same
+per-frame logits [B, T+1, V+1] as r = 1. Attention probabilities and `aux["query_mask"]` [B, G] are
+per position. r = 1 is exactly the one-frame-per-position model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from functools import partial
+import math
 from typing import Any
 
 import torch
@@ -73,7 +81,8 @@ class ARModel(nn.Module):
         D = cfg.d_model
         self.text_emb = nn.Embedding(text_vocab_size, D)
         self.text_pos = PositionalEmbedding(max_text_len, D, pos_embedding)
-        self.audio_emb = nn.Embedding(codebook_size + 2, D)
+        self.frames_per_step = r = cfg.frames_per_step
+        self.audio_emb = nn.Embedding(r * (codebook_size + 2), D)  # slot i of a group: ids + i * (V + 2)
         self.audio_pos = PositionalEmbedding(cfg.max_seq_len, D, pos_embedding)
         self.prompted = cfg.speaker_condition == "prompt"
         if self.prompted:
@@ -83,7 +92,7 @@ class ARModel(nn.Module):
         self.text_encoder = nn.ModuleList(block() for _ in range(cfg.text_layers))
         self.blocks = nn.ModuleList(block() for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(D)
-        self.head = nn.Linear(D, codebook_size + 1)  # tokens + STOP
+        self.head = nn.Linear(D, r * (codebook_size + 1))  # tokens + STOP, per frame of the group
         self.apply(init_weights)
         scale_residual_init(self, cfg.n_layers + cfg.text_layers)
 
@@ -119,8 +128,26 @@ class ARModel(nn.Module):
                                 collect_attn=collect_attn)  # [B, L, D]
         return x, text_mask, ents
 
-    def _embed_audio(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        return self.audio_emb(tokens) + self.audio_pos(positions)  # [B, Ta, D]
+    def _embed_audio(self, groups: Tensor, positions: Tensor) -> Tensor:
+        """groups [B, G, r] frame ids per position (`group_inputs`) -> [B, G, D]."""
+        slot = torch.arange(self.frames_per_step, device=groups.device) * (self.codebook_size + 2)  # [r]
+        return self.audio_emb(groups + slot).sum(dim=2) + self.audio_pos(positions)  # [B, G, D]
+
+    def group_inputs(self, inputs: Tensor) -> Tensor:
+        """Per-frame inputs [B, S] (BOS a_0 ..) -> position inputs [B, ceil(S/r), r]: position 0 is r BOS,
+        position g the frames a_{(g-1)r} .. a_{gr-1} (0-padded past the row)."""
+        B, S = inputs.shape
+        r = self.frames_per_step
+        G = math.ceil(S / r)
+        body = inputs[:, 1: 1 + (G - 1) * r]  # [B, <= (G-1)r]
+        body = nn.functional.pad(body, (0, (G - 1) * r - body.size(1)))  # [B, (G-1)r]
+        bos = torch.full((B, 1, r), self.bos_id, dtype=inputs.dtype, device=inputs.device)  # [B, 1, r]
+        return torch.cat([bos, body.view(B, G - 1, r)], dim=1)  # [B, G, r]
+
+    def _logits(self, h: Tensor) -> Tensor:
+        """Hidden [B, G, D] -> per-frame logits [B, G*r, V+1] (frame g*r + i from position g, slot i)."""
+        B, G, _ = h.shape
+        return self.head(self.ln_f(h)).view(B, G * self.frames_per_step, self.codebook_size + 1)
 
     def _prefix(self, text: Tensor, text_lens: Tensor, prompt: Tensor | None, prompt_lens: Tensor | None,
                 collect_attn: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -175,9 +202,10 @@ class ARModel(nn.Module):
         positions noise / scheduled sampling may touch) and attn_entropy [text_layers + n_layers, H]
         (text encoder first) when collect_attn. input_override [B, T+1] replaces the teacher-forced
         inputs (keep BOS at index 0); its padding is ignored. attn_layers: decoder blocks whose
-        attention probabilities aux["attn_probs"][i] [B, H, S, S] (S = L+P+T+1) are returned (with
-        gradients, e.g. for a guided-attention loss); empty = the fused attention kernel everywhere.
-        aux["audio_offset"] = L + P: the row of the first audio query in those probabilities."""
+        attention probabilities aux["attn_probs"][i] [B, H, S, S] (S = L+P+G, G = T+1 when r = 1) are
+        returned (with gradients, e.g. for a guided-attention loss); empty = the fused attention kernel
+        everywhere. aux["audio_offset"] = L + P: the row of the first audio query in those
+        probabilities; aux["query_mask"] [B, G]: the valid audio queries (= mask when r = 1)."""
         B, T = audio.shape
         self._check_lengths(text, T)
         inputs, targets, mask = self.teacher_inputs(audio, audio_lens)
@@ -189,16 +217,20 @@ class ARModel(nn.Module):
             inputs = torch.where(mask, input_override.long(), torch.zeros_like(inputs))  # [B, T+1]
         h_pre, pre_mask, ents = self._prefix(text, text_lens, prompt, prompt_lens, collect_attn)  # [B, L+P, D]
         offset = h_pre.size(1)  # L + P
-        x_audio = self.drop(self._embed_audio(inputs, torch.arange(T + 1, device=audio.device)))  # [B, T+1, D]
-        x = torch.cat([h_pre, x_audio], dim=1)  # [B, L+P+T+1, D]
-        query_mask = torch.cat([pre_mask, mask], dim=1)  # [B, L+P+T+1]
+        groups = self.group_inputs(inputs)  # [B, G, r]
+        G = groups.size(1)
+        gmask = lengths_to_mask(torch.div(audio_lens + self.frames_per_step, self.frames_per_step,
+                                          rounding_mode="floor"), G)  # [B, G] positions with a valid target
+        x_audio = self.drop(self._embed_audio(groups, torch.arange(G, device=audio.device)))  # [B, G, D]
+        x = torch.cat([h_pre, x_audio], dim=1)  # [B, L+P+G, D]
+        query_mask = torch.cat([pre_mask, gmask], dim=1)  # [B, L+P+G]
         probs: dict[int, Tensor] = {}
-        x, _, ents_dec = run_blocks(self.blocks, x, prefix_lm_mask(pre_mask, mask), query_mask=query_mask,
-                                    collect_attn=collect_attn, keep_probs=attn_layers, probs_out=probs)  # [B, L+P+T+1, D]
-        logits = self.head(self.ln_f(x[:, offset:]))  # [B, T+1, V+1]
+        x, _, ents_dec = run_blocks(self.blocks, x, prefix_lm_mask(pre_mask, gmask), query_mask=query_mask,
+                                    collect_attn=collect_attn, keep_probs=attn_layers, probs_out=probs)  # [B, L+P+G, D]
+        logits = self._logits(x[:, offset:])[:, : T + 1]  # [B, T+1, V+1]
         loss = masked_mean_ce(logits, targets, mask)
         aux: dict[str, Any] = {"inputs": inputs, "targets": targets, "mask": mask, "input_mask": input_mask,
-                               "audio_offset": offset}
+                               "audio_offset": offset, "query_mask": gmask}
         if collect_attn:
             aux["attn_entropy"] = torch.stack(ents + ents_dec)  # [n_blocks_total, H]
         if attn_layers:
@@ -217,6 +249,8 @@ class ARModel(nn.Module):
         """Sample codebook-0 continuations. prompt [B, P] / [B, n_q, P]: the speaker's acoustic prompt
         (speaker_condition=prompt); `prefix` is another thing: audio the output continues.
         Returns one LongTensor [T_i] per item: the new tokens only (prefix excluded, STOP excluded).
+        With frames_per_step r > 1 each step samples r frames (a STOP ends the item there) and a
+        prefix must be a whole number of groups (its lengths multiples of r).
         Stops per item at STOP, after max_new_tokens, or when prefix + new reaches max_seq_len - 1.
         Text (+ prompt) + BOS + prefix go through the model once; then one token per step against a
         KV cache. The repetition penalty covers the item's new tokens.
@@ -245,9 +279,12 @@ class ARModel(nn.Module):
         B, dev = text.size(0), text.device
         if prefix is None:
             prefix = torch.zeros(B, 0, dtype=torch.long, device=dev)  # [B, 0]
-        P = prefix.size(1)
+        P, r = prefix.size(1), self.frames_per_step
         self._check_lengths(text, P)
         prefix_lens = torch.full((B,), P, device=dev) if prefix_lens is None else prefix_lens.to(dev)
+        if r > 1 and bool((prefix_lens % r).any()):
+            raise ValueError(f"this AR predicts {r} frames per step (model.ar.frames_per_step): a prefix it "
+                             f"continues must be a multiple of {r} frames, got lengths {prefix_lens.tolist()}")
         budget = (self.max_audio_len - prefix_lens).clamp(min=0, max=max(max_new_tokens, 0))  # [B]
         guided = text_guidance != 1.0
         if guided:  # rows B..2B-1: the same items given the empty text
@@ -259,7 +296,7 @@ class ARModel(nn.Module):
                 prompt = torch.cat([prompt, prompt], dim=0)  # [2B, (n_q,) Pp]
                 prompt_lens = None if prompt_lens is None else prompt_lens.repeat(2)  # [2B]
 
-        def combine(logits: Tensor) -> Tensor:  # [R, V+1] -> [B, V+1]
+        def combine(logits: Tensor) -> Tensor:  # [R, r, V+1] -> [B, r, V+1]
             if not guided:
                 return logits
             cond, uncond = logits[:B], logits[B:]  # [B, V+1] each
@@ -267,33 +304,42 @@ class ARModel(nn.Module):
 
         R = text.size(0)  # rows run through the model (B, or 2B guided)
 
-        inputs, _, in_mask = self.teacher_inputs(prefix, prefix_lens)  # [R, P+1] BOS + prefix
+        inputs, _, _ = self.teacher_inputs(prefix, prefix_lens)  # [R, P+1] BOS + prefix
+        groups = self.group_inputs(inputs)  # [R, Gp, r] Gp = P/r + 1
+        gp_lens = torch.div(prefix_lens, r, rounding_mode="floor")  # [R] prefix positions after BOS
+        in_mask = lengths_to_mask(gp_lens + 1, groups.size(1))  # [R, Gp]
         h_pre, pre_mask, _ = self._prefix(text, text_lens, prompt, prompt_lens)  # [R, L+Pp, D] text (+ prompt)
         offset = h_pre.size(1)  # L + Pp
-        x = torch.cat([h_pre, self._embed_audio(inputs, torch.arange(P + 1, device=dev))], dim=1)  # [R, L+Pp+P+1, D]
+        positions = torch.arange(groups.size(1), device=dev)  # [Gp]
+        x = torch.cat([h_pre, self._embed_audio(groups, positions)], dim=1)  # [R, L+Pp+Gp, D]
         x, cache, _ = run_blocks(self.blocks, x, prefix_lm_mask(pre_mask, in_mask), use_cache=True)
-        key_valid = torch.cat([pre_mask, in_mask], dim=1)  # [R, L+Pp+P+1]
-        last = x[torch.arange(R, device=dev), offset + prefix_lens]  # [R, D] hidden of the last valid input
-        logits = combine(self.head(self.ln_f(last)))  # [B, V+1]
+        key_valid = torch.cat([pre_mask, in_mask], dim=1)  # [R, L+Pp+Gp]
+        last = x[torch.arange(R, device=dev), offset + gp_lens]  # [R, D] hidden of the last valid input
+        logits = combine(self._logits(last[:, None]))  # [B, r, V+1]
 
         steps = int(budget.max().item()) if B else 0
         out = torch.zeros(B, steps, dtype=torch.long, device=dev)  # [B, steps]
         n_new = torch.zeros(B, dtype=torch.long, device=dev)  # [B]
         done = budget == 0  # [B]
-        pos = prefix_lens + 1  # [R] audio position of the next input
+        pos = gp_lens + 1  # [R] audio position of the next input
         text_pos = torch.zeros(R, dtype=torch.long, device=dev)  # [R] monotonic text position (text_window)
         window = dict(text_len=text.size(1), heads=text_window_heads)  # text keys 0..L-1
-        for t in range(steps):
-            logits = apply_repetition_penalty(logits, out[:, :t], repetition_penalty)  # [B, V+1]
-            tok = sample_next(logits, temperature, top_k, top_p, generator)  # [B]
-            emit = ~done & (tok != self.stop_id)  # [B]
-            out[:, t] = torch.where(emit, tok, torch.zeros_like(tok))
-            n_new = n_new + emit.long()
-            done = done | ~emit | (n_new >= budget)  # [B]
-            if bool(done.all()):
+        t = 0
+        while t < steps:
+            group = torch.zeros(B, r, dtype=torch.long, device=dev)  # [B, r] the frames this step sampled
+            for i in range(min(r, steps - t)):
+                slot = apply_repetition_penalty(logits[:, i], out[:, :t], repetition_penalty)  # [B, V+1]
+                tok = sample_next(slot, temperature, top_k, top_p, generator)  # [B]
+                emit = ~done & (tok != self.stop_id)  # [B]
+                out[:, t] = torch.where(emit, tok, torch.zeros_like(tok))
+                n_new = n_new + emit.long()
+                done = done | ~emit | (n_new >= budget)  # [B]
+                group[:, i] = tok
+                t += 1
+            if bool(done.all()) or t >= steps:
                 break
             # finished items keep stepping (their outputs are ignored); positions past the table clamp
-            x = self._embed_audio(tok.repeat(R // B)[:, None], pos[:, None])  # [R, 1, D]
+            x = self._embed_audio(group.repeat(R // B, 1)[:, None], pos[:, None])  # [R, 1, D]
             key_valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :1])], dim=1)  # [R, S+1]
             if text_window > 0:
                 allowed = windowed_allowed(key_valid, text_pos, n_heads=self.cfg.n_heads, forward=text_window,
@@ -304,7 +350,7 @@ class ARModel(nn.Module):
                 text_pos = advance(text_pos, list(probs.values()), **window)  # [R]
             else:
                 x, cache, _ = self._step(x, key_valid, cache)  # [R, 1, D]
-            logits = combine(self.head(self.ln_f(x[:, 0])))  # [B, V+1]
+            logits = combine(self._logits(x))  # [B, r, V+1]
             pos = pos + 1
         return [out[b, : int(n_new[b])] for b in range(B)]
 
@@ -332,4 +378,5 @@ class ARModel(nn.Module):
             "stop_id": self.stop_id, "audio_bos_id": self.bos_id, "n_classes": self.codebook_size + 1,
             "pos_embedding": self.pos_embedding, "speaker_condition": c.speaker_condition,
             **({"prompt_frames": c.prompt_frames} if self.prompted else {}),
+            **({"frames_per_step": self.frames_per_step} if self.frames_per_step > 1 else {}),
         }

@@ -90,7 +90,7 @@ class ARTask:
         loss, terms = compute_objective(logits, aux["targets"], aux["mask"], step, self.cfg, codebook_index=0, n_q=self.n_q)
         if layers:
             guided = guided_loss_from_probs(aux["attn_probs"], layers, self.cfg.guided_attention_heads, text_lens,
-                                            aux["mask"] & ~dropped[:, None], text.size(1),
+                                            aux["query_mask"] & ~dropped[:, None], text.size(1),
                                             self.cfg.guided_attention_sigma, aux["audio_offset"])
             loss = loss + w_guided * guided
             terms["guided_attn"], terms["guided_attn_weight"] = guided.detach(), torch.tensor(w_guided)

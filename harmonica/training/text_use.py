@@ -58,19 +58,19 @@ def text_use_metrics(model: nn.Module, batches: Sequence[dict[str, Any]], prefix
             L = text.size(1)
             voice = prompt_kwargs(b)  # the voice stays with its utterance when the texts swap
             _, loss, aux = model(text, text_lens, audio, audio_lens, attn_layers=layers, **voice)
-            mask = aux["mask"]  # [B, T+1] valid audio queries / targets
-            nq = int(mask.sum())
+            qmask = aux["query_mask"]  # [B, G] valid audio queries (G = T+1 at one frame per position)
+            nq, nf = int(qmask.sum()), int(aux["mask"].sum())  # queries, valid targets
             for i in layers:
-                p = text_attention(aux["attn_probs"][i], L, aux["audio_offset"])  # [B, H, T+1, L]
-                share[i] += float(text_share(p, mask)) * nq
-                guided[i] += float(guided_attention_loss(p, text_lens, mask, sigma)) * nq
+                p = text_attention(aux["attn_probs"][i], L, aux["audio_offset"])  # [B, H, G, L]
+                share[i] += float(text_share(p, qmask)) * nq
+                guided[i] += float(guided_attention_loss(p, text_lens, qmask, sigma)) * nq
             queries += nq
             if text.size(0) >= 2:
                 perm = derangement(text.size(0)).to(text.device)
                 _, swapped, _ = model(text[perm], text_lens[perm], audio, audio_lens, **voice)
-                true_sum += float(loss) * nq
-                swapped_sum += float(swapped) * nq
-                swap_frames += nq
+                true_sum += float(loss) * nf
+                swapped_sum += float(swapped) * nf
+                swap_frames += nf
     finally:
         model.train(was_training)
     out: dict[str, float] = {}
