@@ -153,17 +153,19 @@ def synthesize(ar_ref: str, nar_ref: str, weights: str, sentence: str, prompt_wa
 @project_option()
 @pair_options
 @workdir_option
+@click.option("--run-name", default=None, help="the MLflow run's name (default evaluate-<project>-<AR run>-<NAR "
+              "run>-<hash of the eval settings>)")
 @no_progress_option
 @overrides_argument
-def evaluate(project: str, ar_ref: str, nar_ref: str, weights: str, workdir: str, no_progress: bool,
-             overrides: tuple[str, ...]) -> None:
+def evaluate(project: str, ar_ref: str, nar_ref: str, weights: str, workdir: str, run_name: str | None,
+             no_progress: bool, overrides: tuple[str, ...]) -> None:
     """WER/CER, speaker similarity, failure rates and prosody on the project's held-out eval slice,
     next to ground-truth and codec-resynthesis baselines."""
     from harmonica.stages.evaluate import run_evaluate
 
     with user_facing():
         out = run_evaluate(config(project, overrides), Path(workdir), ar_ref, nar_ref, weights=weights,
-                           progress=progress_on(no_progress))
+                           progress=progress_on(no_progress), run_name=run_name)
     echo(text.evaluate_summary(out, weights))
 
 

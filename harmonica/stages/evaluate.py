@@ -113,20 +113,21 @@ def run_evaluate(
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
     tracking_uri: str | None = None,
+    run_name: str | None = None,
 ) -> EvaluateOutcome:
     threads_before = torch.get_num_threads()
     try:
         threads = apply_threads(cfg.eval.threads)  # fixed: the verdict must not depend on machine load
         tracker = Tracker(cfg, workdir, tracking_uri)
         return _evaluate(cfg, workdir, ar_ref, nar_ref, weights, progress, parent_run_id, extra_tags, threads,
-                         tracker)
+                         tracker, run_name)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, weights: str, progress: bool,
               parent_run_id: str | None, extra_tags: dict[str, str] | None, threads: int,
-              tracker: Tracker) -> EvaluateOutcome:
+              tracker: Tracker, run_name: str | None = None) -> EvaluateOutcome:
     downloads = Path(workdir) / "downloads"
     ar, nar = (resolve_checkpoint(ref, tracker.tracking_uri, downloads) for ref in (ar_ref, nar_ref))
     ar_path, nar_path = ar.path, nar.path
@@ -171,7 +172,9 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
         f"held-out '{cfg.eval.split}' utterances of project '{cfg.project}', with ground-truth and codec "
         "resynthesis baselines."
     )
-    name = f"evaluate-{cfg.project}-{(ar_run or 'ar')[:6]}-{(nar_run or 'nar')[:6]}"
+    # the eval settings' hash tells apart evaluations of one pair with other decoding in the runs list
+    name = run_name or (f"evaluate-{cfg.project}-{(ar_run or 'ar')[:6]}-{(nar_run or 'nar')[:6]}-"
+                        f"{config_hash(cfg, ('eval',))[:6]}")
     with tracker.run("evaluate", name, description=description, tags=tags, parent_run_id=parent_run_id) as run, \
             tempfile.TemporaryDirectory(prefix="harmonica-eval-") as tmp:
         announce_run(run, "evaluate")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harmonica.config.load import config_hash
 from harmonica.data.cache import find_cache
 from harmonica.evaluation.suite import EvalError, build_eval_slice
 from harmonica.stages.evaluate import run_evaluate
@@ -55,6 +56,15 @@ def test_evaluate_logs_metrics_baselines_table_audio_and_links(eval_workdir, tin
     assert {"id", "text", "model_hypothesis", "model_wer", "model_sim", "model_fail_looping", "audio",
             "gt_coarse_wer", "gt_coarse_hypothesis", "resynthesis_k1_sim"} <= set(rows[0])
     assert len({r["id"] for r in rows}) == 3
+    # evaluations of one pair with other eval settings are told apart in the runs list, or named
+    assert run.info.run_name == f"evaluate-{cfg.project}-tiny-a-tiny-n-{config_hash(cfg, ('eval',))[:6]}"
+    sharper = tiny_cfg(tiny_corpus, "eval.split=val", "eval.max_utterances=1", "eval.decode.temperature=[0.3,0.0]")
+    other = run_evaluate(sharper, eval_workdir, str(tiny_checkpoints["ar"]), str(tiny_checkpoints["nar"]),
+                         progress=False)
+    named = run_evaluate(sharper, eval_workdir, str(tiny_checkpoints["ar"]), str(tiny_checkpoints["nar"]),
+                         progress=False, run_name="t03-window")
+    assert client.get_run(other.run_id).info.run_name not in (run.info.run_name, "t03-window")
+    assert client.get_run(named.run_id).info.run_name == "t03-window"
 
 
 def test_empty_eval_slice_is_a_clear_error(tiny_corpus, tiny_cache_workdir):
