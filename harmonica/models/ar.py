@@ -25,9 +25,9 @@ per position. r = 1 is exactly the one-frame-per-position model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from functools import partial
-import math
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ from torch import Tensor
 
 from harmonica.config.schema import ARModelConfig
 from harmonica.models.layers import (
-    KV, Block, PositionalEmbedding, cap_audio, init_weights, lengths_to_mask, masked_mean_ce,
+    Block, PositionalEmbedding, cap_audio, init_weights, lengths_to_mask, masked_mean_ce,
     partition_params, run_blocks, scale_residual_init,
 )
 from harmonica.models.monotonic import advance, windowed_allowed
@@ -299,7 +299,7 @@ class ARModel(nn.Module):
         def combine(logits: Tensor) -> Tensor:  # [R, r, V+1] -> [B, r, V+1]
             if not guided:
                 return logits
-            cond, uncond = logits[:B], logits[B:]  # [B, V+1] each
+            cond, uncond = logits[:B], logits[B:]  # [B, r, V+1] each
             return uncond + text_guidance * (cond - uncond)  # [B, V+1]
 
         R = text.size(0)  # rows run through the model (B, or 2B guided)
@@ -341,22 +341,16 @@ class ARModel(nn.Module):
             # finished items keep stepping (their outputs are ignored); positions past the table clamp
             x = self._embed_audio(group.repeat(R // B, 1)[:, None], pos[:, None])  # [R, 1, D]
             key_valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :1])], dim=1)  # [R, S+1]
+            allowed = windowed_allowed(key_valid, text_pos, n_heads=self.cfg.n_heads, forward=text_window, **window) \
+                if text_window > 0 else key_valid[:, None, None, :]  # [R, H|1, 1, S+1]
+            probs: dict[int, Tensor] = {}
+            x, cache, _ = run_blocks(self.blocks, x, allowed, past=cache, use_cache=True, probs_out=probs,
+                                     keep_probs=range(len(self.blocks)) if text_window > 0 else ())  # [R, 1, D]
             if text_window > 0:
-                allowed = windowed_allowed(key_valid, text_pos, n_heads=self.cfg.n_heads, forward=text_window,
-                                           **window)  # [R, H, 1, S+1]
-                probs: dict[int, Tensor] = {}
-                x, cache, _ = run_blocks(self.blocks, x, allowed, past=cache, use_cache=True,
-                                         keep_probs=range(len(self.blocks)), probs_out=probs)  # [R, 1, D]
                 text_pos = advance(text_pos, list(probs.values()), **window)  # [R]
-            else:
-                x, cache, _ = self._step(x, key_valid, cache)  # [R, 1, D]
             logits = combine(self._logits(x))  # [B, r, V+1]
             pos = pos + 1
         return [out[b, : int(n_new[b])] for b in range(B)]
-
-    def _step(self, x: Tensor, key_valid: Tensor, cache: list[KV]) -> tuple[Tensor, list[KV], list[Tensor]]:
-        """One new audio token per item: x [B, 1, D] attends to every valid cached key and itself."""
-        return run_blocks(self.blocks, x, key_valid[:, None, None, :], past=cache, use_cache=True)
 
     # ----------------------------------------------------------------------------- introspection
 
