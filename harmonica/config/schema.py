@@ -369,6 +369,12 @@ class DecodeConfig(Strict):
         "sampled", description="what the codec decodes for codebooks 1..: the NAR's sampled (argmax at temperature "
         "0) entries, or `expected`: the probability-weighted mean of each stage's codec embeddings (the "
         "minimum-mean-square-error residual; an unsure argmax adds a wrong residual vector instead)")
+    ar_coarse: Literal["sampled", "expected"] = Field(
+        "sampled", description="what the codec decodes for codebook 0: the AR's sampled entries, or `expected`: "
+        "the mean of codebook 0's embeddings under the AR's distribution at each output frame (at "
+        "ar_coarse_temperature, STOP left out); the AR and the NAR still read the sampled entries")
+    ar_coarse_temperature: float = Field(1.0, gt=0, description="temperature of the AR distribution that "
+                                         "ar_coarse=expected averages over (< 1 sharpens it towards the argmax)")
     # the corpus is peak-normalised to data.normalize_level_db (-1 dBFS by default): decoded audio is
     # attenuated (never amplified) to the same ceiling, so nothing leaves the decoder past full scale
     peak_ceiling_db: float = Field(-1.0, le=0, description="max peak of decoded audio in dBFS (attenuate only)")
@@ -386,6 +392,9 @@ class EvalConfig(Strict):
                          "fixed so verdicts do not depend on machine load; 0 = torch default")
     bootstrap_samples: int = Field(1000, ge=0, description="resamples for 95% intervals over utterances; 0 = none")
     oracle: bool = Field(True, description="also score ground-truth codebook 0 + the model's NAR (oracle/gt_coarse)")
+    oracle_teacher_forced: bool = Field(False, description="also score the AR's teacher-forced argmax codebook 0 "
+                                        "(each frame predicted from the true frames before it) + the model's NAR "
+                                        "(oracle/tf_coarse): splits the AR's share into per-frame prediction and drift")
     oracle_stages: list[int] = Field([1], description="also score the resynthesis of the first k codebooks "
                                      "(oracle/resynthesis_k<k>); [] = none")
 

@@ -66,21 +66,28 @@ def _ar_prompt(model: nn.Module, prompt: Tensor | None, device: torch.device) ->
 @torch.no_grad()
 def decode_ar(model: nn.Module, text: Tensor, decode: DecodeConfig, frame_rate: float,
               generator: torch.Generator | None = None,
-              prompt: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+              prompt: Tensor | None = None,
+              probs_out: dict[int, Tensor] | None = None) -> tuple[Tensor, dict[str, float]]:
     """text [L] -> first-codebook tokens [T] plus decoding facts (length bound hit, loop cut).
-    prompt [n_q, P] (or [P]): the speaker's acoustic prompt, used when the AR is prompt-conditioned."""
+    prompt [n_q, P] (or [P]): the speaker's acoustic prompt, used when the AR is prompt-conditioned.
+    probs_out receives probs_out[0]: the AR's distribution over codebook 0 at each kept frame [T, V]
+    (at decode.ar_coarse_temperature; for decode.ar_coarse=expected)."""
     device = next(model.parameters()).device
     limit = model.max_audio_len if hasattr(model, "max_audio_len") else model.cfg.max_seq_len - 1
     budget = max_frames_for_text(int(text.numel()), decode, frame_rate, int(limit))
+    dists: list[Tensor] | None = [] if probs_out is not None else None
     [tokens] = model.generate(
         text[None].to(device), torch.tensor([text.numel()], device=device), max_new_tokens=budget,
         temperature=decode.temperature[0], top_k=decode.top_k[0], top_p=decode.top_p[0],
         repetition_penalty=decode.repetition_penalty, generator=generator, text_guidance=decode.text_guidance,
-        text_window=decode.text_window, text_window_heads=decode.text_window_heads, **_ar_prompt(model, prompt, device),
+        text_window=decode.text_window, text_window_heads=decode.text_window_heads, probs_out=dists,
+        probs_temperature=decode.ar_coarse_temperature, **_ar_prompt(model, prompt, device),
     )  # [T]
     tokens = tokens.cpu()
     hit_bound = tokens.numel() >= budget
     tokens, looped = cut_loops(tokens, frame_rate)
+    if probs_out is not None and dists is not None:
+        probs_out[0] = dists[0][: tokens.numel()].cpu()  # [T, V]
     return tokens, {"ar_frames": float(tokens.numel()), "ar_hit_length_bound": float(hit_bound),
                     "ar_loop_cut": float(looped)}
 

@@ -143,11 +143,13 @@ class Synthesizer:
         gen = torch.Generator().manual_seed(seed)
         ids = torch.tensor(self.frontend.encode(text), dtype=torch.long)  # [L]
         t = time.perf_counter()
-        cb0, info = decode_ar(self.ar, ids, self.decode, self.frame_rate, generator=gen, prompt=prompt)  # [T]
+        coarse: dict[int, torch.Tensor] | None = {} if self.decode.ar_coarse == "expected" else None
+        cb0, info = decode_ar(self.ar, ids, self.decode, self.frame_rate, generator=gen, prompt=prompt,
+                              probs_out=coarse)  # [T]
         self.timings.add("ar", t)
         if cb0.numel() == 0:
             return np.zeros(0, dtype=np.float32), {**info, "gain_db": 0.0, "codes": None}
-        wav, codes, gain_db = self._complete(ids, cb0, prompt, speaker, gen)
+        wav, codes, gain_db = self._complete(ids, cb0, prompt, speaker, gen, coarse)
         return wav, {**info, "gain_db": gain_db, "codes": codes}
 
     def complete(self, text: str, cb0: torch.Tensor, *, prompt: torch.Tensor | None = None,
@@ -157,6 +159,30 @@ class Synthesizer:
         ids = torch.tensor(self.frontend.encode(text), dtype=torch.long)  # [L]
         wav, _, _ = self._complete(ids, cb0.long(), prompt, speaker, torch.Generator().manual_seed(seed))
         return wav
+
+    @torch.no_grad()
+    def teacher_forced_coarse(self, text: str, cb0: torch.Tensor, *, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """The AR's own argmax for each frame of a given first codebook cb0 [T], each predicted from the
+        true frames before it (teacher forcing, STOP left out) -> [T]: what the AR says about every frame
+        when it never drifts. Against free-running decoding it splits the AR's share of the WER into
+        per-frame prediction and the drift of feeding back its own samples."""
+        dev = next(self.ar.parameters()).device
+        ids = torch.tensor(self.frontend.encode(text), dtype=torch.long, device=dev)[None]  # [1, L]
+        cb0 = cb0.long().to(dev)[None]  # [1, T]
+        kwargs = {}
+        if self.ar.cfg.speaker_condition == "prompt":
+            if prompt is None:
+                raise ValueError("this AR is conditioned on an acoustic prompt: pass the speaker's prompt")
+            p = prompt[0] if prompt.dim() == 2 else prompt  # [P] the prompt's first codebook
+            kwargs = {"prompt": p[None].to(dev), "prompt_lens": torch.tensor([p.numel()], device=dev)}
+        was_training = self.ar.training
+        self.ar.eval()
+        try:
+            logits, _, _ = self.ar(ids, torch.tensor([ids.size(1)], device=dev), cb0,
+                                   torch.tensor([cb0.size(1)], device=dev), **kwargs)  # [1, T+1, V+1]: t predicts frame t
+        finally:
+            self.ar.train(was_training)
+        return logits[0, : cb0.size(1), : self.ar.stop_id].argmax(-1).cpu()  # [T]
 
     def decode_codes(self, codes: np.ndarray, timing: str = "codec_decode",
                      probs: dict[int, torch.Tensor] | None = None) -> tuple[np.ndarray, float]:
@@ -169,11 +195,13 @@ class Synthesizer:
         return limit_peak(wav, self.decode.peak_ceiling_db)
 
     def _complete(self, ids: torch.Tensor, cb0: torch.Tensor, prompt: torch.Tensor | None, speaker: int | None,
-                  gen: torch.Generator) -> tuple[np.ndarray, torch.Tensor, float]:
+                  gen: torch.Generator, coarse: dict[int, torch.Tensor] | None = None,
+                  ) -> tuple[np.ndarray, torch.Tensor, float]:
+        """coarse: {0: the AR's distribution [T, V]} to decode codebook 0 as its expectation."""
         t = time.perf_counter()
         probs: dict[int, torch.Tensor] | None = {} if self.decode.nar_residual == "expected" else None
         codes = decode_nar(self.nar, ids, cb0, self.decode, prompt=prompt, speaker=speaker, generator=gen,
                            probs_out=probs)  # [n_q, T]
         self.timings.add("nar", t)
-        wav, gain_db = self.decode_codes(codes.numpy(), probs=probs)
+        wav, gain_db = self.decode_codes(codes.numpy(), probs={**(coarse or {}), **(probs or {})} or None)
         return wav, codes, gain_db

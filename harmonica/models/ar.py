@@ -245,7 +245,8 @@ class ARModel(nn.Module):
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                  generator: torch.Generator | None = None, text_guidance: float = 1.0,
                  prompt: Tensor | None = None, prompt_lens: Tensor | None = None,
-                 text_window: int = 0, text_window_heads: int = 0) -> list[Tensor]:
+                 text_window: int = 0, text_window_heads: int = 0, probs_out: list[Tensor] | None = None,
+                 probs_temperature: float = 1.0) -> list[Tensor]:
         """Sample codebook-0 continuations. prompt [B, P] / [B, n_q, P]: the speaker's acoustic prompt
         (speaker_condition=prompt); `prefix` is another thing: audio the output continues.
         Returns one LongTensor [T_i] per item: the new tokens only (prefix excluded, STOP excluded).
@@ -260,13 +261,15 @@ class ARModel(nn.Module):
         text_window w > 0: the first `text_window_heads` heads of every block (0 = all) see only the
         text keys c-1 .. c+w around each item's text position c, which follows their attention and
         never moves back (`harmonica.models.monotonic`); 0 = off.
+        probs_out: receives one [T_i, V] tensor per item, the distribution over codebook 0 (STOP left
+        out, renormalised, at probs_temperature) each of its new tokens was sampled from.
         Runs in eval mode (restores the previous mode)."""
         was_training = self.training
         self.eval()
         try:
             return self._generate(text, text_lens, prefix, prefix_lens, max_new_tokens, temperature,
                                   top_k, top_p, repetition_penalty, generator, text_guidance, prompt, prompt_lens,
-                                  text_window, text_window_heads)
+                                  text_window, text_window_heads, probs_out, probs_temperature)
         finally:
             self.train(was_training)
 
@@ -275,7 +278,8 @@ class ARModel(nn.Module):
                   repetition_penalty: float, generator: torch.Generator | None,
                   text_guidance: float = 1.0, prompt: Tensor | None = None,
                   prompt_lens: Tensor | None = None, text_window: int = 0,
-                  text_window_heads: int = 0) -> list[Tensor]:
+                  text_window_heads: int = 0, probs_out: list[Tensor] | None = None,
+                  probs_temperature: float = 1.0) -> list[Tensor]:
         B, dev = text.size(0), text.device
         if prefix is None:
             prefix = torch.zeros(B, 0, dtype=torch.long, device=dev)  # [B, 0]
@@ -319,6 +323,7 @@ class ARModel(nn.Module):
 
         steps = int(budget.max().item()) if B else 0
         out = torch.zeros(B, steps, dtype=torch.long, device=dev)  # [B, steps]
+        dist = torch.zeros(B, steps if probs_out is not None else 0, self.stop_id, device=dev)  # [B, steps|0, V]
         n_new = torch.zeros(B, dtype=torch.long, device=dev)  # [B]
         done = budget == 0  # [B]
         pos = gp_lens + 1  # [R] audio position of the next input
@@ -330,6 +335,8 @@ class ARModel(nn.Module):
             for i in range(min(r, steps - t)):
                 slot = apply_repetition_penalty(logits[:, i], out[:, :t], repetition_penalty)  # [B, V+1]
                 tok = sample_next(slot, temperature, top_k, top_p, generator)  # [B]
+                if probs_out is not None:
+                    dist[:, t] = (logits[:, i, : self.stop_id].float() / probs_temperature).softmax(-1)  # [B, V]
                 emit = ~done & (tok != self.stop_id)  # [B]
                 out[:, t] = torch.where(emit, tok, torch.zeros_like(tok))
                 n_new = n_new + emit.long()
@@ -350,6 +357,8 @@ class ARModel(nn.Module):
                 text_pos = advance(text_pos, list(probs.values()), **window)  # [R]
             logits = combine(self._logits(x))  # [B, r, V+1]
             pos = pos + 1
+        if probs_out is not None:
+            probs_out.extend(dist[b, : int(n_new[b])] for b in range(B))  # [T_b, V] each
         return [out[b, : int(n_new[b])] for b in range(B)]
 
     # ----------------------------------------------------------------------------- introspection

@@ -3,7 +3,8 @@
 Columns, from what the codec can say to what the model says: the recordings (ground truth), the
 codec resynthesis of all codebooks, of the first k codebooks only (`oracle/resynthesis_k<k>`,
 what the AR's target carries), the ground truth's first codebook completed by the model's NAR
-(`oracle/gt_coarse`, a perfect AR), and the model (AR + NAR). Every cell shows its 95% bootstrap
+(`oracle/gt_coarse`, a perfect AR), the AR's teacher-forced argmax first codebook completed by the NAR
+(`oracle/tf_coarse`, an AR that never drifts; when scored), and the model (AR + NAR). Every cell shows its 95% bootstrap
 interval over utterances when the evaluate run logged one (`<metric>_ci_low|_ci_high`).
 Plain data in, strings out: report.py and compare.py render them.
 """
@@ -46,6 +47,8 @@ def columns(metrics: Mapping[str, float]) -> list[tuple[str, str]]:
              f"oracle/resynthesis_k{k}") for k in stages]
     if "oracle/gt_coarse/wer" in metrics:
         out.append(("gt codebook 0 + model NAR", "oracle/gt_coarse"))
+    if "oracle/tf_coarse/wer" in metrics:
+        out.append(("AR teacher-forced codebook 0 + NAR", "oracle/tf_coarse"))
     out.append(("model (AR + NAR)", "eval"))
     return out
 
@@ -67,6 +70,9 @@ def reading(metrics: Mapping[str, float]) -> str | None:
     if not (_finite(model) and _finite(resyn) and _finite(coarse)):
         return None
     gap, nar, ar = model - resyn, coarse - resyn, model - coarse  # type: ignore[operator]
+    tf = metrics.get("oracle/tf_coarse/wer")
+    split = (f" = per-frame prediction {tf - coarse:+.3f} (its teacher-forced argmax codebook 0 vs the ground "
+             f"truth's) + drift {model - tf:+.3f} (free-running vs teacher-forced)") if _finite(tf) else ""
     return (f"WER gap to the codec resynthesis: {gap:+.3f} = NAR {nar:+.3f} (ground-truth codebook 0 + the model's "
-            f"NAR vs resynthesis) + AR {ar:+.3f} (the model vs ground-truth codebook 0 + its NAR). "
+            f"NAR vs resynthesis) + AR {ar:+.3f} (the model vs ground-truth codebook 0 + its NAR){split}. "
             "Intervals are 95% bootstrap intervals over utterances.")

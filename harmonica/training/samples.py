@@ -98,7 +98,8 @@ class SampleRenderer:
         was_training = model.training
         model.eval()
         try:
-            probs: dict[int, torch.Tensor] | None = {} if self.decode_cfg.nar_residual == "expected" else None
+            expected = self.decode_cfg.ar_coarse if self.kind == "ar" else self.decode_cfg.nar_residual
+            probs: dict[int, torch.Tensor] | None = {} if expected == "expected" else None
             codes = self._codes(model, spec, device, gen, probs)
         finally:
             model.train(was_training)
@@ -108,7 +109,8 @@ class SampleRenderer:
 
     def _codes(self, model: nn.Module, spec: SampleSpec, device: torch.device, gen: torch.Generator,
                probs: dict[int, torch.Tensor] | None = None) -> torch.Tensor | None:
-        """AR: [1, T] or None; NAR: [n_q, T], its stage distributions into `probs` when given."""
+        """AR: [1, T] or None, its distribution over codebook 0 into probs[0] when given; NAR: [n_q, T], its
+        stage distributions into `probs` when given."""
         d = self.decode_cfg
         ex = spec.example
         text = ex.text[None].to(device)  # [1, L]
@@ -119,13 +121,17 @@ class SampleRenderer:
         if self.kind == "ar":
             budget = int(len(ex.text) * d.max_length_per_char * self.frame_rate)
             max_new = max(1, min(self.max_audio_frames, budget))
+            dists: list[torch.Tensor] | None = [] if probs is not None else None
             [tokens] = model.generate(
                 text, text_lens, max_new_tokens=max_new, temperature=d.temperature[0],
                 top_k=d.top_k[0], top_p=d.top_p[0], repetition_penalty=d.repetition_penalty, generator=gen,
                 text_guidance=d.text_guidance, text_window=d.text_window, text_window_heads=d.text_window_heads,
                 prompt=prompt if cond == "prompt" else None,
-                prompt_lens=prompt_lens if cond == "prompt" else None,
+                prompt_lens=prompt_lens if cond == "prompt" else None, probs_out=dists,
+                probs_temperature=d.ar_coarse_temperature,
             )  # [T]
+            if probs is not None and dists is not None:
+                probs[0] = dists[0].cpu()  # [T, V]
             return tokens[None].cpu() if tokens.numel() else None  # [1, T]
         cb0 = ex.codes[0][None].to(device)  # [1, T]
         lens = torch.tensor([cb0.size(1)], device=device)

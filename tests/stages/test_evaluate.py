@@ -24,7 +24,7 @@ def eval_workdir(tmp_path: Path, tiny_cache_workdir: Path) -> Path:
 
 @pytest.mark.slow
 def test_evaluate_logs_metrics_baselines_table_audio_and_links(eval_workdir, tiny_corpus, tiny_checkpoints):
-    cfg = tiny_cfg(tiny_corpus, "eval.split=val")
+    cfg = tiny_cfg(tiny_corpus, "eval.split=val", "eval.oracle_teacher_forced=true")
     out = run_evaluate(cfg, eval_workdir, str(tiny_checkpoints["ar"]), str(tiny_checkpoints["nar"]), progress=False)
     m = out.result.metrics
     for prefix in ("eval", "baseline/ground_truth", "baseline/resynthesis"):
@@ -32,8 +32,9 @@ def test_evaluate_logs_metrics_baselines_table_audio_and_links(eval_workdir, tin
                      "fail/too_long", "fail/too_short"):
             assert f"{prefix}/{name}" in m, f"{prefix}/{name}"
     assert m["eval/utterances"] == 3
-    # the decomposition: ground-truth codebook 0 + the model's NAR, and codebook 0 alone through the codec
-    for prefix in ("oracle/gt_coarse", "oracle/resynthesis_k1"):
+    # the decomposition: ground-truth codebook 0 + the model's NAR, the AR's teacher-forced codebook 0 + the
+    # NAR, and codebook 0 alone through the codec
+    for prefix in ("oracle/gt_coarse", "oracle/tf_coarse", "oracle/resynthesis_k1"):
         for name in ("wer", "cer", "sim", "fail/any"):
             assert f"{prefix}/{name}" in m, f"{prefix}/{name}"
     # 95% bootstrap intervals over utterances around every headline number, baselines and oracles too
