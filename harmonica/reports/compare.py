@@ -59,6 +59,10 @@ def compare_runs(run_ids: Sequence[str], *, tracking_uri: str) -> CompareResult:
         ("git_commit", [r.tags.get(names.GIT_COMMIT, MISSING)[:8] for r in runs]),
         ("dirty", [r.tags.get(names.GIT_DIRTY, MISSING) for r in runs]),
     ]
+    # what an evaluate run scored: two evaluations of different pairs can share every param
+    for label, tag in (("ar run", names.AR_RUN_ID), ("nar run", names.NAR_RUN_ID)):
+        if any(tag in r.tags for r in runs):
+            out.tags.append((label, [r.tags.get(tag, MISSING)[:12] for r in runs]))
     keys = sorted(set().union(*(r.params for r in runs)))
     for key in keys:
         values = [r.params.get(key) for r in runs]

@@ -15,6 +15,7 @@ def test_compare_shows_the_differing_param_and_hides_identical_ones(report_store
     assert result.param(DIFFERING_PARAM) == ["0.1", "0.99"]
     assert result.identical_params > 100
     assert dict(result.tags)["stage"] == ["train_nar", "train_nar"]
+    assert "ar run" not in dict(result.tags)  # only evaluate runs have what they scored
     key_metrics = {"nar/loss", "val/loss", "val_ema/loss", "nar/util_pred_median", "collapse/events"}
     assert key_metrics <= dict(result.metrics).keys()
     assert result.metric("collapse/events")[0] == 0 and result.metric("collapse/events")[1] > 0
@@ -41,6 +42,9 @@ def test_compare_mixed_stages_and_truncation(report_store):
     metrics = dict(result.metrics)
     assert metrics["eval/wer"][0] is None and metrics["eval/wer"][1] is not None
     assert "oracle/gt_coarse/wer" in metrics and "baseline/resynthesis/wer" in metrics
+    # what the evaluate run scored (its AR and NAR runs) is shown; a training run has none
+    assert dict(result.tags)["nar run"] == ["—", s.nar_b[:12]]
+    assert dict(result.tags)["ar run"][0] == "—" and dict(result.tags)["ar run"][1] != "—"
     low, high = result.intervals["eval/wer"][1]
     assert result.intervals["eval/wer"][0] is None and low <= metrics["eval/wer"][1] <= high
     wide = format_table(result, col_width=40)
