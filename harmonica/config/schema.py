@@ -265,6 +265,9 @@ class TrainingConfig(Strict):
     scheduled_sampling_ratio_start: float = Field(0.95, ge=0, le=1, description="teacher-forcing")
     scheduled_sampling_ratio_end: float = Field(0.7, ge=0, le=1)
     token_noise: float = Field(0.0, ge=0, lt=1)
+    token_noise_neighbours: int = Field(0, ge=0, description="AR: 0 = a noised input token is any codebook-0 "
+                                        "entry; k > 0 = one of its k nearest entries in the codec's embedding "
+                                        "space (the near-misses a free-running AR feeds itself)")
     text_dropout: float = Field(0.0, ge=0, lt=1, description="AR: share of utterances trained on the empty "
                                 "text (BOS EOS), so classifier-free guidance (eval.decode.text_guidance) has "
                                 "an unconditional model")

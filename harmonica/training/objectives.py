@@ -29,6 +29,7 @@ __all__ = [
     "codebook_label_smoothing",
     "compute_objective",
     "masked_ce",
+    "nearest_entries",
     "prediction_entropy",
     "scheduled_sampling_mix",
     "token_noise",
@@ -171,18 +172,31 @@ class Objective:
 
 
 def token_noise(tokens: Tensor, p: float, vocab_size: int, generator: torch.Generator | None = None,
-                mask: Tensor | None = None) -> Tensor:
+                mask: Tensor | None = None, neighbours: Tensor | None = None) -> Tensor:
     """Teacher-forcing input noise: each valid position (all if mask is None) is replaced, with
-    probability p, by a token drawn uniformly from [0, vocab_size) -- possibly the same token.
+    probability p, by a token drawn uniformly from [0, vocab_size) -- possibly the same token -- or,
+    given neighbours [vocab_size, k] (`nearest_entries`), by one of the token's k nearest entries.
     Returns a new tensor; `tokens` is not modified. The generator must live on tokens.device."""
     if p <= 0:
         return tokens
     hit = torch.rand(tokens.shape, generator=generator, device=tokens.device) < p
     if mask is not None:
         hit = hit & mask
-    rand_tok = torch.randint(0, vocab_size, tokens.shape, generator=generator,
-                             device=tokens.device, dtype=tokens.dtype)
+    if neighbours is None:
+        rand_tok = torch.randint(0, vocab_size, tokens.shape, generator=generator,
+                                 device=tokens.device, dtype=tokens.dtype)
+    else:
+        pick = torch.randint(0, neighbours.size(1), tokens.shape, generator=generator, device=tokens.device)
+        rand_tok = neighbours[tokens.clamp(0, vocab_size - 1), pick].to(tokens.dtype)  # padding ids never hit
     return torch.where(hit, rand_tok, tokens)
+
+
+def nearest_entries(table: Tensor, k: int) -> Tensor:
+    """A codebook's embeddings [V, D] -> the k nearest other entries of each [V, k] (Euclidean)."""
+    k = min(k, table.size(0) - 1)
+    d = torch.cdist(table.float(), table.float())  # [V, V]
+    d.fill_diagonal_(float("inf"))
+    return d.topk(k, dim=1, largest=False).indices  # [V, k]
 
 
 def text_dropout(text: Tensor, text_lens: Tensor, p: float,

@@ -6,6 +6,7 @@ The trainer owns the loop; a task turns a batch into a loss plus tensors for the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,13 @@ from harmonica.config.schema import TrainingConfig
 from harmonica.models.layers import masked_mean_ce
 from harmonica.training.data import prompt_kwargs
 from harmonica.training.guided import guided_layers, guided_loss_from_probs, guided_weight_at
-from harmonica.training.objectives import compute_objective, scheduled_sampling_mix, text_dropout, token_noise
+from harmonica.training.objectives import (
+    compute_objective,
+    nearest_entries,
+    scheduled_sampling_mix,
+    text_dropout,
+    token_noise,
+)
 from harmonica.training.schedules import scheduled_sampling_ratio_at
 
 
@@ -54,10 +61,11 @@ class ARTask:
 
     kind = "ar"
 
-    def __init__(self, cfg: TrainingConfig, codebook_size: int, n_q: int) -> None:
+    def __init__(self, cfg: TrainingConfig, codebook_size: int, n_q: int, neighbours: Tensor | None = None) -> None:
         self.cfg = cfg
         self.codebook_size = codebook_size
         self.n_q = n_q
+        self.neighbours = neighbours  # [V, k] codebook-0 entries a noised input may become (None = any)
 
     def train_step(
         self, model: nn.Module, batch: dict[str, Any], step: int, generator: torch.Generator, collect_attn: bool
@@ -80,7 +88,8 @@ class ARTask:
             )  # [B, T+1]
         if self.cfg.token_noise > 0:
             base = override if override is not None else inputs
-            override = token_noise(base, self.cfg.token_noise, self.codebook_size, generator=generator, mask=input_mask)
+            override = token_noise(base, self.cfg.token_noise, self.codebook_size, generator=generator, mask=input_mask,
+                                   neighbours=self.neighbours)
         w_guided = guided_weight_at(step, self.cfg)
         layers = guided_layers(self.cfg, len(core.blocks)) if w_guided > 0 else []
         logits, _, aux = model(
@@ -206,5 +215,13 @@ class NARTask:
         return StepOutput(loss=loss, terms={"ce": loss}, usage=usage)
 
 
-def build_task(kind: str, cfg: TrainingConfig, codebook_size: int, n_q: int) -> ARTask | NARTask:
-    return {"ar": ARTask, "nar": NARTask}[kind](cfg, codebook_size, n_q)
+def build_task(kind: str, cfg: TrainingConfig, codebook_size: int, n_q: int,
+               stage0: Callable[[], Tensor] | None = None) -> ARTask | NARTask:
+    """stage0: the codec's codebook-0 embeddings [V, D], asked for only when the AR's token noise picks
+    neighbours (training.token_noise_neighbours)."""
+    if kind == "ar":
+        k = cfg.token_noise_neighbours
+        if k > 0 and stage0 is None:
+            raise ValueError("training.ar.token_noise_neighbours needs the codec's codebook-0 embeddings")
+        return ARTask(cfg, codebook_size, n_q, nearest_entries(stage0(), k) if k > 0 and stage0 else None)
+    return NARTask(cfg, codebook_size, n_q)

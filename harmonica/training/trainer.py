@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from harmonica import interrupts
+from harmonica.codec import load_codec
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.cache import TokenCache
 from harmonica.models import build_model
@@ -103,7 +104,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.groups, self.tcfg)
         self.scheduler = build_scheduler(self.optimizer, self.tcfg)
         self.ema = EMA(self.core, self.tcfg.ema_decay)
-        self.task = build_task(kind, self.tcfg, contract["codebook_size"], contract["n_q"])
+        self.task = build_task(kind, self.tcfg, contract["codebook_size"], contract["n_q"],
+                               lambda: load_codec(cfg.codec, cache.codec_dir).stage_embeddings(0).to(device))
         self.usage = CodebookUsage(contract["n_q"], contract["codebook_size"], device)
         self.collapse = CollapseMonitor(self.tcfg.collapse)
         self.early = EarlyStopper(self.tcfg.collapse.early_stop_window)

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from harmonica.config.schema import TrainingConfig
+from harmonica.training.steps import build_task
 from harmonica.training.objectives import (
+    nearest_entries,
     Objective,
     codebook_label_smoothing,
     compute_objective,
@@ -204,6 +206,36 @@ def test_token_noise():
     assert noisy.max() < 1000 and noisy.dtype == tokens.dtype
     assert (tokens == 0).all()  # input not modified
     assert token_noise(tokens, 0.0, 1000, g) is tokens
+
+
+def test_token_noise_with_neighbours_picks_near_entries():
+    table = torch.tensor([[0.0], [1.0], [3.0], [10.0], [12.0]])  # [V=5, D=1]
+    assert nearest_entries(table, 1)[:, 0].tolist() == [1, 0, 1, 4, 3]
+    near = nearest_entries(table, 2)  # [5, 2]
+    assert near.shape == (5, 2) and not (near == torch.arange(5)[:, None]).any()  # never itself
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 5, (64, 64), generator=g)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[:, 32:] = False
+    tokens[:, 40:] = -1  # padding ids stay
+    noisy = token_noise(tokens, 0.3, 5, g, mask=mask, neighbours=near)
+    changed = noisy != tokens
+    assert not changed[:, 32:].any() and (noisy[:, 40:] == -1).all()
+    assert changed[:, :32].float().mean().item() == pytest.approx(0.3, abs=0.04)  # a neighbour is never itself
+    rows, cols = changed.nonzero(as_tuple=True)
+    assert all(int(n) in near[int(t)].tolist() for t, n in zip(tokens[rows, cols], noisy[rows, cols]))
+
+
+def test_the_ar_task_asks_for_the_codec_only_when_neighbours_are_on():
+    def no_codec():
+        raise AssertionError("the codec was loaded although token_noise_neighbours is 0")
+
+    assert build_task("ar", TrainingConfig(token_noise=0.4), 5, 4, no_codec).neighbours is None
+    table = torch.tensor([[0.0], [1.0], [3.0], [10.0], [12.0]])
+    task = build_task("ar", TrainingConfig(token_noise=0.4, token_noise_neighbours=2), 5, 4, lambda: table)
+    assert task.neighbours.shape == (5, 2)
+    with pytest.raises(ValueError, match="token_noise_neighbours"):
+        build_task("ar", TrainingConfig(token_noise=0.4, token_noise_neighbours=2), 5, 4)
 
 
 def test_scheduled_sampling_mix():

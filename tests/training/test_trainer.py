@@ -208,3 +208,18 @@ def test_the_nar_trains_with_the_count_table_of_its_training_split(tiny_corpus, 
     for weights in ("model.safetensors", "ema.safetensors"):  # a constant: the EMA copy is the table too
         assert torch.equal(load_file(str(result.last_checkpoint / weights))["count_prior"], table[1:]), weights
     assert ckpt.read_meta(result.last_checkpoint)["contract"]["count_prior"] is True
+
+
+def test_the_ar_noises_its_inputs_towards_codec_neighbours(tiny_corpus, tiny_cache_workdir, tmp_path):
+    from harmonica.codec import load_codec
+
+    t = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ar", "ar", RecordingSink(),
+                 "training.ar.token_noise=0.4", "training.ar.token_noise_neighbours=3")
+    table = load_codec(t.cfg.codec, t.cache.codec_dir).stage_embeddings(0)  # [V, D]
+    near = t.task.neighbours  # [V, 3]
+    assert near.shape == (table.size(0), 3)
+    d = torch.cdist(table, table)  # [V, V]
+    for v in range(table.size(0)):  # each entry's 3 neighbours are as near as any other entries
+        others = torch.cat([d[v, :v], d[v, v + 1:]])
+        assert d[v, near[v]].max() <= others.sort().values[2] + 1e-6
+    assert math.isfinite(t.fit().final_metrics.get("ar/loss", float("nan")))
