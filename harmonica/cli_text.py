@@ -52,9 +52,11 @@ def evaluate_summary(out: Any, weights: str) -> list[str]:
                  f"({weights} weights); peak ceiling attenuated {m['eval/peak_limited_rate']:.0%} of the outputs "
                  f"(mean gain {m['eval/peak_gain_db_mean']:+.2f} dB)"]
     cells = ("wer", "cer", "sim", "fail/any")  # value [95% bootstrap interval over utterances]
-    lines.append(f"  {'':<30}" + "".join(f"{c.upper().replace('FAIL/ANY', 'FAIL'):>22}" for c in cells))
-    for label, prefix in columns(m):
-        lines.append(f"  {label:<30}" + "".join(f"{with_interval(m, f'{prefix}/{c}') or '—':>22}" for c in cells))
+    rows = columns(m)
+    w = max(30, *(len(label) + 1 for label, _ in rows))  # the labels line up however long the longest
+    lines.append(f"  {'':<{w}}" + "".join(f"{c.upper().replace('FAIL/ANY', 'FAIL'):>22}" for c in cells))
+    for label, prefix in rows:
+        lines.append(f"  {label:<{w}}" + "".join(f"{with_interval(m, f'{prefix}/{c}') or '—':>22}" for c in cells))
     lines.append(where(out.run_id, out.experiment, out.tracking_uri))
     return lines
 
