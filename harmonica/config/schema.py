@@ -268,6 +268,10 @@ class TrainingConfig(Strict):
     token_noise_neighbours: int = Field(0, ge=0, description="AR: 0 = a noised input token is any codebook-0 "
                                         "entry; k > 0 = one of its k nearest entries in the codec's embedding "
                                         "space (the near-misses a free-running AR feeds itself)")
+    neighbour_smoothing: float = Field(0.0, ge=0, lt=1, description="AR: target mass moved from the true "
+                                       "codebook-0 entry to its nearest entries in the codec's embedding space "
+                                       "(acoustic label smoothing: a near-miss costs less than a far miss)")
+    neighbour_smoothing_k: int = Field(8, ge=1, description="AR: entries sharing neighbour_smoothing")
     text_dropout: float = Field(0.0, ge=0, lt=1, description="AR: share of utterances trained on the empty "
                                 "text (BOS EOS), so classifier-free guidance (eval.decode.text_guidance) has "
                                 "an unconditional model")

@@ -112,9 +112,22 @@ def codebook_label_smoothing(value: float, codebook_index: int | None, n_q: int 
     return value * (first_nar_scale + (1.0 - first_nar_scale) * t)
 
 
+def neighbour_nll(logp: Tensor, targets: Tensor, mask: Tensor, neighbours: Tensor) -> Tensor:
+    """Mean -log p over each target's k nearest entries: log-probs [B, T, V'] (V' >= V, e.g. a STOP
+    column), targets [B, T], neighbours [V, k] (`nearest_entries`) -> [B, T]. A target outside the
+    table (STOP) or on padding gets its own nll, so smoothing never moves mass off STOP."""
+    V = neighbours.size(0)
+    inside = mask & (targets < V)  # [B, T]
+    safe = torch.where(inside, targets, torch.zeros_like(targets)).long()  # [B, T]
+    near = neighbours.to(logp.device)[safe]  # [B, T, k]
+    nb = -logp.gather(-1, near).mean(-1)  # [B, T]
+    own = -logp.gather(-1, torch.where(mask, targets, torch.zeros_like(targets)).long().unsqueeze(-1)).squeeze(-1)
+    return torch.where(inside, nb, own)
+
+
 def compute_objective(logits: Tensor, targets: Tensor, mask: Tensor, step: int,
                       cfg: TrainingConfig, codebook_index: int | None = None,
-                      n_q: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                      n_q: int | None = None, neighbours: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """loss = CE(scheduled label smoothing, focal) - w_ent(step) * prediction_entropy
     - usage_entropy_weight * usage_entropy, with `step` the optimizer step.
 
@@ -122,13 +135,17 @@ def compute_objective(logits: Tensor, targets: Tensor, mask: Tensor, step: int,
     syncs only when it logs): "ce" (plain, unsmoothed, unweighted CE -- comparable across runs and
     with validation), "ce_smoothed" (the CE term actually optimised), "entropy", "usage_entropy",
     "reg_entropy_weight", "label_smoothing" (the value used, after the per-codebook rule), "loss".
-    An entropy term whose weight is 0 is still reported but computed without autograd."""
+    neighbours [V, k]: with cfg.neighbour_smoothing a, a share a of the target mass goes uniformly to
+    the target's k nearest codec entries (`neighbour_nll`). An entropy term whose weight is 0 is still reported but computed without autograd."""
     ls = codebook_label_smoothing(label_smoothing_at(step, cfg), codebook_index, n_q)
     w_ent = codebook_entropy_weight_at(step, cfg)
     w_use = cfg.usage_entropy_weight
 
     logp, nll, smooth = _ce_parts(logits, targets, mask)
     per_pos = (1.0 - ls) * nll + ls * smooth if ls else nll
+    a = cfg.neighbour_smoothing if neighbours is not None else 0.0
+    if a > 0:
+        per_pos = (1.0 - a) * per_pos + a * neighbour_nll(logp, targets, mask, neighbours)
     if cfg.focal_gamma > 0:
         per_pos = per_pos * _focal_weights(nll, mask, cfg.focal_gamma)
     ce_term = _masked_mean(per_pos, mask)

@@ -270,3 +270,40 @@ def test_sharpened_usage_entropy_sees_argmax_collapse_and_its_gradient_spreads_i
     assert usage_entropy(logits, mask, temperature=0.05) > sharp
     hist = torch.bincount(logits.argmax(-1).flatten(), minlength=16)
     assert (hist > 0).sum() > 4  # ascending it moved argmaxes off the collapsed entry
+
+
+def test_neighbour_smoothing_moves_target_mass_to_the_nearest_entries_only():
+    from harmonica.training.objectives import neighbour_nll
+
+    table = torch.tensor([[0.0], [1.0], [3.0], [10.0], [12.0]])  # [V=5, D=1]
+    near = nearest_entries(table, 1)  # [5, 1]: 1, 0, 1, 4, 3
+    cfg = TrainingConfig(label_smoothing=0.0, codebook_entropy_weight=0.0, neighbour_smoothing=0.5,
+                         neighbour_smoothing_k=1)
+    targets = torch.tensor([[0, 3, 5, 2]])  # [1, 4]; 5 = STOP (outside the table)
+    mask = torch.tensor([[True, True, True, False]])
+    logits = torch.zeros(1, 4, 6, requires_grad=True)  # [1, 4, V+1]
+    loss, terms = compute_objective(logits, targets, mask, 0, cfg, codebook_index=0, neighbours=near)
+    loss.backward()
+    g = logits.grad[0]  # [4, 6]: negative where the target distribution puts mass
+    assert g[0, 0] < 0 and g[0, 1] < 0 and g[0, 0] == pytest.approx(g[0, 1].item())  # half on 0, half on its neighbour 1
+    assert (g[0, 2:] > 0).all()  # a far miss is not rewarded
+    assert g[1, 3] < 0 and g[1, 4] < 0 and (g[1, :3] > 0).all()
+    assert g[2, 5] < 0 and (g[2, :5] > 0).all()  # STOP keeps all its mass
+    assert (g[3] == 0).all()  # padding
+    # the plain CE stays the comparable metric: smoothing changes the loss, not terms["ce"]
+    plain, plain_terms = compute_objective(logits.detach(), targets, mask, 0, cfg, codebook_index=0)
+    assert terms["ce"] == pytest.approx(plain_terms["ce"].item())
+    logp = torch.log_softmax(torch.tensor([[[5.0, 0.0, 0.0, 0.0, 0.0, 0.0]]]), -1)  # [1, 1, 6]
+    nb = neighbour_nll(logp, torch.tensor([[0]]), torch.tensor([[True]]), near)
+    assert nb.item() == pytest.approx(-logp[0, 0, 1].item())  # target 0 -> its neighbour 1's nll
+
+
+def test_neighbour_smoothing_asks_for_the_codec_and_is_refused_for_the_nar():
+    table = torch.tensor([[0.0], [1.0], [3.0], [10.0], [12.0]])
+    cfg = TrainingConfig(neighbour_smoothing=0.3, neighbour_smoothing_k=2)
+    task = build_task("ar", cfg, 5, 4, lambda: table)
+    assert task.target_neighbours.shape == (5, 2) and task.neighbours is None
+    with pytest.raises(ValueError, match="neighbour_smoothing"):
+        build_task("ar", cfg, 5, 4)
+    with pytest.raises(ValueError, match="training.nar.neighbour_smoothing"):
+        build_task("nar", cfg, 5, 4)

@@ -223,3 +223,18 @@ def test_the_ar_noises_its_inputs_towards_codec_neighbours(tiny_corpus, tiny_cac
         others = torch.cat([d[v, :v], d[v, v + 1:]])
         assert d[v, near[v]].max() <= others.sort().values[2] + 1e-6
     assert math.isfinite(t.fit().final_metrics.get("ar/loss", float("nan")))
+
+
+def test_the_ar_smooths_its_targets_over_codec_neighbours(tiny_corpus, tiny_cache_workdir, tmp_path):
+    from harmonica.codec import load_codec
+
+    t = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ar", "ar", RecordingSink(),
+                 "training.ar.neighbour_smoothing=0.3", "training.ar.neighbour_smoothing_k=2")
+    table = load_codec(t.cfg.codec, t.cache.codec_dir).stage_embeddings(0)  # [V, D]
+    near = t.task.target_neighbours  # [V, 2]
+    assert near.shape == (table.size(0), 2) and t.task.neighbours is None
+    d = torch.cdist(table, table)  # [V, V]
+    for v in range(table.size(0)):
+        others = torch.cat([d[v, :v], d[v, v + 1:]])
+        assert d[v, near[v]].max() <= others.sort().values[1] + 1e-6
+    assert math.isfinite(t.fit().final_metrics["ar/ce"])
