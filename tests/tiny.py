@@ -22,6 +22,7 @@ TINY = [
     "codec.ladder_utterances=0", "text.frontend=chars", "data.workers=1",
     "training.ar.threads=1", "training.nar.threads=1", "eval.threads=1", "eval.oracle_stages=[1]",
     "eval.oracle_teacher_forced=false", "training.ar.neighbour_smoothing=0", "eval.decode.ar_coarse=sampled",
+    "eval.decode.latent_smoothing=[]",
     # a count table of 16 utterances is degenerate (its argmax is one entry of codebook 2: a collapse at step 2);
     # tests/models/test_nar_prior.py and tests/training/test_trainer.py train with the prior
     "model.nar.count_prior=false",

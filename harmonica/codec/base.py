@@ -12,7 +12,7 @@ import abc
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,21 @@ ParamValue = str | int | float | bool
 def num_frames(num_samples: int, hop: int) -> int:
     """Frames for ``num_samples`` samples: ``ceil(num_samples / hop)``."""
     return -(-int(num_samples) // int(hop))
+
+
+def smooth_frames(latent: torch.Tensor, kernel: Sequence[float]) -> torch.Tensor:
+    """A latent ``[T, D]`` convolved along time with `kernel` (odd length, normalised to sum 1, edges
+    replicated) -> ``[T, D]``. Frame-wise quantisation error is white in time while speech spectra
+    change smoothly at codec frame rates: a short low-pass removes much of the former and little of
+    the latter. An empty or one-tap kernel returns the latent unchanged."""
+    if len(kernel) <= 1:
+        return latent
+    if len(kernel) % 2 == 0 or min(kernel) < 0 or sum(kernel) <= 0:
+        raise ValueError(f"smoothing kernel {list(kernel)}: odd length, non-negative taps, positive sum")
+    k = torch.tensor(kernel, dtype=latent.dtype) / float(sum(kernel))  # [W]
+    r = len(kernel) // 2
+    padded = torch.cat([latent[:1].expand(r, -1), latent, latent[-1:].expand(r, -1)])  # [T+2r, D]
+    return sum(k[j] * padded[j: j + latent.shape[0]] for j in range(len(kernel)))  # [T, D]
 
 
 def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -141,12 +156,14 @@ class Codec(abc.ABC):
         quantizer's."""
         return self.decode_latent(self.latent(wav))
 
-    def decode_expected(self, codes: np.ndarray, probs: Mapping[int, torch.Tensor]) -> np.ndarray:
+    def decode_expected(self, codes: np.ndarray, probs: Mapping[int, torch.Tensor],
+                        smoothing: Sequence[float] = ()) -> np.ndarray:
         """Decode codes ``[k, T]`` where each stage s in `probs` (``[T, stage_sizes[s]]``, rows summing
         to 1) contributes the probability-weighted mean of its embeddings instead of the entry in
         `codes`: the minimum-mean-square-error estimate of a residual the predictor is unsure of.
         An unsure argmax adds a wrong residual vector (error ~2x the residual's own); the mean
-        shrinks towards what the predictor can tell. One-hot probs decode exactly like `decode`."""
+        shrinks towards what the predictor can tell. One-hot probs decode exactly like `decode`.
+        smoothing: a kernel the summed latent is convolved with along time (`smooth_frames`)."""
         c = self._check_codes(codes)  # [k, T]
         bad = [s for s in probs if not 0 <= s < c.shape[0]]
         if bad:
@@ -162,7 +179,7 @@ class Codec(abc.ABC):
                 latent = latent + p @ table  # [T, D]
             else:
                 latent = latent + table[c[stage]]  # [T, D]
-        return self.decode_latent(latent)
+        return self.decode_latent(smooth_frames(latent, smoothing))
 
     @abc.abstractmethod
     def fit(self, wavs: Iterable[np.ndarray]) -> None:

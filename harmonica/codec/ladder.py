@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from harmonica.codec import load_codec
+from harmonica.codec.base import smooth_frames
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.audio import load_audio, normalize, trim_silence
 from harmonica.data.cache import TokenCache
@@ -95,8 +96,11 @@ def ladder_slice(cache: TokenCache, n: int) -> list[tuple[dict[str, Any], np.nda
 
 
 def _settings(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> dict[str, Any]:
+    smoothing = cfg.eval.decode.latent_smoothing
     return {"utterances": n, "asr": cfg.eval.asr.model_dump(mode="json"), "cache": cache.fingerprint,
-            "n_q": int(cache.contract["n_q"]), "version": LADDER_VERSION}
+            "n_q": int(cache.contract["n_q"]), "version": LADDER_VERSION,
+            # only when on, so ladders stored without it stay valid
+            **({"latent_smoothing": list(smoothing)} if len(smoothing) > 1 else {})}
 
 
 def _score(level: str, items: list[tuple[dict[str, Any], np.ndarray, str]], wavs: list[np.ndarray], sr: int,
@@ -146,11 +150,14 @@ def run_ladder(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> Ladder | None
             wav = trim_silence(wav, sr, cfg.data.trim_db)
         truth.append(normalize(wav, cfg.data.normalize, cfg.data.normalize_level_db))
     metrics, rows = _score(GROUND_TRUTH, items, truth, sr, asr)
-    m, r = _score(UNQUANTIZED, items, [codec.resynthesize_unquantized(w) for w in truth], sr, asr)
+    # decoded as evaluate decodes (eval.decode.latent_smoothing), so the ladder and the baselines agree
+    smoothing = cfg.eval.decode.latent_smoothing
+    unquantized = [codec.decode_latent(smooth_frames(codec.latent(w), smoothing)) for w in truth]
+    m, r = _score(UNQUANTIZED, items, unquantized, sr, asr)
     metrics.update(m)
     rows += r
     for k in range(1, codec.n_q + 1):
-        wavs = [codec.decode(codes[:k]) for _, codes, _ in items]
+        wavs = [codec.decode_expected(codes[:k], {}, smoothing) for _, codes, _ in items]
         m, r = _score(f"k{k}", items, wavs, sr, asr)
         metrics.update(m)
         rows += r

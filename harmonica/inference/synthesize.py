@@ -188,9 +188,14 @@ class Synthesizer:
                      probs: dict[int, torch.Tensor] | None = None) -> tuple[np.ndarray, float]:
         """The one way out of the codec: codes [k, T] -> (waveform float32 with its peak at most
         decode.peak_ceiling_db, the gain applied in dB). Model output and baselines alike. probs:
-        stage -> [T, K_s] predicted distributions decoded as expected embeddings (Codec.decode_expected)."""
+        stage -> [T, K_s] predicted distributions decoded as expected embeddings (Codec.decode_expected);
+        decode.latent_smoothing low-passes the summed latent along time (`smooth_frames`)."""
         t = time.perf_counter()
-        wav = self.codec.decode_expected(codes, probs) if probs else self.codec.decode(codes)
+        smoothing = self.decode.latent_smoothing
+        if probs or len(smoothing) > 1:
+            wav = self.codec.decode_expected(codes, probs or {}, smoothing)
+        else:
+            wav = self.codec.decode(codes)
         self.timings.add(timing, t)
         return limit_peak(wav, self.decode.peak_ceiling_db)
 

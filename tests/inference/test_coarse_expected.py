@@ -48,7 +48,7 @@ def test_synthesizer_decodes_the_expected_codebook_0(tiny_checkpoints, tiny_corp
     prompt = hard.prompt_from_wav(next((tiny_corpus / "wavs").glob("*.wav")))
     calls: list[dict] = []
     decode_expected = soft.codec.decode_expected
-    soft.codec.decode_expected = lambda codes, probs: calls.append(probs) or decode_expected(codes, probs)
+    soft.codec.decode_expected = lambda codes, probs, *a: calls.append(probs) or decode_expected(codes, probs, *a)
     a, info_a = hard.synthesize("a quiet river", prompt=prompt)
     b, info_b = soft.synthesize("a quiet river", prompt=prompt)
     c, _ = near_argmax.synthesize("a quiet river", prompt=prompt)

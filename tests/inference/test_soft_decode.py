@@ -15,7 +15,7 @@ def test_expected_residual_decodes_the_nar_distributions(tiny_checkpoints, tiny_
     cb0 = torch.randint(0, hard.codec.stage_sizes[0], (40,), generator=torch.Generator().manual_seed(0))  # [T]
     calls: list[dict] = []
     decode_expected = soft.codec.decode_expected
-    soft.codec.decode_expected = lambda codes, probs: calls.append(probs) or decode_expected(codes, probs)
+    soft.codec.decode_expected = lambda codes, probs, *a: calls.append(probs) or decode_expected(codes, probs, *a)
     a = hard.complete("a quiet river", cb0, prompt=prompt)
     b = soft.complete("a quiet river", cb0, prompt=prompt)
     [probs] = calls
