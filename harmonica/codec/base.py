@@ -181,6 +181,14 @@ class Codec(abc.ABC):
                 latent = latent + table[c[stage]]  # [T, D]
         return self.decode_latent(smooth_frames(latent, smoothing))
 
+    def decode_as(self, codes: np.ndarray, probs: Mapping[int, torch.Tensor] | None = None,
+                  smoothing: Sequence[float] = ()) -> np.ndarray:
+        """`decode` with eval.decode's choices: stages in `probs` as expected embeddings, the latent
+        smoothed along time (`decode_expected`); with neither, plain `decode`."""
+        if probs or len(smoothing) > 1:
+            return self.decode_expected(codes, probs or {}, smoothing)
+        return self.decode(codes)
+
     @abc.abstractmethod
     def fit(self, wavs: Iterable[np.ndarray]) -> None:
         """Fit data-dependent state on training audio; no-op when nothing needs fitting."""

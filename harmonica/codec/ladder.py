@@ -157,7 +157,7 @@ def run_ladder(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> Ladder | None
     metrics.update(m)
     rows += r
     for k in range(1, codec.n_q + 1):
-        wavs = [codec.decode_expected(codes[:k], {}, smoothing) for _, codes, _ in items]
+        wavs = [codec.decode_as(codes[:k], None, smoothing) for _, codes, _ in items]
         m, r = _score(f"k{k}", items, wavs, sr, asr)
         metrics.update(m)
         rows += r

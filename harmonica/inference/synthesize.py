@@ -191,11 +191,7 @@ class Synthesizer:
         stage -> [T, K_s] predicted distributions decoded as expected embeddings (Codec.decode_expected);
         decode.latent_smoothing low-passes the summed latent along time (`smooth_frames`)."""
         t = time.perf_counter()
-        smoothing = self.decode.latent_smoothing
-        if probs or len(smoothing) > 1:
-            wav = self.codec.decode_expected(codes, probs or {}, smoothing)
-        else:
-            wav = self.codec.decode(codes)
+        wav = self.codec.decode_as(codes, probs, self.decode.latent_smoothing)
         self.timings.add(timing, t)
         return limit_peak(wav, self.decode.peak_ceiling_db)
 

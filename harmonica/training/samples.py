@@ -76,7 +76,7 @@ class SampleRenderer:
     def reference(self, spec: SampleSpec) -> np.ndarray:
         """The ground truth through the same decode as the samples (AR: codebook 0 alone)."""
         codes = spec.example.codes if self.kind == "nar" else spec.example.codes[:1]  # [k, T]
-        return self.codec.decode(codes.numpy())
+        return self.codec.decode_as(codes.numpy(), None, self.decode_cfg.latent_smoothing)
 
     @torch.no_grad()
     def render(self, model: nn.Module, step: int, directory: Path, device: torch.device) -> dict[str, np.ndarray]:
@@ -105,7 +105,7 @@ class SampleRenderer:
             model.train(was_training)
         if codes is None:
             return None
-        return self.codec.decode_expected(codes.numpy(), probs) if probs else self.codec.decode(codes.numpy())
+        return self.codec.decode_as(codes.numpy(), probs, self.decode_cfg.latent_smoothing)
 
     def _codes(self, model: nn.Module, spec: SampleSpec, device: torch.device, gen: torch.Generator,
                probs: dict[int, torch.Tensor] | None = None) -> torch.Tensor | None:

@@ -66,3 +66,15 @@ def test_the_synthesizer_smooths_baselines_and_model_output_alike(tiny_checkpoin
     torch.testing.assert_close(latents[-1], smooth_frames(smooth.codec.quantized_log_mel(codes), [1, 2, 1]))
     base = plain.decode_codes(codes, "codec_decode_baseline")[0]
     assert np.abs(wav - base).max() > 1e-3 * np.abs(base).max()
+
+
+def test_decode_as_is_plain_decode_unless_asked(train_wavs, one_second, monkeypatch) -> None:
+    codec = build_codec(CodecConfig(n_q=2, codebook_size=16, kmeans_iters=3, griffin_lim_iters=2))
+    codec.fit(train_wavs)
+    codes = codec.encode(one_second)  # [2, T]
+    np.testing.assert_array_equal(codec.decode_as(codes), codec.decode(codes))
+    np.testing.assert_array_equal(codec.decode_as(codes, {}, [1.0]), codec.decode(codes))
+    seen: list[torch.Tensor] = []
+    monkeypatch.setattr(codec, "decode_latent", lambda latent: seen.append(latent) or np.zeros(1, np.float32))
+    codec.decode_as(codes, None, [1, 2, 1])
+    torch.testing.assert_close(seen[-1], smooth_frames(codec.quantized_log_mel(codes), [1, 2, 1]))
