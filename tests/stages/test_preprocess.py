@@ -245,7 +245,8 @@ def test_codec_ladder_is_logged_and_reused(tmp_path: Path, workdir: Path, monkey
     fourth = run_preprocess(cfg, workdir, progress=False)
     assert "codec/ladder/unquantized/wer" in MlflowClient(fourth.tracking_uri).get_run(fourth.run_id).data.metrics
     assert "codec/ladder/unquantized/wer" in json.loads(stored.read_text())["metrics"]  # written whole again
-    # decoded as evaluate decodes: a smoothing kernel is another ladder (measured again, recorded)
+    # decoded as evaluate decodes: another smoothing kernel (the demo's is [1, 2, 1]) is another ladder,
+    # measured again and recorded
     calls: list = []
     from harmonica.codec import base
 
@@ -253,10 +254,10 @@ def test_codec_ladder_is_logged_and_reused(tmp_path: Path, workdir: Path, monkey
     monkeypatch.setattr(base, "smooth_frames", lambda x, k: calls.append(list(k)) or smooth(x, k))
     monkeypatch.setattr("harmonica.codec.ladder.smooth_frames", base.smooth_frames)
     fifth = run_preprocess(_cfg(corpus.root, "data.eval_fraction=0.2", "codec.ladder_utterances=2",
-                                "eval.decode.latent_smoothing=[1,2,1]"), workdir, progress=False)
+                                "eval.decode.latent_smoothing=[1,6,1]"), workdir, progress=False)
     assert fifth.result.reused  # not a token setting
-    assert json.loads(stored.read_text())["settings"]["latent_smoothing"] == [1, 2, 1]
-    assert calls and all(k == [1, 2, 1] for k in calls)  # unquantized and every k level
+    assert json.loads(stored.read_text())["settings"]["latent_smoothing"] == [1, 6, 1]
+    assert len(calls) == 2 * 3 and all(k == [1, 6, 1] for k in calls)  # 2 utterances: unquantized, k1, k2
 
 
 def test_codec_ladder_skips_a_codec_without_trained_weights(tmp_path: Path):
