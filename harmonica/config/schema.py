@@ -277,6 +277,9 @@ class TrainingConfig(Strict):
                                        "codebook-0 entry to its nearest entries in the codec's embedding space "
                                        "(acoustic label smoothing: a near-miss costs less than a far miss)")
     neighbour_smoothing_k: int = Field(8, ge=1, description="AR: entries sharing neighbour_smoothing")
+    embedding_regression_weight: float = Field(0.0, ge=0, description="AR: + this x the mean squared error "
+                                               "between codebook 0's expected codec embedding under the AR's "
+                                               "distribution and the target entry's (what ar_coarse=expected decodes)")
     text_dropout: float = Field(0.0, ge=0, lt=1, description="AR: share of utterances trained on the empty "
                                 "text (BOS EOS), so classifier-free guidance (eval.decode.text_guidance) has "
                                 "an unconditional model")

@@ -125,6 +125,20 @@ def neighbour_nll(logp: Tensor, targets: Tensor, mask: Tensor, neighbours: Tenso
     return torch.where(inside, nb, own)
 
 
+def embedding_regression(logits: Tensor, targets: Tensor, mask: Tensor, table: Tensor) -> Tensor:
+    """Mean over valid positions whose target is an entry (not STOP) of the squared error, averaged over
+    the embedding dimensions, between the expected embedding under softmax(logits[..., :V]) and the target
+    entry's: logits [B, T, V'] (V' >= V), targets [B, T], table [V, D] (a codebook's embeddings) -> 0-d.
+    The CE treats every wrong entry alike; this term prices a miss by how far it sounds."""
+    V = table.size(0)
+    inside = mask & (targets < V)  # [B, T]
+    safe = torch.where(inside, targets, torch.zeros_like(targets)).long()  # [B, T]
+    table = table.to(device=logits.device, dtype=torch.float32)
+    expected = F.softmax(logits[..., :V].float(), dim=-1) @ table  # [B, T, D]
+    err = ((expected - table[safe]) ** 2).mean(-1)  # [B, T]
+    return _masked_mean(err, inside)
+
+
 def compute_objective(logits: Tensor, targets: Tensor, mask: Tensor, step: int,
                       cfg: TrainingConfig, codebook_index: int | None = None,
                       n_q: int | None = None, neighbours: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:

@@ -19,6 +19,7 @@ from harmonica.training.data import prompt_kwargs
 from harmonica.training.guided import guided_layers, guided_loss_from_probs, guided_weight_at
 from harmonica.training.objectives import (
     compute_objective,
+    embedding_regression,
     nearest_entries,
     scheduled_sampling_mix,
     text_dropout,
@@ -62,12 +63,13 @@ class ARTask:
     kind = "ar"
 
     def __init__(self, cfg: TrainingConfig, codebook_size: int, n_q: int, neighbours: Tensor | None = None,
-                 target_neighbours: Tensor | None = None) -> None:
+                 target_neighbours: Tensor | None = None, table: Tensor | None = None) -> None:
         self.cfg = cfg
         self.codebook_size = codebook_size
         self.n_q = n_q
         self.neighbours = neighbours  # [V, k] codebook-0 entries a noised input may become (None = any)
         self.target_neighbours = target_neighbours  # [V, k'] entries sharing the target mass (neighbour_smoothing)
+        self.table = table  # [V, D] codebook 0's codec embeddings (embedding_regression_weight)
 
     def train_step(
         self, model: nn.Module, batch: dict[str, Any], step: int, generator: torch.Generator, collect_attn: bool
@@ -100,6 +102,10 @@ class ARTask:
         )  # [B, T+1, V+1]
         loss, terms = compute_objective(logits, aux["targets"], aux["mask"], step, self.cfg, codebook_index=0, n_q=self.n_q,
                                         neighbours=self.target_neighbours)
+        if self.cfg.embedding_regression_weight > 0:
+            mse = embedding_regression(logits, aux["targets"], aux["mask"], self.table)
+            loss = loss + self.cfg.embedding_regression_weight * mse
+            terms["embedding_mse"] = mse.detach()
         if layers:
             guided = guided_loss_from_probs(aux["attn_probs"], layers, self.cfg.guided_attention_heads, text_lens,
                                             aux["query_mask"] & ~dropped[:, None], text.size(1),
@@ -140,6 +146,9 @@ class NARTask:
         if cfg.text_dropout > 0:
             raise ValueError("training.nar.text_dropout must be 0: text dropout trains the AR's unconditional "
                              "model for eval.decode.text_guidance; the NAR is not guided")
+        if cfg.embedding_regression_weight > 0:
+            raise ValueError("training.nar.embedding_regression_weight must be 0: it regresses the AR's codebook-0 "
+                             "expectation; the NAR's residual stages are decoded by their own expectations")
         if cfg.neighbour_smoothing > 0:
             raise ValueError("training.nar.neighbour_smoothing must be 0: it smooths the AR's codebook-0 "
                              "targets over codebook 0's nearest entries; residual entries have no such neighbours")
@@ -224,14 +233,15 @@ class NARTask:
 def build_task(kind: str, cfg: TrainingConfig, codebook_size: int, n_q: int,
                stage0: Callable[[], Tensor] | None = None) -> ARTask | NARTask:
     """stage0: the codec's codebook-0 embeddings [V, D], asked for only when the AR's token noise picks
-    neighbours (training.token_noise_neighbours) or its targets share mass with them
-    (training.neighbour_smoothing)."""
+    neighbours (training.token_noise_neighbours), its targets share mass with them
+    (training.neighbour_smoothing) or its expected embedding is regressed (embedding_regression_weight)."""
     if kind == "ar":
-        k, smooth = cfg.token_noise_neighbours, cfg.neighbour_smoothing > 0
-        if (k > 0 or smooth) and stage0 is None:
-            raise ValueError("training.ar.token_noise_neighbours / neighbour_smoothing need the codec's "
-                             "codebook-0 embeddings")
-        table = stage0() if (k > 0 or smooth) and stage0 else None
+        k, smooth, reg = cfg.token_noise_neighbours, cfg.neighbour_smoothing > 0, cfg.embedding_regression_weight > 0
+        if (k > 0 or smooth or reg) and stage0 is None:
+            raise ValueError("training.ar.token_noise_neighbours / neighbour_smoothing / embedding_regression_weight "
+                             "need the codec's codebook-0 embeddings")
+        table = stage0() if (k > 0 or smooth or reg) and stage0 else None
         return ARTask(cfg, codebook_size, n_q, nearest_entries(table, k) if k > 0 and table is not None else None,
-                      nearest_entries(table, cfg.neighbour_smoothing_k) if smooth and table is not None else None)
+                      nearest_entries(table, cfg.neighbour_smoothing_k) if smooth and table is not None else None,
+                      table if reg else None)
     return NARTask(cfg, codebook_size, n_q)

@@ -307,3 +307,36 @@ def test_neighbour_smoothing_asks_for_the_codec_and_is_refused_for_the_nar():
         build_task("ar", cfg, 5, 4)
     with pytest.raises(ValueError, match="training.nar.neighbour_smoothing"):
         build_task("nar", cfg, 5, 4)
+
+
+def test_embedding_regression_prices_a_miss_by_its_distance_in_the_codec_space():
+    from harmonica.training.objectives import embedding_regression
+
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])  # [V=3, D=2]
+    targets = torch.tensor([[0, 0, 3, 1]])  # [1, 4]; 3 = STOP
+    mask = torch.tensor([[True, True, True, False]])
+    logits = torch.full((1, 4, 4), -30.0)  # [1, 4, V+1]
+    logits[0, 0, 1] = 30.0  # a near miss (entry 1 for 0)
+    logits[0, 1, 2] = 30.0  # a far miss (entry 2 for 0)
+    logits[0, 2, 0] = 30.0  # STOP target: not an entry, left out
+    mse = embedding_regression(logits, targets, mask, table)
+    assert mse.item() == pytest.approx(((1.0 / 2) + (100.0 / 2)) / 2, rel=1e-4)  # mean over the 2 entry targets
+    near = embedding_regression(logits[:, :1], targets[:, :1], mask[:, :1], table)
+    far = embedding_regression(logits[:, 1:2], targets[:, 1:2], mask[:, 1:2], table)
+    assert near < far  # the CE would price both alike
+    uniform = torch.zeros(1, 1, 4, requires_grad=True)
+    loss = embedding_regression(uniform, torch.tensor([[0]]), torch.tensor([[True]]), table)
+    loss.backward()
+    g = uniform.grad[0, 0]  # descending it moves mass from the far entry 2 towards entry 0
+    assert g[2] > 0 and g[0] < 0 and g[3] == 0  # STOP's logit is not part of the expectation
+
+
+def test_embedding_regression_asks_for_the_codec_and_is_refused_for_the_nar():
+    table = torch.tensor([[0.0], [1.0], [3.0], [10.0], [12.0]])
+    cfg = TrainingConfig(embedding_regression_weight=0.5)
+    task = build_task("ar", cfg, 5, 4, lambda: table)
+    assert torch.equal(task.table, table) and task.target_neighbours is None and task.neighbours is None
+    with pytest.raises(ValueError, match="embedding_regression_weight"):
+        build_task("ar", cfg, 5, 4)
+    with pytest.raises(ValueError, match="training.nar.embedding_regression_weight"):
+        build_task("nar", cfg, 5, 4)

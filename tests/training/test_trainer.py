@@ -238,3 +238,11 @@ def test_the_ar_smooths_its_targets_over_codec_neighbours(tiny_corpus, tiny_cach
         others = torch.cat([d[v, :v], d[v, v + 1:]])
         assert d[v, near[v]].max() <= others.sort().values[1] + 1e-6
     assert math.isfinite(t.fit().final_metrics["ar/ce"])
+
+
+def test_the_ar_regresses_its_expected_embedding_and_logs_it(tiny_corpus, tiny_cache_workdir, tmp_path):
+    t = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ar", "ar", RecordingSink(),
+                 "training.ar.embedding_regression_weight=0.5")
+    assert t.task.table is not None and t.task.table.shape[0] == t.cache.contract["codebook_size"]
+    metrics = t.fit().final_metrics
+    assert math.isfinite(metrics["ar/embedding_mse"]) and metrics["ar/embedding_mse"] > 0
