@@ -150,11 +150,11 @@ class Codec(abc.ABC):
         """float32 mono ``[T_samples]`` -> the quantizer's input ``[ceil(T/hop), D]``: what the sum of
         the stage embeddings approximates."""
 
-    def resynthesize_unquantized(self, wav: np.ndarray) -> np.ndarray:
-        """The codec without its quantizer: `decode_latent` of the waveform's own latent. Its distance
-        from the recording is the vocoder's (decoder's) share of what the codec loses; the rest is the
-        quantizer's."""
-        return self.decode_latent(self.latent(wav))
+    def resynthesize_unquantized(self, wav: np.ndarray, smoothing: Sequence[float] = ()) -> np.ndarray:
+        """The codec without its quantizer: `decode_latent` of the waveform's own latent (smoothed along
+        time with `smoothing`, as `decode_expected` does). Its distance from the recording is the
+        vocoder's (decoder's) share of what the codec loses; the rest is the quantizer's."""
+        return self.decode_latent(smooth_frames(self.latent(wav), smoothing))
 
     def decode_expected(self, codes: np.ndarray, probs: Mapping[int, torch.Tensor],
                         smoothing: Sequence[float] = ()) -> np.ndarray:

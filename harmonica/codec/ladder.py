@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from harmonica.codec import load_codec
-from harmonica.codec.base import smooth_frames
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.audio import load_audio, normalize, trim_silence
 from harmonica.data.cache import TokenCache
@@ -152,8 +151,7 @@ def run_ladder(cfg: HarmonicaConfig, cache: TokenCache, n: int) -> Ladder | None
     metrics, rows = _score(GROUND_TRUTH, items, truth, sr, asr)
     # decoded as evaluate decodes (eval.decode.latent_smoothing), so the ladder and the baselines agree
     smoothing = cfg.eval.decode.latent_smoothing
-    unquantized = [codec.decode_latent(smooth_frames(codec.latent(w), smoothing)) for w in truth]
-    m, r = _score(UNQUANTIZED, items, unquantized, sr, asr)
+    m, r = _score(UNQUANTIZED, items, [codec.resynthesize_unquantized(w, smoothing) for w in truth], sr, asr)
     metrics.update(m)
     rows += r
     for k in range(1, codec.n_q + 1):

@@ -112,17 +112,16 @@ def codebook_label_smoothing(value: float, codebook_index: int | None, n_q: int 
     return value * (first_nar_scale + (1.0 - first_nar_scale) * t)
 
 
-def neighbour_nll(logp: Tensor, targets: Tensor, mask: Tensor, neighbours: Tensor) -> Tensor:
+def neighbour_nll(logp: Tensor, nll: Tensor, targets: Tensor, mask: Tensor, neighbours: Tensor) -> Tensor:
     """Mean -log p over each target's k nearest entries: log-probs [B, T, V'] (V' >= V, e.g. a STOP
-    column), targets [B, T], neighbours [V, k] (`nearest_entries`) -> [B, T]. A target outside the
-    table (STOP) or on padding gets its own nll, so smoothing never moves mass off STOP."""
+    column), the targets' own nll [B, T] (`_ce_parts`), targets [B, T], neighbours [V, k]
+    (`nearest_entries`) -> [B, T]. A target outside the table (STOP) or on padding keeps its own nll,
+    so smoothing never moves mass off STOP."""
     V = neighbours.size(0)
     inside = mask & (targets < V)  # [B, T]
     safe = torch.where(inside, targets, torch.zeros_like(targets)).long()  # [B, T]
-    near = neighbours.to(logp.device)[safe]  # [B, T, k]
-    nb = -logp.gather(-1, near).mean(-1)  # [B, T]
-    own = -logp.gather(-1, torch.where(mask, targets, torch.zeros_like(targets)).long().unsqueeze(-1)).squeeze(-1)
-    return torch.where(inside, nb, own)
+    nb = -logp.gather(-1, neighbours.to(logp.device)[safe]).mean(-1)  # [B, T]
+    return torch.where(inside, nb, nll)
 
 
 def embedding_regression(logits: Tensor, targets: Tensor, mask: Tensor, table: Tensor) -> Tensor:
@@ -159,7 +158,7 @@ def compute_objective(logits: Tensor, targets: Tensor, mask: Tensor, step: int,
     per_pos = (1.0 - ls) * nll + ls * smooth if ls else nll
     a = cfg.neighbour_smoothing if neighbours is not None else 0.0
     if a > 0:
-        per_pos = (1.0 - a) * per_pos + a * neighbour_nll(logp, targets, mask, neighbours)
+        per_pos = (1.0 - a) * per_pos + a * neighbour_nll(logp, nll, targets, mask, neighbours)
     if cfg.focal_gamma > 0:
         per_pos = per_pos * _focal_weights(nll, mask, cfg.focal_gamma)
     ce_term = _masked_mean(per_pos, mask)

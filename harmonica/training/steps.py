@@ -237,11 +237,12 @@ def build_task(kind: str, cfg: TrainingConfig, codebook_size: int, n_q: int,
     (training.neighbour_smoothing) or its expected embedding is regressed (embedding_regression_weight)."""
     if kind == "ar":
         k, smooth, reg = cfg.token_noise_neighbours, cfg.neighbour_smoothing > 0, cfg.embedding_regression_weight > 0
-        if (k > 0 or smooth or reg) and stage0 is None:
-            raise ValueError("training.ar.token_noise_neighbours / neighbour_smoothing / embedding_regression_weight "
-                             "need the codec's codebook-0 embeddings")
-        table = stage0() if (k > 0 or smooth or reg) and stage0 else None
-        return ARTask(cfg, codebook_size, n_q, nearest_entries(table, k) if k > 0 and table is not None else None,
-                      nearest_entries(table, cfg.neighbour_smoothing_k) if smooth and table is not None else None,
-                      table if reg else None)
+        table = None
+        if k > 0 or smooth or reg:
+            if stage0 is None:
+                raise ValueError("training.ar.token_noise_neighbours / neighbour_smoothing / "
+                                 "embedding_regression_weight need the codec's codebook-0 embeddings")
+            table = stage0()  # [V, D]
+        return ARTask(cfg, codebook_size, n_q, nearest_entries(table, k) if k > 0 else None,
+                      nearest_entries(table, cfg.neighbour_smoothing_k) if smooth else None, table if reg else None)
     return NARTask(cfg, codebook_size, n_q)

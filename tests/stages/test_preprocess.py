@@ -252,7 +252,6 @@ def test_codec_ladder_is_logged_and_reused(tmp_path: Path, workdir: Path, monkey
 
     smooth = base.smooth_frames
     monkeypatch.setattr(base, "smooth_frames", lambda x, k: calls.append(list(k)) or smooth(x, k))
-    monkeypatch.setattr("harmonica.codec.ladder.smooth_frames", base.smooth_frames)
     fifth = run_preprocess(_cfg(corpus.root, "data.eval_fraction=0.2", "codec.ladder_utterances=2",
                                 "eval.decode.latent_smoothing=[1,6,1]"), workdir, progress=False)
     assert fifth.result.reused  # not a token setting

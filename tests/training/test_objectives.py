@@ -294,7 +294,7 @@ def test_neighbour_smoothing_moves_target_mass_to_the_nearest_entries_only():
     plain, plain_terms = compute_objective(logits.detach(), targets, mask, 0, cfg, codebook_index=0)
     assert terms["ce"] == pytest.approx(plain_terms["ce"].item())
     logp = torch.log_softmax(torch.tensor([[[5.0, 0.0, 0.0, 0.0, 0.0, 0.0]]]), -1)  # [1, 1, 6]
-    nb = neighbour_nll(logp, torch.tensor([[0]]), torch.tensor([[True]]), near)
+    nb = neighbour_nll(logp, -logp[..., 0], torch.tensor([[0]]), torch.tensor([[True]]), near)
     assert nb.item() == pytest.approx(-logp[0, 0, 1].item())  # target 0 -> its neighbour 1's nll
 
 
