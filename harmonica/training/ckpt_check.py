@@ -17,6 +17,8 @@ from torch import Tensor
 from harmonica.tracking import names
 
 TRAINER_META_KEYS = ("step", "kind", "contract", "model_config")
+# what trainer.json must hold for a resume (Trainer._trainer_state writes them)
+TRAINER_STATE_KEYS = ("state", "scheduler", "stream", "generator", "torch_rng", "ema_meta", "guard", "early")
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2, torch.save's zip container
 
 
@@ -101,3 +103,18 @@ def check_shapes(path: Path, name: str, found: dict[str, Tensor], expected: dict
         detail = "; ".join([*(f"no {k}" for k in missing[:3]), *wrong[:3]])
         raise CheckpointInvalid(path, name, f"does not fit the model of this config: {detail} -- its meta.json "
                                 "and weights disagree, or the config's model.* differs from the checkpoint's")
+
+
+def check_fits(c: Any, kind: str, own: dict[str, Tensor]) -> None:
+    """A loaded trainer checkpoint `c` (checkpoint.load_checkpoint) must be of `kind`, fit the model's
+    state dict `own` (weights and EMA) and hold every piece of trainer state a resume restores."""
+    check_trainer_meta(c.path, c.meta)
+    if c.meta["kind"] != kind:
+        raise CheckpointInvalid(c.path, names.CKPT_META, f"is a {c.meta['kind']} checkpoint, not {kind}")
+    check_shapes(c.path, names.CKPT_MODEL, c.model, own)
+    if c.ema is not None:
+        check_shapes(c.path, names.CKPT_EMA, {k: v for k, v in c.ema.items() if k in own},
+                     {k: v for k, v in own.items() if k in c.ema})
+    missing = [k for k in TRAINER_STATE_KEYS if not isinstance(c.trainer, dict) or k not in c.trainer]
+    if missing:
+        raise CheckpointInvalid(c.path, "trainer.json", f"lacks {missing}")

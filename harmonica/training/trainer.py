@@ -27,7 +27,7 @@ from harmonica.models import build_model
 from harmonica.training import checkpoint as ckpt
 from harmonica.training.resume import result_config
 from harmonica.training.count_table import fit_table
-from harmonica.training.ckpt_check import CheckpointInvalid, check_shapes, check_trainer_meta
+from harmonica.training.ckpt_check import CheckpointInvalid, check_fits
 from harmonica.training.data import (
     BatchStream,
     Example,
@@ -461,19 +461,8 @@ class Trainer:
         """Restore everything from a checkpoint; any damaged or unfitting part raises CheckpointInvalid
         before the model, optimizer or counters change."""
         c = ckpt.load_checkpoint(path)
-        check_trainer_meta(c.path, c.meta)
-        if c.meta["kind"] != self.kind:
-            raise CheckpointInvalid(c.path, names.CKPT_META, f"is a {c.meta['kind']} checkpoint, not {self.kind}")
-        own = self.core.state_dict()
-        check_shapes(c.path, names.CKPT_MODEL, c.model, own)
-        if c.ema is not None:
-            check_shapes(c.path, names.CKPT_EMA, {k: v for k, v in c.ema.items() if k in own},
-                         {k: v for k, v in own.items() if k in c.ema})
+        check_fits(c, self.kind, self.core.state_dict())
         tr = c.trainer
-        missing = [k for k in ("state", "scheduler", "stream", "generator", "torch_rng", "ema_meta", "guard", "early")
-                   if not isinstance(tr, dict) or k not in tr]
-        if missing:
-            raise CheckpointInvalid(c.path, "trainer.json", f"lacks {missing}")
         try:
             self.core.load_state_dict(c.model)
             self.optimizer.load_state_dict(c.optimizer)
