@@ -31,9 +31,9 @@ def test_points_fall_on_kept_checkpoints():
         curve.point_steps(8, 9)
     cfg = load_config("demo_long", [])
     # every point is a checkpoint, and keep_last also covers the checkpoints of improving validations (AR every
-    # 250 steps, NAR every 75): with keep_last=5 the first point's checkpoint was pruned before it was evaluated
+    # 330 steps, NAR every 75): with keep_last=5 the first point's checkpoint was pruned before it was evaluated
     assert curve.checkpoint_overrides(cfg, 4) == [
-        "training.ar.ckpt_every=1000", "training.ar.keep_last=17",
+        "training.ar.ckpt_every=1650", "training.ar.keep_last=21",
         "training.nar.ckpt_every=150", "training.nar.keep_last=9"]
     # uneven points: every point is still a checkpoint step, and all of them are kept
     odd = load_config("demo", [*tiny_steps("ar", total=10), *tiny_steps("nar", total=6)])
