@@ -36,7 +36,7 @@ from torch import Tensor
 
 from harmonica.config.schema import ARModelConfig
 from harmonica.models.layers import (
-    Block, PositionalEmbedding, cap_audio, init_weights, lengths_to_mask, masked_mean_ce,
+    Block, PositionalEmbedding, TextProbe, cap_audio, init_weights, lengths_to_mask, masked_mean_ce,
     partition_params, run_blocks, scale_residual_init,
 )
 from harmonica.models.monotonic import advance, windowed_allowed
@@ -193,7 +193,8 @@ class ARModel(nn.Module):
     def forward(self, text: Tensor, text_lens: Tensor, audio: Tensor, audio_lens: Tensor, *,
                 collect_attn: bool = False, input_override: Tensor | None = None,
                 attn_layers: Collection[int] = (), prompt: Tensor | None = None,
-                prompt_lens: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+                prompt_lens: Tensor | None = None,
+                attn_text_heads: int | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """text [B, L], text_lens [B], audio [B, T] codebook-0 ids (padded), audio_lens [B]; prompt
         [B, P] (or [B, n_q, P]) and prompt_lens [B] when speaker_condition=prompt.
 
@@ -205,7 +206,10 @@ class ARModel(nn.Module):
         attention probabilities aux["attn_probs"][i] [B, H, S, S] (S = L+P+G, G = T+1 when r = 1) are
         returned (with gradients, e.g. for a guided-attention loss); empty = the fused attention kernel
         everywhere. aux["audio_offset"] = L + P: the row of the first audio query in those
-        probabilities; aux["query_mask"] [B, G]: the valid audio queries (= mask when r = 1)."""
+        probabilities; aux["query_mask"] [B, G]: the valid audio queries (= mask when r = 1).
+        attn_text_heads h (not None): aux["attn_probs"][i] holds only the audio queries' attention
+        over the text of the first h heads (0 = all), softmax over the text keys, [B, h, G, L]
+        (`TextProbe`: what the guided-attention loss reads), and every block keeps the fused kernel."""
         B, T = audio.shape
         self._check_lengths(text, T)
         inputs, targets, mask = self.teacher_inputs(audio, audio_lens)
@@ -225,8 +229,10 @@ class ARModel(nn.Module):
         x = torch.cat([h_pre, x_audio], dim=1)  # [B, L+P+G, D]
         query_mask = torch.cat([pre_mask, gmask], dim=1)  # [B, L+P+G]
         probs: dict[int, Tensor] = {}
+        probe = None if attn_text_heads is None else TextProbe(attn_text_heads, text.size(1), offset)
         x, _, ents_dec = run_blocks(self.blocks, x, prefix_lm_mask(pre_mask, gmask), query_mask=query_mask,
-                                    collect_attn=collect_attn, keep_probs=attn_layers, probs_out=probs)  # [B, L+P+G, D]
+                                    collect_attn=collect_attn, keep_probs=attn_layers, probs_out=probs,
+                                    probe=probe)  # [B, L+P+G, D]
         logits = self._logits(x[:, offset:])[:, : T + 1]  # [B, T+1, V+1]
         loss = masked_mean_ce(logits, targets, mask)
         aux: dict[str, Any] = {"inputs": inputs, "targets": targets, "mask": mask, "input_mask": input_mask,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -101,6 +102,27 @@ class AdaLayerNorm(nn.Module):
         return self.norm(x) * (1 + scale[:, None, :]) + shift[:, None, :]  # [B, T, D]
 
 
+@dataclass(frozen=True)
+class TextProbe:
+    """A slice of a block's attention computed on its own, so the block keeps the fused kernel: the first
+    `heads` heads (0 = all), queries from row `queries_from` on, over keys 0..keys-1 only, softmax over
+    those keys -> [B, h, Tq - queries_from, keys]. For the AR's guided-attention loss, which reads the
+    shape of the audio queries' attention over the text (its softmax over the text keys alone equals the
+    full attention restricted to the text and renormalised, which is what the loss takes)."""
+
+    heads: int
+    keys: int
+    queries_from: int
+
+    def probs(self, q: Tensor, k: Tensor, allowed: Tensor) -> Tensor:
+        """q [B, H, Tq, hd], k [B, H, Tk, hd], allowed [B|1, 1, Tq, Tk] -> [B, h, Tq', keys]."""
+        h = self.heads or q.size(1)
+        scores = (q[:, :h, self.queries_from:] @ k[:, :h, : self.keys].transpose(-2, -1)) / math.sqrt(q.size(-1))  # [B, h, Tq', keys]
+        ok = allowed[..., self.queries_from:, : self.keys]  # [B|1, 1, Tq', keys]
+        ok = ok | ~ok.any(dim=-1, keepdim=True)  # a row without a valid key (padding) attends everywhere
+        return scores.masked_fill(~ok, float("-inf")).softmax(dim=-1)  # [B, h, Tq', keys]
+
+
 class SelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float, attn_dropout: float | None = None) -> None:
         super().__init__()
@@ -112,9 +134,11 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, allowed: Tensor, *, query_mask: Tensor | None = None,
                 collect_attn: bool = False, past: KV | None = None, use_cache: bool = False,
-                probs_out: list[Tensor] | None = None) -> tuple[Tensor, KV | None, Tensor | None]:
+                probs_out: list[Tensor] | None = None,
+                probe: TextProbe | None = None) -> tuple[Tensor, KV | None, Tensor | None]:
         """x [B, Tq, D]; allowed [B|1, 1, Tq|1, Tk] bool where Tk = past length + Tq. probs_out: a
-        list that receives the attention probabilities [B, H, Tq, Tk] (explicit, differentiable path)."""
+        list that receives the attention probabilities [B, H, Tq, Tk] (explicit, differentiable path),
+        or with `probe` only that slice of them (`TextProbe`; the output keeps the fused kernel)."""
         B, T, D = x.shape
         hd = D // self.n_heads
         q, k, v = self.qkv(x).split(D, dim=2)  # [B, T, D] each
@@ -130,6 +154,9 @@ class SelfAttention(nn.Module):
         allowed = allowed | ~allowed.any(dim=-1, keepdim=True)  # [B|1, 1, Tq|1, Tk]
         p_drop = self.dropout if self.training else 0.0
         entropy = None
+        if probe is not None and probs_out is not None:
+            probs_out.append(probe.probs(q, k, allowed))  # [B, h, Tq', keys]
+            probs_out = None
         if collect_attn or probs_out is not None:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, H, Tq, Tk]
             probs = att.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # [B, H, Tq, Tk]
@@ -176,10 +203,11 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, allowed: Tensor, *, cond: Tensor | None = None,
                 query_mask: Tensor | None = None, collect_attn: bool = False, past: KV | None = None,
-                use_cache: bool = False,
-                probs_out: list[Tensor] | None = None) -> tuple[Tensor, KV | None, Tensor | None]:
+                use_cache: bool = False, probs_out: list[Tensor] | None = None,
+                probe: TextProbe | None = None) -> tuple[Tensor, KV | None, Tensor | None]:
         a, present, ent = self.attn(self._norm(self.ln1, x, cond), allowed, query_mask=query_mask,
-                                    collect_attn=collect_attn, past=past, use_cache=use_cache, probs_out=probs_out)
+                                    collect_attn=collect_attn, past=past, use_cache=use_cache, probs_out=probs_out,
+                                    probe=probe)
         x = x + a  # [B, T, D]
         x = x + self.mlp(self._norm(self.ln2, x, cond))  # [B, T, D]
         return x, present, ent
@@ -188,16 +216,19 @@ class Block(nn.Module):
 def run_blocks(blocks: nn.ModuleList, x: Tensor, allowed: Tensor, *, cond: Tensor | None = None,
                query_mask: Tensor | None = None, collect_attn: bool = False,
                past: list[KV] | None = None, use_cache: bool = False, keep_probs: Collection[int] = (),
-               probs_out: dict[int, Tensor] | None = None) -> tuple[Tensor, list[KV], list[Tensor]]:
+               probs_out: dict[int, Tensor] | None = None,
+               probe: TextProbe | None = None) -> tuple[Tensor, list[KV], list[Tensor]]:
     """Run a stack of blocks; returns (x [B, T, D], per-layer KV caches, per-layer entropies [H]).
     keep_probs: layer indices whose attention probabilities [B, H, T, S] go into probs_out (the
-    explicit attention path for those layers; the others keep the fused kernel)."""
+    explicit attention path for those layers; the others keep the fused kernel); with `probe`, only
+    that slice of them, and every layer keeps the fused kernel."""
     presents: list[KV] = []
     entropies: list[Tensor] = []
     for i, block in enumerate(blocks):
         probs: list[Tensor] | None = [] if i in keep_probs and probs_out is not None else None
         x, present, ent = block(x, allowed, cond=cond, query_mask=query_mask, collect_attn=collect_attn,
-                                past=None if past is None else past[i], use_cache=use_cache, probs_out=probs)
+                                past=None if past is None else past[i], use_cache=use_cache, probs_out=probs,
+                                probe=probe)
         if probs:
             probs_out[i] = probs[0]
         if present is not None:

@@ -69,12 +69,9 @@ def guided_attention_loss(text_probs: Tensor, text_lens: Tensor, query_mask: Ten
     return torch.where(valid, per_query, torch.zeros_like(per_query)).sum() / valid.sum().clamp_min(1)
 
 
-def guided_loss_from_probs(probs: Mapping[int, Tensor], layers: Sequence[int], heads: int, text_lens: Tensor,
-                           query_mask: Tensor, max_text: int, sigma: float,
-                           audio_offset: int | None = None) -> Tensor:
-    """Mean of `guided_attention_loss` over the given layers' first `heads` heads (0 = all)."""
-    losses = []
-    for i in layers:
-        p = text_attention(probs[i], max_text, audio_offset)  # [B, H, Tq, L]
-        losses.append(guided_attention_loss(p[:, :heads] if heads else p, text_lens, query_mask, sigma))
+def guided_loss_from_probs(text_probs: Mapping[int, Tensor], layers: Sequence[int], text_lens: Tensor,
+                           query_mask: Tensor, sigma: float) -> Tensor:
+    """Mean of `guided_attention_loss` over the given layers; text_probs[i] [B, h, Tq, L]: layer i's
+    guided heads, audio queries over the text keys (the AR's `attn_text_heads` output)."""
+    losses = [guided_attention_loss(text_probs[i], text_lens, query_mask, sigma) for i in layers]
     return torch.stack(losses).mean()

@@ -98,7 +98,7 @@ class ARTask:
         layers = guided_layers(self.cfg, len(core.blocks)) if w_guided > 0 else []
         logits, _, aux = model(
             text, text_lens, audio, audio_lens, collect_attn=collect_attn, input_override=override, attn_layers=layers,
-            **voice,
+            attn_text_heads=self.cfg.guided_attention_heads if layers else None, **voice,
         )  # [B, T+1, V+1]
         loss, terms = compute_objective(logits, aux["targets"], aux["mask"], step, self.cfg, codebook_index=0, n_q=self.n_q,
                                         neighbours=self.target_neighbours)
@@ -107,9 +107,8 @@ class ARTask:
             loss = loss + self.cfg.embedding_regression_weight * mse
             terms["embedding_mse"] = mse.detach()
         if layers:
-            guided = guided_loss_from_probs(aux["attn_probs"], layers, self.cfg.guided_attention_heads, text_lens,
-                                            aux["query_mask"] & ~dropped[:, None], text.size(1),
-                                            self.cfg.guided_attention_sigma, aux["audio_offset"])
+            guided = guided_loss_from_probs(aux["attn_probs"], layers, text_lens, aux["query_mask"] & ~dropped[:, None],
+                                            self.cfg.guided_attention_sigma)
             loss = loss + w_guided * guided
             terms["guided_attn"], terms["guided_attn_weight"] = guided.detach(), torch.tensor(w_guided)
         terms["teacher_forcing_ratio"] = torch.tensor(ratio)

@@ -3,7 +3,7 @@ import torch
 
 from harmonica.config.schema import TrainingConfig
 from harmonica.training.guided import (
-    diagonal_penalty, guided_attention_loss, guided_layers, guided_weight_at,
+    diagonal_penalty, guided_attention_loss, guided_layers, guided_loss_from_probs, guided_weight_at, text_attention,
 )
 from harmonica.training.steps import ARTask
 from tests.models.tiny import CODEBOOK, ar_model, batch
@@ -79,3 +79,35 @@ def test_enabling_guided_attention_changes_gradients_and_is_logged() -> None:
     assert "guided_attn" not in terms
     for n in off:
         torch.testing.assert_close(decayed[n], off[n])
+
+
+@pytest.mark.parametrize("overrides", [{}, {"speaker_condition": "prompt", "prompt_frames": 6},
+                                       {"frames_per_step": 2}])
+def test_text_probe_gives_the_full_attention_path_s_loss_and_gradients(overrides) -> None:
+    """The guided loss from the probe (softmax over the text keys of the guided heads; fused kernel for the
+    output) equals the loss from the explicit attention (full softmax, sliced to the text, renormalised):
+    same value, same gradients -- the probe only makes the step faster."""
+    b = batch()
+    text, tl, audio, al = b["text"], b["text_lens"], b["codes"][:, 0].clamp_min(0), b["audio_lens"]
+    voice = {"prompt": b["prompt"], "prompt_lens": b["prompt_lens"]} if overrides.get("speaker_condition") else {}
+    heads, layers, results = 2, [0, 1], []
+    for probe in (False, True):
+        model = ar_model(**overrides).train()
+        logits, ce, aux = model(text, tl, audio, al, attn_layers=layers, attn_text_heads=heads if probe else None,
+                                **voice)
+        if probe:
+            text_probs = aux["attn_probs"]
+        else:
+            text_probs = {i: text_attention(aux["attn_probs"][i], text.size(1), aux["audio_offset"])[:, :heads]
+                          for i in layers}
+        assert all(p.shape[1] == heads and p.shape[-1] == text.size(1) for p in text_probs.values())
+        loss = guided_loss_from_probs(text_probs, layers, tl, aux["query_mask"], 0.2)
+        (ce + loss).backward()
+        results.append((logits.detach(), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                         if p.grad is not None}))
+    (l0, g0, grads0), (l1, g1, grads1) = results
+    torch.testing.assert_close(l1, l0, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-4)
+    assert grads0.keys() == grads1.keys()
+    for n in grads0:
+        torch.testing.assert_close(grads1[n], grads0[n], atol=1e-6, rtol=1e-3)
