@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 from harmonica.config import load_config
 from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.cache import find_cache
+from harmonica.interrupts import run_script
 from harmonica.stages.evaluate import run_evaluate
 from harmonica.stages.preprocess import run_preprocess
 from harmonica.stages.train import run_train
@@ -209,4 +211,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -10,10 +10,12 @@ logging) is the pipeline's overhead. Target: ratio >= 0.8.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from harmonica.config import load_config
+from harmonica.interrupts import run_script
 from harmonica.stages.evaluate import run_evaluate
 
 
@@ -40,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ import optuna
 
 from harmonica.config import load_config
 from harmonica.config.load import find_root
+from harmonica.interrupts import run_script
 from harmonica.stages.sweep import run_sweep
 from harmonica.sweep.report import select_best
 from harmonica.sweep.space import PrunerSpec, apply_overrides, load_space
@@ -89,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -11,6 +11,7 @@ log steps), the instability guard, EMA, and MLflow logging.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from harmonica.config import load_config
 from harmonica.data.cache import find_cache
 from harmonica.data.preprocess import build_token_cache
+from harmonica.interrupts import run_script
 from harmonica.models import build_model
 from harmonica.tracking.adapter import Tracker
 from harmonica.training.optim import build_optimizer, build_scheduler
@@ -91,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -16,7 +16,7 @@ import contextlib
 import faulthandler
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -55,6 +55,19 @@ def install() -> None:
     with contextlib.suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGTERM, _raise_now)
         faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+
+
+def run_script(main: Callable[[], object]) -> int:
+    """The entry of a script outside the CLI (benchmarks/*.py): signals as in `harmonica` (SIGTERM taken
+    like Ctrl-C, so the MLflow runs the script opened end KILLED, not RUNNING) -> its exit status: 0, or
+    143 (SIGTERM) / 130 (Ctrl-C) when interrupted. Use as `sys.exit(run_script(main))`."""
+    install()
+    try:
+        main()
+    except KeyboardInterrupt as exc:
+        print("interrupted: the script's MLflow runs are marked KILLED", file=sys.stderr, flush=True)
+        return 143 if isinstance(exc, Terminated) else 130
+    return 0
 
 
 @contextlib.contextmanager

@@ -4,7 +4,10 @@ import importlib.util
 import json
 import math
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +101,36 @@ def test_curve_end_to_end_on_tiny_models(tmp_path, tiny_corpus, tiny_cache_workd
     assert {"curve.json", "plots"} <= arts
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "plots")][0].endswith(".png")
     assert "WER" in printed and "resyn WER" in printed
+
+
+@pytest.mark.slow  # a real process, killed while it trains: ~30 s
+def test_sigterm_marks_the_curve_and_its_training_killed(tmp_path, tiny_corpus, tiny_cache_workdir):
+    """`kill` of the script (a scheduler's preemption, `timeout`) ends its MLflow runs KILLED, not RUNNING
+    (before run_script, the curve and train runs of a killed script stayed RUNNING in the store)."""
+    work = tmp_path / "work"
+    shutil.copytree(tiny_cache_workdir, work)
+    overrides = [*TINY, "data.corpus_format=ljspeech", f"data.corpus_dir={tiny_corpus}",
+                 *tiny_steps("ar", total=100_000), *tiny_steps("nar")]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--project", "demo", "--workdir", str(work), "--points", "2",
+                             *overrides], cwd=SCRIPT.parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            exp = client.get_experiment_by_name("harmonica/demo") if (work / "mlflow.db").exists() else None
+            training = exp and client.search_runs([exp.experiment_id], "tags.`harmonica.stage` = 'train_ar'")
+            if training and client.get_metric_history(training[0].info.run_id, "ar/loss"):
+                break  # it is inside the training loop
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "marked KILLED" in err
+    runs = client.search_runs([client.get_experiment_by_name("harmonica/demo").experiment_id])
+    status = {r.data.tags["harmonica.stage"]: r.info.status for r in runs}
+    assert status == {"demo_long_curve": "KILLED", "train_ar": "KILLED"}, status
