@@ -165,15 +165,25 @@ def update_ratios(named_groups: Mapping[str, Sequence[nn.Parameter]],
     return out
 
 
-def attention_entropy_summary(attn_entropy: Tensor, prefix: str) -> dict[str, Tensor]:
+def attention_entropy_summary(attn_entropy: Tensor, prefix: str, sharp: Tensor | None = None) -> dict[str, Tensor]:
     """attn_entropy [n_layers, n_heads] (nats) -> {prefix}/attn_entropy/layer{i} (mean over heads)
-    and {prefix}/attn_entropy/layer{i}_min (min over heads; a single collapsed head shows here)."""
+    and {prefix}/attn_entropy/layer{i}_min (min over heads; a single collapsed head shows here).
+    sharp [n_layers, n_heads] bool: heads trained to be sharp (the AR's guided heads read ~one phone;
+    `guided.guided_heads`) -- `_min` leaves them out (their low entropy is the aim, not a collapse; a
+    layer of only such heads has no `_min`) and {prefix}/attn_entropy/layer{i}_guided is their mean."""
     ae = attn_entropy.detach().float()
     if ae.dim() != 2:
         raise ValueError(f"attn_entropy must be [n_layers, n_heads], got {tuple(ae.shape)}")
-    mean, mn = ae.mean(-1), ae.amin(-1)
+    if sharp is not None and tuple(sharp.shape) != tuple(ae.shape):
+        raise ValueError(f"sharp must match attn_entropy {tuple(ae.shape)}, got {tuple(sharp.shape)}")
+    free = torch.ones_like(ae, dtype=torch.bool) if sharp is None else ~sharp.to(ae.device)  # [n_layers, n_heads]
+    mean = ae.mean(-1)  # [n_layers]
+    mn = ae.masked_fill(~free, float("inf")).amin(-1)  # [n_layers] over the free heads
     out: dict[str, Tensor] = {}
     for i in range(ae.shape[0]):
         out[f"{prefix}/attn_entropy/layer{i}"] = mean[i]
-        out[f"{prefix}/attn_entropy/layer{i}_min"] = mn[i]
+        if bool(free[i].any()):
+            out[f"{prefix}/attn_entropy/layer{i}_min"] = mn[i]
+        if not bool(free[i].all()):
+            out[f"{prefix}/attn_entropy/layer{i}_guided"] = ae[i][~free[i]].mean()
     return out

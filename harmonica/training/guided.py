@@ -43,6 +43,17 @@ def guided_layers(cfg: TrainingConfig, n_layers: int) -> list[int]:
     return layers
 
 
+def guided_heads(cfg: TrainingConfig, text_layers: int, n_layers: int, n_heads: int) -> Tensor | None:
+    """The AR's heads the loss trains to read ~one phone, as a bool mask over the rows of its attention
+    entropies [text_layers + n_layers, n_heads] (text encoder first); None when the loss is off."""
+    if cfg.guided_attention_weight <= 0:
+        return None
+    mask = torch.zeros(text_layers + n_layers, n_heads, dtype=torch.bool)  # [rows, H]
+    for i in guided_layers(cfg, n_layers):
+        mask[text_layers + i, : cfg.guided_attention_heads or n_heads] = True
+    return mask
+
+
 def diagonal_penalty(text_lens: Tensor, query_mask: Tensor, max_text: int, sigma: float) -> Tensor:
     """W [B, Tq, L]: text_lens [B], query_mask [B, Tq] valid audio queries (a prefix of each row)."""
     Tq, dev = query_mask.size(1), query_mask.device

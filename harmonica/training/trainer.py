@@ -47,6 +47,7 @@ from harmonica.training.diagnostics import (
 )
 from harmonica.training.distributed import DistInfo, all_mean, autocast, barrier, broadcast_flag, maybe_no_sync
 from harmonica.training.ema import EMA
+from harmonica.training.guided import guided_heads
 from harmonica.training.figures import util_entry, util_heatmap_image, util_matrix
 from harmonica.training.monitor import CollapseMonitor, EarlyStopper, InstabilityGuard, weights_finite
 from harmonica.training.optim import build_optimizer, build_scheduler
@@ -107,6 +108,8 @@ class Trainer:
         self.task = build_task(kind, self.tcfg, contract["codebook_size"], contract["n_q"],
                                lambda: load_codec(cfg.codec, cache.codec_dir).stage_embeddings(0).to(device))
         self.usage = CodebookUsage(contract["n_q"], contract["codebook_size"], device)
+        m = self.mcfg  # the AR's guided heads are sharp by design: the collapse floor leaves them out
+        self.sharp_heads = guided_heads(self.tcfg, m.text_layers, m.n_layers, m.n_heads) if kind == "ar" else None
         self.collapse = CollapseMonitor(self.tcfg.collapse)
         self.early = EarlyStopper(self.tcfg.collapse.early_stop_window)
         self.guard = InstabilityGuard(self.tcfg.collapse)
@@ -269,7 +272,7 @@ class Trainer:
         metrics.update(window.instant)
         metrics.update(self.usage.summary(k))
         if window.attn is not None:
-            metrics.update(attention_entropy_summary(window.attn, k))
+            metrics.update(attention_entropy_summary(window.attn, k, self.sharp_heads))
         values = {name: float(v) for name, v in metrics.items()}  # the one host sync of the window
         elapsed = max(time.perf_counter() - window.started - window.excluded, 1e-9)
         tokens = float(window.tokens) * self.dist.world_size

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from harmonica.config.schema import CollapseConfig, TrainingConfig
 from harmonica.training.diagnostics import (
     CodebookUsage,
     attention_entropy_summary,
@@ -16,6 +17,8 @@ from harmonica.training.diagnostics import (
     snapshot_params,
     update_ratios,
 )
+from harmonica.training.guided import guided_heads
+from harmonica.training.monitor import CollapseMonitor
 
 K = 8
 
@@ -139,3 +142,32 @@ def test_attention_entropy_summary():
     assert len(s) == 4
     with pytest.raises(ValueError):
         attention_entropy_summary(torch.ones(3), "ar")
+
+
+def test_attention_entropy_summary_leaves_the_sharp_guided_heads_out_of_the_floor():
+    ae = torch.tensor([[1.0, 2.0, 3.0], [0.1, 0.2, 2.0], [0.1, 0.1, 0.1]])
+    sharp = torch.tensor([[False] * 3, [True, True, False], [True] * 3])
+    s = attention_entropy_summary(ae, "ar", sharp)
+    assert s["ar/attn_entropy/layer1"].item() == pytest.approx(2.3 / 3)  # the mean keeps every head
+    assert s["ar/attn_entropy/layer1_min"].item() == pytest.approx(2.0)  # the free head only
+    assert s["ar/attn_entropy/layer1_guided"].item() == pytest.approx(0.15)
+    assert "ar/attn_entropy/layer2_min" not in s and s["ar/attn_entropy/layer2_guided"].item() == pytest.approx(0.1)
+    assert "ar/attn_entropy/layer0_guided" not in s and s["ar/attn_entropy/layer0_min"].item() == pytest.approx(1.0)
+    # what the collapse monitor judges: only the free heads' minimum
+    events = CollapseMonitor(CollapseConfig(grace_steps=0, attn_entropy_floor=0.5)).check(10, {k: float(v) for k, v in s.items()})
+    assert events == []
+    assert [e.name for e in CollapseMonitor(CollapseConfig(grace_steps=0, attn_entropy_floor=0.5)).check(
+        10, {k: float(v) for k, v in attention_entropy_summary(ae, "ar").items()})] == [
+        "ar/attn_entropy/layer1", "ar/attn_entropy/layer2"]
+    with pytest.raises(ValueError, match="sharp"):
+        attention_entropy_summary(ae, "ar", sharp[:2])
+
+
+def test_guided_heads_mark_the_guided_heads_of_the_guided_decoder_blocks():
+    cfg = TrainingConfig(warmup_steps=0, total_steps=1000, guided_attention_weight=1.0, guided_attention_heads=2,
+                         guided_attention_layers=[1])
+    mask = guided_heads(cfg, text_layers=2, n_layers=3, n_heads=4)  # rows: 2 text-encoder layers, then 3 blocks
+    assert mask.tolist() == [[False] * 4, [False] * 4, [False] * 4, [True, True, False, False], [False] * 4]
+    every = guided_heads(TrainingConfig(warmup_steps=0, total_steps=1000, guided_attention_weight=1.0), 1, 2, 4)
+    assert every.tolist() == [[False] * 4, [True] * 4, [True] * 4]
+    assert guided_heads(TrainingConfig(warmup_steps=0, total_steps=1000), 2, 3, 4) is None

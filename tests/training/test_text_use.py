@@ -96,6 +96,11 @@ def test_a_prompted_ar_trains_validates_samples_and_decodes_with_its_prompt(
     result = trainer.fit()
     assert sorted(sink.metrics["val_ema/text_gain"]) == [4, 8]
     assert all(v > 0 for v in sink.metrics["ar/guided_attn"].values())
+    # the guided head of each decoder block is reported apart and left out of the collapse floor's minimum
+    rows = cfg.model.ar.text_layers + cfg.model.ar.n_layers
+    guided = [i for i in range(rows) if f"ar/attn_entropy/layer{i}_guided" in sink.metrics]
+    assert guided == list(range(cfg.model.ar.text_layers, rows))
+    assert all(f"ar/attn_entropy/layer{i}_min" in sink.metrics for i in range(rows))  # 1 of the heads is guided
     assert list((tmp_path / "samples" / "step_000008").glob("*.wav"))
     model, meta = load_model(result.last_checkpoint, "ema")
     assert meta["contract"]["speaker_condition"] == "prompt" and meta["contract"]["prompt_frames"] == 10
