@@ -180,9 +180,10 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
         f"held-out '{cfg.eval.split}' utterances of project '{cfg.project}', with ground-truth and codec "
         "resynthesis baselines."
     )
-    # the eval settings' hash tells apart evaluations of one pair with other decoding in the runs list
-    name = run_name or (f"evaluate-{cfg.project}-{(ar_run or 'ar')[:6]}-{(nar_run or 'nar')[:6]}-"
-                        f"{config_hash(cfg, ('eval',))[:6]}")
+    # the checkpoints' steps tell apart the points of one training (a curve), the eval settings' hash
+    # evaluations of one pair with other decoding, in the runs list
+    name = run_name or (f"evaluate-{cfg.project}-{(ar_run or 'ar')[:6]}@{synth.ar_meta.get('step')}-"
+                        f"{(nar_run or 'nar')[:6]}@{synth.nar_meta.get('step')}-{config_hash(cfg, ('eval',))[:6]}")
     with tracker.run("evaluate", name, description=description, tags=tags, parent_run_id=parent_run_id) as run, \
             tempfile.TemporaryDirectory(prefix="harmonica-eval-") as tmp:
         announce_run(run, "evaluate")

@@ -82,6 +82,8 @@ def test_curve_end_to_end_on_tiny_models(tmp_path, tiny_corpus, tiny_cache_workd
     evaluated = sorted((r.data.tags["harmonica.ar_step"], r.data.tags["harmonica.nar_step"])
                        for r in children if r.data.tags["harmonica.stage"] == "evaluate")
     assert evaluated == [("4", "4"), ("8", "8")]
+    names = sorted(r.info.run_name for r in children if r.data.tags["harmonica.stage"] == "evaluate")
+    assert len(set(names)) == 2 and "@4-" in names[0] and "@8-" in names[1]  # the points apart in the runs list
 
     # --rescore: the same checkpoints and minutes evaluated again (here with another decoding seed), no training
     monkeypatch.setattr(sys, "argv", ["demo_long_curve.py", "--workdir", str(work), "--eval-utterances", "2",

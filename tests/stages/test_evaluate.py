@@ -58,7 +58,9 @@ def test_evaluate_logs_metrics_baselines_table_audio_and_links(eval_workdir, tin
             "gt_coarse_wer", "gt_coarse_hypothesis", "resynthesis_k1_sim"} <= set(rows[0])
     assert len({r["id"] for r in rows}) == 3
     # evaluations of one pair with other eval settings are told apart in the runs list, or named
-    assert run.info.run_name == f"evaluate-{cfg.project}-tiny-a-tiny-n-{config_hash(cfg, ('eval',))[:6]}"
+    steps = run.data.tags["harmonica.ar_step"], run.data.tags["harmonica.nar_step"]
+    assert run.info.run_name == (f"evaluate-{cfg.project}-tiny-a@{steps[0]}-tiny-n@{steps[1]}-"
+                                 f"{config_hash(cfg, ('eval',))[:6]}")
     sharper = tiny_cfg(tiny_corpus, "eval.split=val", "eval.max_utterances=1", "eval.decode.temperature=[0.3,0.0]")
     other = run_evaluate(sharper, eval_workdir, str(tiny_checkpoints["ar"]), str(tiny_checkpoints["nar"]),
                          progress=False)
