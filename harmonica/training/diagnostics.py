@@ -176,14 +176,14 @@ def attention_entropy_summary(attn_entropy: Tensor, prefix: str, sharp: Tensor |
         raise ValueError(f"attn_entropy must be [n_layers, n_heads], got {tuple(ae.shape)}")
     if sharp is not None and tuple(sharp.shape) != tuple(ae.shape):
         raise ValueError(f"sharp must match attn_entropy {tuple(ae.shape)}, got {tuple(sharp.shape)}")
-    free = torch.ones_like(ae, dtype=torch.bool) if sharp is None else ~sharp.to(ae.device)  # [n_layers, n_heads]
-    mean = ae.mean(-1)  # [n_layers]
-    mn = ae.masked_fill(~free, float("inf")).amin(-1)  # [n_layers] over the free heads
+    # which layers get which names is decided on the host mask: no device sync in the training loop
+    free = [[True] * ae.shape[1]] * ae.shape[0] if sharp is None else (~sharp.cpu()).tolist()  # [n_layers][n_heads]
+    mean, mn = ae.mean(-1), ae.amin(-1) if sharp is None else ae.masked_fill(sharp.to(ae.device), float("inf")).amin(-1)
     out: dict[str, Tensor] = {}
-    for i in range(ae.shape[0]):
+    for i, heads in enumerate(free):
         out[f"{prefix}/attn_entropy/layer{i}"] = mean[i]
-        if bool(free[i].any()):
+        if any(heads):  # min over the free heads
             out[f"{prefix}/attn_entropy/layer{i}_min"] = mn[i]
-        if not bool(free[i].all()):
-            out[f"{prefix}/attn_entropy/layer{i}_guided"] = ae[i][~free[i]].mean()
+        if not all(heads):
+            out[f"{prefix}/attn_entropy/layer{i}_guided"] = ae[i, [h for h, f in enumerate(heads) if not f]].mean()
     return out
