@@ -42,6 +42,9 @@ class DecodeConfig(Strict):
                              "each item's text position c, which follows their attention and never moves back; 0 = off")
     text_window_heads: int = Field(0, ge=0, description="the first n heads of every AR block are windowed "
                                    "(the guided-attention heads, training.guided_attention_heads); 0 = all")
+    ar_candidates: int = Field(1, ge=1, description="codebook-0 sequences the AR samples per utterance (one batch); "
+                               "the one it is surest of is kept: the highest mean log-probability of its own tokens "
+                               "among those that neither looped nor hit the length bound. 1 = a single sample")
     max_length_per_char: float = Field(0.25, gt=0, description="seconds of audio per text char")
     nar_refine_steps: int = Field(1, ge=1)
     nar_residual: Literal["sampled", "expected"] = Field(

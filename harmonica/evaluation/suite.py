@@ -225,6 +225,9 @@ def run_suite(
     metrics["eval/bootstrap_samples"] = float(idx.shape[0])
     metrics["eval/loop_cut_rate"] = statistics.fmean(r.get("ar_loop_cut", 0.0) for r in rows)
     metrics["eval/length_bound_rate"] = statistics.fmean(r.get("ar_hit_length_bound", 0.0) for r in rows)
+    logps = [float(r["ar_logprob"]) for r in rows if "ar_logprob" in r]  # how sure the AR was of what it said
+    if logps:
+        metrics["eval/ar_logprob_mean"] = statistics.fmean(logps)
     gains = [float(r.get("gain_db", 0.0)) for r in rows]  # the peak ceiling's attenuation, <= 0 dB
     metrics["eval/peak_gain_db_mean"] = statistics.fmean(gains)
     metrics["eval/peak_limited_rate"] = statistics.fmean(float(g < 0) for g in gains)

@@ -68,28 +68,45 @@ def decode_ar(model: nn.Module, text: Tensor, decode: DecodeConfig, frame_rate: 
               generator: torch.Generator | None = None,
               prompt: Tensor | None = None,
               probs_out: dict[int, Tensor] | None = None) -> tuple[Tensor, dict[str, float]]:
-    """text [L] -> first-codebook tokens [T] plus decoding facts (length bound hit, loop cut).
-    prompt [n_q, P] (or [P]): the speaker's acoustic prompt, used when the AR is prompt-conditioned.
+    """text [L] -> first-codebook tokens [T] plus decoding facts (length bound hit, loop cut, the AR's
+    mean log-probability of the kept tokens). prompt [n_q, P] (or [P]): the speaker's acoustic prompt,
+    used when the AR is prompt-conditioned. decode.ar_candidates > 1 samples that many sequences in
+    one batch and keeps the one the AR is surest of (`pick_candidate`).
     probs_out receives probs_out[0]: the AR's distribution over codebook 0 at each kept frame [T, V]
     (at decode.ar_coarse_temperature; for decode.ar_coarse=expected)."""
     device = next(model.parameters()).device
     limit = model.max_audio_len if hasattr(model, "max_audio_len") else model.cfg.max_seq_len - 1
     budget = max_frames_for_text(int(text.numel()), decode, frame_rate, int(limit))
+    n = decode.ar_candidates
     dists: list[Tensor] | None = [] if probs_out is not None else None
-    [tokens] = model.generate(
-        text[None].to(device), torch.tensor([text.numel()], device=device), max_new_tokens=budget,
+    scores: list[float] = []
+    kwargs = {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in _ar_prompt(model, prompt, device).items()}
+    candidates = model.generate(
+        text[None].to(device).repeat(n, 1), torch.full((n,), text.numel(), device=device), max_new_tokens=budget,
         temperature=decode.temperature[0], top_k=decode.top_k[0], top_p=decode.top_p[0],
         repetition_penalty=decode.repetition_penalty, generator=generator, text_guidance=decode.text_guidance,
         text_window=decode.text_window, text_window_heads=decode.text_window_heads, probs_out=dists,
-        probs_temperature=decode.ar_coarse_temperature, **_ar_prompt(model, prompt, device),
-    )  # [T]
-    tokens = tokens.cpu()
-    hit_bound = tokens.numel() >= budget
-    tokens, looped = cut_loops(tokens, frame_rate)
+        probs_temperature=decode.ar_coarse_temperature, scores_out=scores, **kwargs,
+    )  # n x [T_i]
+    facts = []
+    for tokens in candidates:
+        tokens = tokens.cpu()
+        hit_bound = tokens.numel() >= budget
+        kept, looped = cut_loops(tokens, frame_rate)
+        facts.append((kept, hit_bound, looped))
+    best = pick_candidate(scores, [hit or looped for _, hit, looped in facts])
+    tokens, hit_bound, looped = facts[best]
     if probs_out is not None and dists is not None:
-        probs_out[0] = dists[0][: tokens.numel()].cpu()  # [T, V]
+        probs_out[0] = dists[best][: tokens.numel()].cpu()  # [T, V]
     return tokens, {"ar_frames": float(tokens.numel()), "ar_hit_length_bound": float(hit_bound),
-                    "ar_loop_cut": float(looped)}
+                    "ar_loop_cut": float(looped), "ar_logprob": float(scores[best])}
+
+
+def pick_candidate(scores: list[float], faulty: list[bool]) -> int:
+    """The index of the candidate with the highest score among those without a fault (a loop cut or the
+    length bound hit), or among all when every one has one."""
+    pool = [i for i, bad in enumerate(faulty) if not bad] or list(range(len(scores)))
+    return max(pool, key=lambda i: scores[i])
 
 
 @torch.no_grad()

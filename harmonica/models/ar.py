@@ -252,7 +252,7 @@ class ARModel(nn.Module):
                  generator: torch.Generator | None = None, text_guidance: float = 1.0,
                  prompt: Tensor | None = None, prompt_lens: Tensor | None = None,
                  text_window: int = 0, text_window_heads: int = 0, probs_out: list[Tensor] | None = None,
-                 probs_temperature: float = 1.0) -> list[Tensor]:
+                 probs_temperature: float = 1.0, scores_out: list[float] | None = None) -> list[Tensor]:
         """Sample codebook-0 continuations. prompt [B, P] / [B, n_q, P]: the speaker's acoustic prompt
         (speaker_condition=prompt); `prefix` is another thing: audio the output continues.
         Returns one LongTensor [T_i] per item: the new tokens only (prefix excluded, STOP excluded).
@@ -275,7 +275,7 @@ class ARModel(nn.Module):
         try:
             return self._generate(text, text_lens, prefix, prefix_lens, max_new_tokens, temperature,
                                   top_k, top_p, repetition_penalty, generator, text_guidance, prompt, prompt_lens,
-                                  text_window, text_window_heads, probs_out, probs_temperature)
+                                  text_window, text_window_heads, probs_out, probs_temperature, scores_out)
         finally:
             self.train(was_training)
 
@@ -285,7 +285,7 @@ class ARModel(nn.Module):
                   text_guidance: float = 1.0, prompt: Tensor | None = None,
                   prompt_lens: Tensor | None = None, text_window: int = 0,
                   text_window_heads: int = 0, probs_out: list[Tensor] | None = None,
-                  probs_temperature: float = 1.0) -> list[Tensor]:
+                  probs_temperature: float = 1.0, scores_out: list[float] | None = None) -> list[Tensor]:
         B, dev = text.size(0), text.device
         if prefix is None:
             prefix = torch.zeros(B, 0, dtype=torch.long, device=dev)  # [B, 0]
@@ -331,6 +331,8 @@ class ARModel(nn.Module):
         out = torch.zeros(B, steps, dtype=torch.long, device=dev)  # [B, steps]
         dist = torch.zeros(B, steps if probs_out is not None else 0, self.stop_id, device=dev)  # [B, steps|0, V]
         n_new = torch.zeros(B, dtype=torch.long, device=dev)  # [B]
+        logp = torch.zeros(B, device=dev)  # [B] summed log-probability of the item's sampled tokens
+        n_scored = torch.zeros(B, device=dev)  # [B] tokens in it (STOP included)
         done = budget == 0  # [B]
         pos = gp_lens + 1  # [R] audio position of the next input
         text_pos = torch.zeros(R, dtype=torch.long, device=dev)  # [R] monotonic text position (text_window)
@@ -343,6 +345,9 @@ class ARModel(nn.Module):
                 tok = sample_next(slot, temperature, top_k, top_p, generator)  # [B]
                 if probs_out is not None:
                     dist[:, t] = (logits[:, i, : self.stop_id].float() / probs_temperature).softmax(-1)  # [B, V]
+                if scores_out is not None:
+                    lp = logits[:, i].float().log_softmax(-1).gather(1, tok[:, None]).squeeze(1)  # [B]
+                    logp, n_scored = logp + torch.where(done, 0.0, lp), n_scored + (~done).float()
                 emit = ~done & (tok != self.stop_id)  # [B]
                 out[:, t] = torch.where(emit, tok, torch.zeros_like(tok))
                 n_new = n_new + emit.long()
@@ -365,6 +370,8 @@ class ARModel(nn.Module):
             pos = pos + 1
         if probs_out is not None:
             probs_out.extend(dist[b, : int(n_new[b])] for b in range(B))  # [T_b, V] each
+        if scores_out is not None:
+            scores_out.extend((logp / n_scored.clamp(min=1)).tolist())
         return [out[b, : int(n_new[b])] for b in range(B)]
 
     # ----------------------------------------------------------------------------- introspection
