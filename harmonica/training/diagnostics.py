@@ -178,7 +178,9 @@ def attention_entropy_summary(attn_entropy: Tensor, prefix: str, sharp: Tensor |
         raise ValueError(f"sharp must match attn_entropy {tuple(ae.shape)}, got {tuple(sharp.shape)}")
     # which layers get which names is decided on the host mask: no device sync in the training loop
     free = [[True] * ae.shape[1]] * ae.shape[0] if sharp is None else (~sharp.cpu()).tolist()  # [n_layers][n_heads]
-    mean, mn = ae.mean(-1), ae.amin(-1) if sharp is None else ae.masked_fill(sharp.to(ae.device), float("inf")).amin(-1)
+    mean = ae.mean(-1)  # [n_layers]
+    free_ae = ae if sharp is None else ae.masked_fill(sharp.to(ae.device), float("inf"))  # guided heads out
+    mn = free_ae.amin(-1)  # [n_layers] over the free heads
     out: dict[str, Tensor] = {}
     for i, heads in enumerate(free):
         out[f"{prefix}/attn_entropy/layer{i}"] = mean[i]

@@ -61,9 +61,8 @@ def test_decode_ar_keeps_the_candidate_the_ar_is_surest_of() -> None:
     assert tokens.tolist() == cands[best].tolist() and facts["ar_logprob"] == pytest.approx(scores[best])
     assert facts["ar_logprob"] >= max(scores[i] for i in fine or range(5)) - 1e-9
     # one candidate is exactly the single-sample decoding's behaviour
-    one, _ = decode_ar(m, text, DecodeConfig(temperature=[1.0], top_p=[1.0], repetition_penalty=1.0,
-                                                  max_length_per_char=0.2), 10.0,
-                            generator=torch.Generator().manual_seed(3))
+    single = DecodeConfig(temperature=[1.0], top_p=[1.0], repetition_penalty=1.0, max_length_per_char=0.2)
+    one, _ = decode_ar(m, text, single, 10.0, generator=torch.Generator().manual_seed(3))
     [plain] = m.generate(text[None], torch.tensor([text.numel()]), max_new_tokens=budget, temperature=1.0,
                          repetition_penalty=1.0, generator=torch.Generator().manual_seed(3))
     assert one.tolist() == plain.tolist()
