@@ -19,8 +19,8 @@ from harmonica.cli_support import (config, echo, flag, no_progress_option, optio
                                    progress_on, project_option, registry_errors, report_errors, setup_logging,
                                    split_overrides, tracking_uri, user_errors, user_facing, workdir_option)
 pair_options = options(
-    click.option("--ar", "ar_ref", required=True, help="AR checkpoint dir, MLflow run id or runs:/ URI"),
-    click.option("--nar", "nar_ref", required=True, help="NAR checkpoint dir, MLflow run id or runs:/ URI"),
+    click.option("--ar", "ar_ref", required=True, help="AR checkpoint dir, MLflow run id (or a unique prefix / run name) or runs:/ URI"),
+    click.option("--nar", "nar_ref", required=True, help="NAR checkpoint dir, MLflow run id (or a unique prefix / run name) or runs:/ URI"),
     click.option("--weights", type=click.Choice(["ema", "raw"]), default="ema", show_default=True),
 )
 
@@ -217,7 +217,9 @@ def report(run_id: str, baseline_run_id: str | None, out_dir: str | None, no_log
 @click.option("--width", type=click.IntRange(8, 200), default=24, show_default=True,
               help="column width; longer values are cut with …")
 def compare(run_ids: tuple[str, ...], project: str, workdir: str, width: int) -> None:
-    """The params (identical ones hidden), key metrics and code-version tags of two or more runs, side by side."""
+    """The params (identical ones hidden), key metrics and code-version tags of two or more runs, side by side;
+    evaluate runs also paired with the first (differences with 95% intervals). A run: its id, a unique id
+    prefix or its run name."""
     from harmonica.reports import compare_runs, format_table
 
     if len(run_ids) < 2:
@@ -228,7 +230,7 @@ def compare(run_ids: tuple[str, ...], project: str, workdir: str, width: int) ->
 
 
 @main.command()
-@click.option("--evaluation", "evaluation_run_id", required=True, help="run id of a `harmonica evaluate` run")
+@click.option("--evaluation", "evaluation_run_id", required=True, help="run id of a `harmonica evaluate` run (or a unique prefix / run name)")
 @click.option("--allow-dirty", is_flag=True,
               help="promote although the training/evaluate runs come from a dirty or unknown git tree (recorded)")
 @click.option("--allow-dirty-if", default="false", hidden=True)  # MLproject parameters are strings

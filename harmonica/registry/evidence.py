@@ -27,9 +27,9 @@ import yaml
 from harmonica.config.schema import GatesConfig, HarmonicaConfig
 from harmonica.registry.decision import PromotionError, primary_suffix
 from harmonica.registry.gates import collapse_metric_key, persisting_events
-from harmonica.reports.common import table_rows
+from harmonica.reports.common import eval_rows
 from harmonica.tracking import names
-from harmonica.tracking.read import RunRecord, StoreError, TrackingReader
+from harmonica.tracking.read import AmbiguousRunError, NotFoundError, RunRecord, StoreError, TrackingReader
 from harmonica.tracking.registry import CHAMPION, ModelRegistry
 
 KINDS = ("ar", "nar")
@@ -102,12 +102,17 @@ def find_run(reader: TrackingReader, run_id: str) -> RunRecord | None:
 
 def evaluate_run(reader: TrackingReader, evaluation_run_id: str, hint: str = "") -> RunRecord:
     """The evaluate run; PromotionError when it does not exist or is another stage's run."""
-    run = find_run(reader, evaluation_run_id)
+    try:  # a full id, a unique id prefix or a unique run name
+        run = reader.resolve_run(evaluation_run_id, what="evaluate run") if evaluation_run_id else None
+    except AmbiguousRunError as exc:
+        raise PromotionError(str(exc)) from None
+    except NotFoundError:
+        run = None
     if run is None:
         raise PromotionError(f"evaluate run {evaluation_run_id} not found on {reader.tracking_uri}{hint}")
     if run.stage != "evaluate":
         raise PromotionError(
-            f"run {evaluation_run_id} is a '{run.stage or 'unknown'}' run, not an evaluate run: "
+            f"run {run.run_id} is a '{run.stage or 'unknown'}' run, not an evaluate run: "
             "pass the run id printed by `harmonica evaluate`"
         )
     return run
@@ -140,7 +145,7 @@ def gather_evidence(reader: TrackingReader, evaluation_run_id: str, workdir: Pat
                 ev.end_steps[kind] = end
             if note:
                 ev.notes.append(note)
-        ev.evaluated_decode, ev.decode_problem = evaluated_decode(reader, evaluation_run_id, Path(tmp) / "cfg")
+        ev.evaluated_decode, ev.decode_problem = evaluated_decode(reader, run.run_id, Path(tmp) / "cfg")
     ev.utilisation = [checkpoint_utilisation(reader, ev.run(kind), kind, ev.meta(kind).get("step")) for kind in KINDS]
     return ev
 
@@ -309,19 +314,6 @@ def checkpoint_utilisation(reader: TrackingReader, run: RunRecord | None, kind: 
 
 
 # ------------------------------------------------------------------------------------- the champion
-
-
-def eval_rows(reader: TrackingReader, run_id: str) -> list[dict[str, Any]] | None:
-    """The per-utterance table of an evaluate run, None when it cannot be read."""
-    if not run_id:
-        return None
-    try:
-        with tempfile.TemporaryDirectory(prefix="harmonica-table-") as tmp:
-            path = reader.download_artifacts(run_id, names.EVAL_TABLE, tmp)
-            rows = table_rows(json.loads(path.read_text(encoding="utf-8")))
-    except Exception:  # noqa: BLE001  (any unreadable table is "no per-utterance evidence")
-        return None
-    return rows or None
 
 
 def read_champion(registry: ModelRegistry, name: str, gates: GatesConfig, evaluation_run_id: str) -> ChampionEvidence:

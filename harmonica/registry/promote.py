@@ -69,6 +69,7 @@ def promote(
     workdir = Path(workdir)
     registry = ModelRegistry(tracking_uri)
     ev = gather_evidence(registry.reader, evaluation_run_id, workdir)
+    evaluation_run_id = ev.evaluation_run_id  # the full id of what a short one or a run name named
     if cfg is None:
         from harmonica.config.load import load_config
 

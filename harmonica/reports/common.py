@@ -3,8 +3,10 @@ there), what kind of run it is, picking its key metrics and formatting numbers."
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -31,9 +33,23 @@ def table_rows(table: Any) -> list[dict[str, Any]]:
     return [dict(zip(cols, row, strict=False)) for row in data if isinstance(row, list)]
 
 
-def get_run(reader: TrackingReader, run_id: str, *, what: str = "run") -> RunRecord:
+def eval_rows(reader: TrackingReader, run_id: str) -> list[dict[str, Any]] | None:
+    """The per-utterance table of an evaluate run, None when it cannot be read."""
+    if not run_id:
+        return None
     try:
-        return reader.get_run(run_id, what=what)
+        with tempfile.TemporaryDirectory(prefix="harmonica-table-") as tmp:
+            path = reader.download_artifacts(run_id, names.EVAL_TABLE, tmp)
+            rows = table_rows(json.loads(path.read_text(encoding="utf-8")))
+    except Exception:  # noqa: BLE001  (any unreadable table is "no per-utterance evidence")
+        return None
+    return rows or None
+
+
+def get_run(reader: TrackingReader, run_id: str, *, what: str = "run") -> RunRecord:
+    """The run by its full id, a unique id prefix or a unique run name; ReportError otherwise."""
+    try:
+        return reader.resolve_run(run_id, what=what)
     except NotFoundError as exc:
         raise ReportError(str(exc)) from None
 

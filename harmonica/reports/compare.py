@@ -5,7 +5,14 @@ value is not the same in all runs (identical ones are counted, not shown; a para
 "—"), and the final values of the key metrics any of the runs has (training loss, val/val_ema loss,
 predicted-utilisation median, eval WER/CER/SIM/failure rate, collapse and instability events), the
 best of each row marked with `*`; an eval metric with a logged 95% bootstrap interval shows it as
-`value [low, high]`.
+`value [low, high]`. Runs are named by full id, a unique id prefix (the 8 characters the logs print) or
+a unique run name.
+
+Evaluate runs are also compared pairwise with the first one (A) on the utterances both scored: the
+difference B - A of the model's WER, CER, SIM and failure rate with its 95% paired-bootstrap interval
+(the utterances resampled once for both runs, so how hard each utterance is cancels), and whether the
+interval shows a difference at all -- two evaluations of one model differ by several points of WER from
+sampling and ASR noise alone, so an unmarked difference is not evidence.
 """
 
 from __future__ import annotations
@@ -15,11 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harmonica.reports.common import better_is_higher, fmt_num, get_run, key_metric_names, truncate
+from harmonica.evaluation.bootstrap import PairedDifference, paired_difference
+from harmonica.reports.common import better_is_higher, eval_rows, fmt_num, get_run, key_metric_names, truncate
 from harmonica.tracking import names
 from harmonica.tracking.read import TrackingReader
 
 MISSING = "—"
+# (metric, per-utterance suffix, mode) compared pairwise between evaluate runs
+PAIRED = (("eval/wer", "wer", "min"), ("eval/cer", "cer", "min"), ("eval/sim", "sim", "max"),
+          ("eval/fail/any", "fail/any", "min"))
+PAIRED_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,8 @@ class CompareResult:
     identical_params: int = 0
     metrics: list[tuple[str, list[float | None]]] = field(default_factory=list)
     intervals: dict[str, list[tuple[float, float] | None]] = field(default_factory=dict)  # metric -> per run
+    # metric -> per run: B - A on the utterances both scored (None for A and runs without a table)
+    paired: list[tuple[str, list[PairedDifference | None]]] = field(default_factory=list)
 
     def param(self, key: str) -> list[str | None] | None:
         return dict(self.params).get(key)
@@ -46,7 +60,7 @@ class CompareResult:
         return dict(self.metrics).get(key)
 
 
-def compare_runs(run_ids: Sequence[str], *, tracking_uri: str) -> CompareResult:
+def compare_runs(run_ids: Sequence[str], *, tracking_uri: str, paired_samples: int = PAIRED_SAMPLES) -> CompareResult:
     if len(run_ids) < 2:
         raise ValueError("compare needs at least two run ids")
     reader = TrackingReader(tracking_uri)
@@ -76,7 +90,41 @@ def compare_runs(run_ids: Sequence[str], *, tracking_uri: str) -> CompareResult:
         bounds = [(r.metrics.get(f"{key}_ci_low"), r.metrics.get(f"{key}_ci_high")) for r in runs]
         if any(lo is not None and hi is not None for lo, hi in bounds):
             out.intervals[key] = [(lo, hi) if lo is not None and hi is not None else None for lo, hi in bounds]
+    if paired_samples > 0 and sum(r.stage == "evaluate" for r in runs) >= 2:
+        out.paired = paired_rows([eval_rows(reader, r.run_id) if r.stage == "evaluate" else None for r in runs],
+                                 samples=paired_samples)
     return out
+
+
+def paired_rows(tables: Sequence[Sequence[dict[str, Any]] | None], *, samples: int,
+                seed: int = 0) -> list[tuple[str, list[PairedDifference | None]]]:
+    """For each PAIRED metric, every run's per-utterance table against the first's (None where either
+    has no table or they share no utterance); [] when the first run has no table."""
+    reference = tables[0] if tables else None
+    if not reference:
+        return []
+    out = []
+    for metric, suffix, mode in PAIRED:
+        diffs = [None] + [paired_difference(t, reference, suffix, mode=mode, level=0.95, samples=samples,
+                                            seed=seed, metric=metric) if t else None for t in tables[1:]]
+        if any(d is not None for d in diffs):
+            out.append((metric, diffs))
+    return out
+
+
+def verdict(diff: PairedDifference) -> str:
+    """'better' / 'worse' when the two-sided interval excludes 0, else '~' (within the noise)."""
+    if not (math.isfinite(diff.low) and math.isfinite(diff.high)) or diff.low <= 0 <= diff.high:
+        return "~"
+    lower = diff.high < 0
+    return "better" if lower == (diff.mode == "min") else "worse"
+
+
+def paired_cell(diff: PairedDifference | None) -> str:
+    if diff is None:
+        return MISSING
+    return (f"{diff.difference:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}] {verdict(diff)} "
+            f"({diff.utterances} utterances)")
 
 
 def _best(metric: str, values: list[float | None]) -> int | None:
@@ -84,6 +132,11 @@ def _best(metric: str, values: list[float | None]) -> int | None:
     if len(finite) < 2 or len({v for v, _ in finite}) == 1:
         return None
     return (max if better_is_higher(metric) else min)(finite)[1]
+
+
+def _letter(i: int) -> str:
+    """The column label of the i-th run: A, B, ... then 27, 28, ..."""
+    return chr(ord("A") + i) if i < 26 else str(i + 1)
 
 
 def format_table(result: CompareResult, *, col_width: int = 24, key_width: int = 48) -> str:
@@ -103,7 +156,7 @@ def format_table(result: CompareResult, *, col_width: int = 24, key_width: int =
         text = f"-- {title} "
         return text + "-" * max(kw + cw * n - len(text), 3)
 
-    lines = [row("", [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(n)]),
+    lines = [row("", [_letter(i) for i in range(n)]),
              row("run", [r.name for r in result.runs]),
              row("run id", [r.run_id[:12] for r in result.runs]),
              rule("tags")]
@@ -126,6 +179,13 @@ def format_table(result: CompareResult, *, col_width: int = 24, key_width: int =
             lines.append(row(key, cells))
     else:
         lines.append("(none of the key metrics logged)")
+    if result.paired:
+        lines.append(rule("evaluate runs vs A, paired over the utterances both scored (B - A, 95% interval; "
+                          "~ = within the noise)"))
+        for i in range(1, n):
+            for key, diffs in result.paired:
+                if diffs[i] is not None:
+                    lines.append(f"{truncate(f'{_letter(i)}: {key}', kw - 2).ljust(kw)}{paired_cell(diffs[i])}")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -23,6 +24,7 @@ from harmonica.evaluation.suite import EvalError, EvalItem, EvalResult, Scorer, 
 from harmonica.inference.synthesize import Synthesizer
 from harmonica.stages.console import announce_run
 from harmonica.tracking.adapter import Run, Tracker
+from harmonica.tracking.read import quiet_downloads
 from harmonica.tracking.refs import model_of, resolve_checkpoint
 from harmonica.training.threads import apply_threads
 from harmonica.tracking import names
@@ -137,7 +139,8 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
               parent_run_id: str | None, extra_tags: dict[str, str] | None, threads: int,
               tracker: Tracker, run_name: str | None = None) -> EvaluateOutcome:
     downloads = Path(workdir) / "downloads"
-    ar, nar = (resolve_checkpoint(ref, tracker.tracking_uri, downloads) for ref in (ar_ref, nar_ref))
+    with contextlib.nullcontext() if progress else quiet_downloads():  # --no-progress: no per-file bars either
+        ar, nar = (resolve_checkpoint(ref, tracker.tracking_uri, downloads) for ref in (ar_ref, nar_ref))
     ar_path, nar_path = ar.path, nar.path
     synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode)  # contract checked here
     ar_run = ar.run_id or synth.ar_meta.get("run_id")

@@ -30,6 +30,14 @@ class NotFoundError(LookupError):
     """A run, experiment or registered model that the store does not have; the message names the store."""
 
 
+class AmbiguousRunError(NotFoundError):
+    """A short run id or a run name that more than one run of the store matches; the message lists them."""
+
+
+FULL_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+RUN_ID_PREFIX = re.compile(r"^[0-9a-f]{4,31}$")
+
+
 @dataclass(frozen=True)
 class RunRecord:
     run_id: str
@@ -194,6 +202,29 @@ class TrackingReader:
             return self.get_run(run_id)
         except NotFoundError:
             return None
+
+    def resolve_run(self, ref: str, *, what: str = "run") -> RunRecord:
+        """A run by its full id, a unique id prefix (4+ hex characters, as the logs print 8) or a unique run
+        name. NotFoundError when nothing matches, AmbiguousRunError (listing the matches) when several do."""
+        ref = ref.strip()
+        if FULL_RUN_ID.match(ref):
+            return self.get_run(ref, what=what)
+        found: list[RunRecord] = []
+        how = "run id prefix"
+        if RUN_ID_PREFIX.match(ref):
+            found = self.search_runs(f"attributes.run_id LIKE '{ref}%'", max_results=11)
+        if not found:
+            how = "run name"
+            found = self.search_runs(f"attributes.run_name = '{_quote(ref)}'", max_results=11)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise NotFoundError(f"{what} {ref!r} not found on {self.tracking_uri}: no run has that id, id prefix "
+                                f"(4+ hex characters) or name; `mlflow runs list` or the UI shows the ids")
+        listed = "; ".join(f"{r.run_id} ({r.name}, {r.stage or 'no stage'})" for r in found[:10])
+        more = " and more" if len(found) > 10 else ""
+        raise AmbiguousRunError(f"{what} {ref!r} is ambiguous on {self.tracking_uri}: {len(found)}{'+' if more else ''} "
+                                f"runs match that {how}: {listed}{more}; give more of the id")
 
     def experiment_ids(self) -> list[str]:
         return [e.experiment_id for e in self._client.search_experiments()]

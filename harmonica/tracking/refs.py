@@ -5,6 +5,7 @@ Accepted:
 - `models:/m-<id>`: a checkpoint LoggedModel (see tracking/checkpoints.py);
 - an MLflow run id of a training run: its best EMA checkpoint model by the run's best metric (runs
   from before checkpoints were models: their `checkpoints/best`, else `checkpoints/last` artifact);
+  a unique prefix of the id (4+ hex characters; the logs print 8) or the run's name, when unique, too;
 - an artifact URI such as `runs:/<run id>/checkpoints/best` (older runs).
 """
 
@@ -20,6 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from harmonica.tracking import names
 from harmonica.tracking.checkpoints import CheckpointModel, CheckpointModelError, CheckpointModels
+from harmonica.tracking.read import AmbiguousRunError, NotFoundError, TrackingReader
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MODEL_REF = re.compile(r"^models:/(m-[0-9a-f]{32})/?$")
@@ -34,7 +36,8 @@ class CheckpointRefError(FileNotFoundError):
 
 ACCEPTED = (
     "a checkpoint directory (…/ckpt/step_0000300), models:/m-<id> (a checkpoint model), an MLflow run id of a "
-    "train_ar/train_nar run (its best EMA checkpoint model), or runs:/<run id>/checkpoints/best (older runs)"
+    "train_ar/train_nar run (its best EMA checkpoint model; a unique id prefix or run name works too), or "
+    "runs:/<run id>/checkpoints/best (older runs)"
 )
 
 
@@ -84,6 +87,15 @@ def resolve_checkpoint(ref: str, tracking_uri: str, download_dir: Path) -> Resol
                     continue
             raise CheckpointRefError(f"run {ref} has no checkpoint model (nor a checkpoints/best or checkpoints/last "
                                      f"artifact) on {tracking_uri}: was it a training run, and did it save one?")
+        if ref and "/" not in ref and ":" not in ref:  # a short run id (as logs print it) or a run name
+            try:
+                run = TrackingReader(tracking_uri).resolve_run(ref, what="training run")
+            except AmbiguousRunError as exc:
+                raise CheckpointRefError(str(exc)) from None
+            except NotFoundError:
+                run = None
+            if run is not None:
+                return resolve_checkpoint(run.run_id, tracking_uri, download_dir)
     except CheckpointModelError as exc:
         raise CheckpointRefError(str(exc)) from None
     except MlflowException as exc:

@@ -3,7 +3,8 @@
 import pytest
 
 from harmonica.reports import compare_runs, format_table
-from harmonica.reports.common import better_is_higher, fmt_num, key_metric_names
+from harmonica.reports.common import ReportError, better_is_higher, fmt_num, key_metric_names
+from harmonica.reports.compare import paired_rows, verdict
 from tests.reports.store import DIFFERING_PARAM
 
 
@@ -53,6 +54,51 @@ def test_compare_mixed_stages_and_truncation(report_store):
     table = format_table(result, col_width=12)
     assert "evaluate-…" in table  # long run names are truncated to the column
     assert max(len(line) for line in table.splitlines()) <= 48 + 2 * 12
+
+
+def test_compare_takes_short_ids_and_names_and_pairs_evaluate_runs(report_store):
+    """The 8 characters the logs print and a run's name name it; two evaluate runs on the same utterances
+    get a paired difference (an evaluation against itself: exactly 0, within the noise)."""
+    s = report_store
+    result = compare_runs([s.nar_a[:8], "nar-collapsing"], tracking_uri=s.tracking_uri)
+    assert [r.run_id for r in result.runs] == [s.nar_a, s.nar_b]
+    assert result.paired == []  # training runs: nothing to pair
+    with pytest.raises(ReportError, match="no run has that id"):
+        compare_runs([s.nar_a, "no-such-run"], tracking_uri=s.tracking_uri)
+    same = compare_runs([s.evaluate, s.evaluate[:8]], tracking_uri=s.tracking_uri)
+    paired = dict(same.paired)
+    assert set(paired) == {"eval/wer", "eval/cer", "eval/sim", "eval/fail/any"}
+    wer = paired["eval/wer"][1]
+    assert paired["eval/wer"][0] is None and wer.utterances > 0
+    assert (wer.difference, wer.low, wer.high, verdict(wer)) == (0.0, 0.0, 0.0, "~")
+    table = format_table(same)
+    assert "evaluate runs vs A, paired" in table
+    assert any(line.startswith("B: eval/wer ") and line.rstrip().endswith(f"~ ({wer.utterances} utterances)")
+               for line in table.splitlines())
+
+
+def _rows(errors: list[int], ids: list[str], words: int = 4) -> list[dict]:
+    """An evaluate table: utterance i has `errors[i]` substituted words out of `words`."""
+    text = " ".join(["word"] * words)
+    return [{"id": u, "text": text, "model_hypothesis": "", "model_wer": e / words, "model_cer": e / words,
+             "model_sim": 0.8} for u, e in zip(ids, errors)]
+
+
+def test_paired_rows_say_better_worse_or_within_the_noise() -> None:
+    ids = [f"u{i}" for i in range(30)]
+    reference = _rows([2] * 30, ids)
+    worse = _rows([3] * 30, ids)  # one more error on every utterance
+    mixed = _rows([1, 3] * 15, ids)  # as many better as worse
+    elsewhere = _rows([0] * 30, [f"v{i}" for i in range(30)])  # no shared utterance
+    rows = dict(paired_rows([reference, worse, mixed, elsewhere, None], samples=500))
+    wer = rows["eval/wer"]
+    assert wer[0] is None and wer[3] is None and wer[4] is None
+    assert wer[1].difference == pytest.approx(0.25) and verdict(wer[1]) == "worse"
+    assert wer[2].difference == pytest.approx(0.0) and wer[2].low < 0 < wer[2].high and verdict(wer[2]) == "~"
+    better = dict(paired_rows([worse, reference], samples=500))["eval/wer"][1]
+    assert better.difference == pytest.approx(-0.25) and verdict(better) == "better"
+    assert verdict(dict(paired_rows([reference, worse], samples=500))["eval/sim"][1]) == "~"  # same SIM
+    assert paired_rows([None, worse], samples=500) == []
 
 
 def test_compare_needs_two_runs(report_store):

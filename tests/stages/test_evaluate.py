@@ -1,5 +1,6 @@
 """`harmonica evaluate` on tiny checkpoints: metrics, baselines, table, audio, links, refusals."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -107,3 +108,26 @@ def test_cli_refusals_name_the_fix(eval_workdir, tiny_corpus, tiny_checkpoints, 
     asr = _cli("--workdir", str(eval_workdir), "--ar", str(tiny_checkpoints["ar"]), "--nar",
                str(tiny_checkpoints["nar"]), *corpus, "eval.asr.model=Systran/faster-whisper-large-v3", cwd=tmp_path)
     assert asr.returncode != 0 and "eval.asr.model" in asr.stderr and "Traceback" not in asr.stderr
+
+
+def test_no_progress_also_quiets_mlflows_download_bars(tiny_corpus, tmp_path, monkeypatch):
+    """--no-progress (progress=False): fetching the checkpoints by run id prints no per-file bar; the
+    setting is restored afterwards. With progress on, MLflow's default is left alone."""
+    import harmonica.stages.evaluate as stage
+
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    monkeypatch.delenv(key, raising=False)
+    seen: list[str | None] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_resolve(ref, tracking_uri, downloads):
+        seen.append(os.environ.get(key))
+        raise Stop
+
+    monkeypatch.setattr(stage, "resolve_checkpoint", fake_resolve)
+    for progress in (False, True):
+        with pytest.raises(Stop):
+            run_evaluate(tiny_cfg(tiny_corpus), tmp_path / "work", "86f861ff", "d4b690de", progress=progress)
+    assert seen == ["false", None] and key not in os.environ

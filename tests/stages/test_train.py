@@ -63,6 +63,8 @@ def _assert_checkpoint_models(client: MlflowClient, run, workdir: Path) -> None:
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     by_run = resolve_checkpoint(rid, uri, workdir / "downloads")
     assert by_run.model_id == ranked[0].model_id and by_run.run_id == rid
+    by_prefix = resolve_checkpoint(rid[:8], uri, workdir / "downloads")  # what the logs print
+    assert (by_prefix.model_id, by_prefix.run_id) == (by_run.model_id, rid)
     assert json.loads((by_run.path / "meta.json").read_text())["step"] == best_step
     other = next(m for m in ranked if m.model_id != ranked[0].model_id)
     by_model = resolve_checkpoint(f"models:/{other.model_id}", uri, workdir / "downloads")

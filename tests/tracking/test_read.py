@@ -4,7 +4,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harmonica.tracking import names
-from harmonica.tracking.read import NotFoundError, TrackingReader
+from harmonica.tracking.read import AmbiguousRunError, NotFoundError, TrackingReader
 
 
 @pytest.fixture
@@ -44,6 +44,30 @@ def test_runs_histories_and_previous_run(store, tmp_path):
     assert [(a.path, a.is_dir) for a in reader.list_artifacts(first)] == [("d", True)]
     got = reader.download_artifacts(first, "d/f.txt", tmp_path / "dl")
     assert got.read_text() == "hi"
+
+
+def test_a_run_is_found_by_its_short_id_or_its_name_and_an_ambiguous_one_is_refused(store):
+    """What users copy from a log line (8 characters) or the UI (the run name) names a run; a name two
+    runs share, a prefix nothing has or 3 characters do not guess."""
+    uri, client, exp = store
+    first = _run(client, exp, "train_ar")
+    second = _run(client, exp, "train_ar")  # the same name, train_ar-x
+    named = client.create_run(exp, run_name="ar-lr2e3").info.run_id
+    reader = TrackingReader(uri)
+    assert reader.resolve_run(first).run_id == first
+    assert reader.resolve_run(first[:8]).run_id == first
+    assert reader.resolve_run(f" {second[:12]} ").run_id == second
+    assert reader.resolve_run("ar-lr2e3").run_id == named
+    with pytest.raises(AmbiguousRunError, match=r"'train_ar-x' is ambiguous .* 2 runs match that run name") as err:
+        reader.resolve_run("train_ar-x")
+    assert first in str(err.value) and second in str(err.value)
+    missing = next(p for p in ("0000", "ffff", "abcd") if not any(r.startswith(p) for r in (first, second, named)))
+    with pytest.raises(NotFoundError, match="no run has that id, id prefix"):
+        reader.resolve_run(missing)
+    with pytest.raises(NotFoundError):
+        reader.resolve_run(first[:3])  # too short to be read as an id
+    with pytest.raises(NotFoundError):
+        reader.resolve_run("it's")  # a quote in a name is escaped, not an injection
 
 
 @pytest.mark.slow
