@@ -44,6 +44,7 @@ def train_summary(kind: str, out: Any) -> list[str]:
 
 
 def evaluate_summary(out: Any, weights: str) -> list[str]:
+    from harmonica.evaluation.seeds import describe_by_seed
     from harmonica.reports.decomposition import columns, with_interval
 
     m = out.result.metrics
@@ -57,6 +58,8 @@ def evaluate_summary(out: Any, weights: str) -> list[str]:
     lines.append(f"  {'':<{w}}" + "".join(f"{c.upper().replace('FAIL/ANY', 'FAIL'):>22}" for c in cells))
     for label, prefix in rows:
         lines.append(f"  {label:<{w}}" + "".join(f"{with_interval(m, f'{prefix}/{c}') or '—':>22}" for c in cells))
+    if spread := describe_by_seed(out.result.rows):
+        lines.append(f"  model {spread}")
     lines.append(where(out.run_id, out.experiment, out.tracking_uri))
     return lines
 

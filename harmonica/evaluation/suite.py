@@ -29,7 +29,7 @@ from harmonica.evaluation.asr import get_asr
 from harmonica.evaluation.bootstrap import interval_metrics, resample_indices
 from harmonica.evaluation.failures import FAILURE_KINDS, detect_failures
 from harmonica.evaluation.prosody import prosody_compare
-from harmonica.evaluation.seeds import utterance_seed
+from harmonica.evaluation.seeds import seed_spread_metrics, utterance_seed
 from harmonica.evaluation.speaker import build_speaker_encoder, speaker_similarity
 from harmonica.evaluation.text import cer, corpus_wer, normalize_text, wer
 
@@ -222,6 +222,7 @@ def run_suite(
             metrics[f"eval/{key.replace('prosody_', 'prosody/')}"] = statistics.median(vals)
     metrics["eval/utterances"] = float(len(items))
     metrics["eval/num_seeds"] = float(num_seeds)
+    metrics.update(seed_spread_metrics(rows))  # eval/seeds/*: the spread of the per-seed scores
     metrics["eval/bootstrap_samples"] = float(idx.shape[0])
     metrics["eval/loop_cut_rate"] = statistics.fmean(r.get("ar_loop_cut", 0.0) for r in rows)
     metrics["eval/length_bound_rate"] = statistics.fmean(r.get("ar_hit_length_bound", 0.0) for r in rows)

@@ -156,6 +156,7 @@ def test_worst_utterances_order_and_audio_cells():
     assert [row[-1] for row in table.rows] == [EMPTY_AUDIO, Audio("audio/u2.wav"), Audio("audio/u1.wav"),
                                                NotLogged("audio/u4.wav")]
     assert table.rows[0][5] == "silence" and table.rows[0][2] == "(empty)"
+    assert any("WER by decoding seed" in b.md for b in s.blocks if hasattr(b, "md"))  # u2 is a second seed
     assert eval_summary(data(r)).blocks[-1] == Note("no per-utterance table (eval_table.json) logged")
 
 

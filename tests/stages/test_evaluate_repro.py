@@ -91,6 +91,9 @@ def test_num_seeds_decodes_every_utterance_several_times(eval_workdir, tiny_corp
     # the baselines do not depend on the seed: scored once, the same in both rows
     assert all(a["resynthesis_wer"] == b["resynthesis_wer"] for a, b in zip(rows[::2], rows[1::2]))
     assert m["eval/wer_ci_low"] <= m["eval/wer"] <= m["eval/wer_ci_high"]
+    # the seed-to-seed spread of the model's score is logged (and only the model's)
+    assert m["eval/seeds/wer_min"] <= m["eval/wer"] <= m["eval/seeds/wer_max"]
+    assert m["eval/seeds/wer_std"] >= 0 and "baseline/resynthesis/seeds/wer_min" not in m
     assert all(r["gain_db"] <= 0 for r in rows) and m["eval/peak_gain_db_mean"] <= 0
     assert {f"audio/{r['id']}_s1.wav" for r in rows[1::2]} == {r["audio"] for r in rows[1::2] if r["audio"]} or \
         not any(r["audio"] for r in rows[1::2])

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from harmonica.evaluation.seeds import describe_by_seed
 from harmonica.reports import decomposition
 from harmonica.reports.common import FAIL_KINDS, fmt_num, truncate
 from harmonica.reports.data import AUDIO, AUDIO_MIME, SAMPLES, ReportData, has_eval_metrics, latest_sample_dir
@@ -67,6 +68,8 @@ def eval_summary(d: ReportData) -> Section:
                         f"`{tags.get(names.EVAL_SPLIT, '?')}`, {tags.get(names.WEIGHTS, '?')} weights; "
                         "from what the codec can say to what the model says (95% bootstrap intervals):"))
         _decomposition(s, metrics)
+        if spread := describe_by_seed(d.eval_rows):
+            s.add(Paragraph(f"The model's {spread}; compare recipes by the pooled figure, not one seed."))
         if d.has("plots/eval_distributions.html"):
             s.add(Paragraph(f"Distributions: {md_link('plots/eval_distributions.html')}."))
         s.add(Heading(f"Worst {WORST_N} utterances (highest WER, then most failures, then lowest SIM)"))
