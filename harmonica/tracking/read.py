@@ -219,8 +219,9 @@ class TrackingReader:
         if len(found) == 1:
             return found[0]
         if not found:
+            short = " (an id prefix needs 4+ characters)" if re.fullmatch(r"[0-9a-f]{1,3}", ref) else ""
             raise NotFoundError(f"{what} {ref!r} not found on {self.tracking_uri}: no run has that id, id prefix "
-                                f"(4+ hex characters) or name; `mlflow runs list` or the UI shows the ids")
+                                f"or name{short}; the run's page in the MLflow UI shows its id")
         listed = "; ".join(f"{r.run_id} ({r.name}, {r.stage or 'no stage'})" for r in found[:10])
         more = " and more" if len(found) > 10 else ""
         raise AmbiguousRunError(f"{what} {ref!r} is ambiguous on {self.tracking_uri}: {len(found)}{'+' if more else ''} "

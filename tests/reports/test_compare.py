@@ -63,7 +63,7 @@ def test_compare_takes_short_ids_and_names_and_pairs_evaluate_runs(report_store)
     result = compare_runs([s.nar_a[:8], "nar-collapsing"], tracking_uri=s.tracking_uri)
     assert [r.run_id for r in result.runs] == [s.nar_a, s.nar_b]
     assert result.paired == []  # training runs: nothing to pair
-    with pytest.raises(ReportError, match="no run has that id"):
+    with pytest.raises(ReportError, match="no run has that id, id prefix"):
         compare_runs([s.nar_a, "no-such-run"], tracking_uri=s.tracking_uri)
     same = compare_runs([s.evaluate, s.evaluate[:8]], tracking_uri=s.tracking_uri)
     paired = dict(same.paired)

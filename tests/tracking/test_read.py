@@ -64,7 +64,7 @@ def test_a_run_is_found_by_its_short_id_or_its_name_and_an_ambiguous_one_is_refu
     missing = next(p for p in ("0000", "ffff", "abcd") if not any(r.startswith(p) for r in (first, second, named)))
     with pytest.raises(NotFoundError, match="no run has that id, id prefix"):
         reader.resolve_run(missing)
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="needs 4"):
         reader.resolve_run(first[:3])  # too short to be read as an id
     with pytest.raises(NotFoundError):
         reader.resolve_run("it's")  # a quote in a name is escaped, not an injection
