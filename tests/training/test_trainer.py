@@ -246,3 +246,20 @@ def test_the_ar_regresses_its_expected_embedding_and_logs_it(tiny_corpus, tiny_c
     assert t.task.table is not None and t.task.table.shape[0] == t.cache.contract["codebook_size"]
     metrics = t.fit().final_metrics
     assert math.isfinite(metrics["ar/embedding_mse"]) and metrics["ar/embedding_mse"] > 0
+
+
+def test_how_often_it_validates_and_checkpoints_does_not_change_what_it_trains(tiny_corpus, tiny_cache_workdir,
+                                                                              tmp_path):
+    """Validation, checkpoints and samples draw from their own generators: the demo can validate less
+    often (to save time) and train the very same model."""
+    often = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "often", "ar", RecordingSink(),
+                     "training.ar.val_every=2", "training.ar.ckpt_every=2", "training.ar.sample_every=2",
+                     "model.ar.dropout=0.1")  # dropout: a validation drawing from torch's global stream would show
+    often.fit()
+    rarely = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "rarely", "ar", RecordingSink(),
+                      "training.ar.val_every=8", "training.ar.ckpt_every=8", "training.ar.sample_every=8",
+                      "model.ar.dropout=0.1")
+    rarely.fit()
+    assert often.tcfg.total_steps == rarely.tcfg.total_steps == 8
+    for name, p in often.core.state_dict().items():
+        assert torch.equal(p, rarely.core.state_dict()[name]), name
