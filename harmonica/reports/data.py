@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harmonica.reports.common import curve_groups, get_run, is_training, table_rows
+from harmonica.reports.common import curve_groups, eval_rows, get_run, is_training, table_rows
 from harmonica.reports.model import Series
 from harmonica.tracking import names
 from harmonica.tracking.checkpoints import CheckpointModel, CheckpointModelError, CheckpointModels
@@ -64,6 +64,7 @@ class ReportData:
     best_meta: Mapping[str, Any] = field(default_factory=dict)  # the best checkpoint's meta.json
     checkpoint_models: tuple[CheckpointModel, ...] = ()  # a training run's EMA checkpoint models, best first
     eval_rows: tuple[dict[str, Any], ...] = ()  # eval_table.json as row dicts
+    baseline_rows: tuple[dict[str, Any], ...] = ()  # an evaluate baseline's eval_table.json (evaluate runs)
     evaluation: RunRecord | None = None  # a promote run's evaluate run
     scored_by: tuple[RunRecord, ...] = ()  # evaluate runs that scored this (training) run, newest first
     training: tuple[TrainingRun, ...] = ()  # this run if it trains, else the training runs it refers to
@@ -202,6 +203,8 @@ def load_report_data(reader: TrackingReader, run_id: str, baseline_run_id: str |
         histories=part(HISTORIES, lambda: {k: _history(reader, run_id, k) for k in keys}, {}),
         collapse_events=art.jsonl(names.COLLAPSE_EVENTS), instability_events=art.jsonl(names.INSTABILITY_EVENTS),
         best_meta=best_meta if isinstance(best_meta, dict) else {}, checkpoint_models=models, eval_rows=rows,
+        baseline_rows=tuple(eval_rows(reader, baseline.run_id) or ()) if rows and baseline is not None
+        and baseline.stage == "evaluate" else (),
         evaluation=reader.find_run(evaluation_id) if stage == "promote" and evaluation_id else None,
         scored_by=part(SCORED_BY, lambda: _scored_by(reader, run), ())
         if not has_eval_metrics(run) and not (stage == "promote" and evaluation_id) else (),

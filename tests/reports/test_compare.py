@@ -4,7 +4,7 @@ import pytest
 
 from harmonica.reports import compare_runs, format_table
 from harmonica.reports.common import ReportError, better_is_higher, fmt_num, key_metric_names
-from harmonica.reports.compare import paired_rows, verdict
+from harmonica.reports.paired import paired_rows, verdict
 from tests.reports.store import DIFFERING_PARAM
 
 

@@ -160,6 +160,24 @@ def test_worst_utterances_order_and_audio_cells():
     assert eval_summary(data(r)).blocks[-1] == Note("no per-utterance table (eval_table.json) logged")
 
 
+def test_an_evaluate_run_is_paired_with_its_evaluate_baseline():
+    """Same utterances, every one one word worse: the report says so with an interval; a baseline without
+    a table (or of another stage) adds nothing."""
+    mine = tuple({"id": f"u{i}", "text": "a b c d", "model_hypothesis": "a b c x", "model_wer": 0.25,
+                  "model_cer": 0.1, "model_sim": 0.8} for i in range(20))
+    theirs = tuple({**row, "model_hypothesis": "a b c d", "model_wer": 0.0, "model_cer": 0.0} for row in mine)
+    r = run(stage="evaluate", metrics={"eval/wer": 0.25, "eval/utterances": 20})
+    base = run(B, stage="evaluate", name="evaluate-before", metrics={"eval/wer": 0.0})
+    s = eval_summary(data(r, eval_rows=mine, baseline=base, baseline_rows=theirs))
+    table = next(b for b in s.blocks if isinstance(b, Table) and b.headers[1] == "baseline")
+    wer = next(row for row in table.rows if row[0] == "eval/wer")
+    assert wer[1:3] == ("0", "0.25") and wer[3].startswith("+0.2500 [+0.2500, +0.2500]") and wer[4] == "worse"
+    assert next(row for row in table.rows if row[0] == "eval/sim")[4] == "~"
+    assert any("paired over the 20 utterances both scored" in b.md for b in s.blocks if isinstance(b, Paragraph))
+    lone = eval_summary(data(r, eval_rows=mine, baseline=base))
+    assert not any(isinstance(b, Table) and b.headers[1] == "baseline" for b in lone.blocks)
+
+
 def test_eval_summary_of_promote_and_training_runs():
     promote = run(stage="promote", tags={names.EVALUATION_RUN_ID: B})
     assert eval_summary(data(promote)).blocks == [Note(f"evaluate run {B} not found")]

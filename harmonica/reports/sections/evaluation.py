@@ -10,6 +10,7 @@ from typing import Any
 from harmonica.evaluation.seeds import describe_by_seed
 from harmonica.reports import decomposition
 from harmonica.reports.common import FAIL_KINDS, fmt_num, truncate
+from harmonica.reports.paired import PAIRED_SAMPLES, paired_rows, verdict
 from harmonica.reports.data import AUDIO, AUDIO_MIME, SAMPLES, ReportData, has_eval_metrics, latest_sample_dir
 from harmonica.reports.model import (
     ArtifactLink, Audio, Bullets, Code, Heading, Inline, Note, NotLogged, Paragraph, Section, Spectrogram, Table,
@@ -58,6 +59,24 @@ def _worst_table(d: ReportData) -> Table:
     return Table(["id", "text", "model hypothesis", "WER", "SIM", "failures", "audio"], rows)
 
 
+def _versus_baseline(s: Section, d: ReportData) -> None:
+    """This evaluate run against its baseline evaluate run, paired over the utterances both scored."""
+    if not d.eval_rows or not d.baseline_rows or d.baseline is None:
+        return
+    paired = paired_rows([d.baseline_rows, d.eval_rows], samples=PAIRED_SAMPLES)
+    if not paired:
+        return
+    base, rows = d.baseline, []
+    for metric, (_, diff) in paired:
+        if diff is not None:
+            rows.append((metric, fmt_num(base.metrics.get(metric)), fmt_num(d.run.metrics.get(metric)),
+                         f"{diff.difference:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}]", verdict(diff)))
+    n = next(diff.utterances for _, (_, diff) in paired if diff is not None)
+    s.add(Paragraph(f"Against the baseline {run_ref(base.name, base.run_id)}, paired over the {n} utterances "
+                    "both scored (this run - baseline, 95% paired-bootstrap interval; ~ = within the noise):"))
+    s.add(Table(["metric", "baseline", "this run", "difference [95%]", "verdict"], rows))
+
+
 def eval_summary(d: ReportData) -> Section:
     s = Section("Eval summary")
     tags, metrics = d.run.tags, d.run.metrics
@@ -70,6 +89,7 @@ def eval_summary(d: ReportData) -> Section:
         _decomposition(s, metrics)
         if spread := describe_by_seed(d.eval_rows):
             s.add(Paragraph(f"The model's {spread}; compare recipes by the pooled figure, not one seed."))
+        _versus_baseline(s, d)
         if d.has("plots/eval_distributions.html"):
             s.add(Paragraph(f"Distributions: {md_link('plots/eval_distributions.html')}."))
         s.add(Heading(f"Worst {WORST_N} utterances (highest WER, then most failures, then lowest SIM)"))
