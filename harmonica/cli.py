@@ -201,9 +201,11 @@ def report(run_id: str, baseline_run_id: str | None, out_dir: str | None, no_log
     """Markdown + self-contained HTML report of a run: config diff vs a baseline, key curves, best
     checkpoint, eval summary with audio, collapse events and failure reasons; logged to the run."""
     from harmonica.reports import build_report
+    from harmonica.reports.common import resolve_run_id
 
     with user_facing(report_errors):
         uri = tracking_uri(config(project, ()), workdir)
+        run_id = resolve_run_id(uri, run_id)  # outputs/reports/<full id>, whatever named the run
         out = Path(out_dir) if out_dir else Path(workdir) / "outputs" / "reports" / run_id
         paths = build_report(run_id, tracking_uri=uri, baseline_run_id=baseline_run_id, out_dir=out,
                              log_to_run=not no_log)

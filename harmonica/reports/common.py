@@ -46,6 +46,11 @@ def eval_rows(reader: TrackingReader, run_id: str) -> list[dict[str, Any]] | Non
     return rows or None
 
 
+def resolve_run_id(tracking_uri: str, ref: str, *, what: str = "run") -> str:
+    """The full id of the run a full id, a unique id prefix or a unique run name names; ReportError otherwise."""
+    return get_run(TrackingReader(tracking_uri), ref, what=what).run_id
+
+
 def get_run(reader: TrackingReader, run_id: str, *, what: str = "run") -> RunRecord:
     """The run by its full id, a unique id prefix or a unique run name; ReportError otherwise."""
     try:

@@ -170,6 +170,7 @@ def load_report_data(reader: TrackingReader, run_id: str, baseline_run_id: str |
     """Read what the report of `run_id` shows. Raises ReportError when the run or the given baseline is
     not in the store; baseline_run_id None: the previous finished run of the same stage, if any."""
     run = get_run(reader, run_id)
+    run_id = run.run_id  # what a short id or a run name named
     explicit = baseline_run_id is not None
     baseline = get_run(reader, baseline_run_id, what="baseline run") if explicit else reader.previous_run(run)
     errors: dict[str, str] = {}

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harmonica.reports.common import ReportError, curve_groups
+from harmonica.reports.common import ReportError, curve_groups, get_run
 from harmonica.reports.data import fetch_media, load_report_data
 from harmonica.reports.render import render_html, render_markdown
 from harmonica.reports.sections import SECTIONS, build_sections
@@ -61,6 +61,7 @@ def build_report(
     """Write `report.md` and `report.html` for `run_id` into out_dir and (by default) log both to the
     run under `report/`. baseline_run_id None: the previous finished run of the same stage, if any."""
     reader = TrackingReader(tracking_uri)
+    run_id = get_run(reader, run_id).run_id  # a short id or a run name -> the full id, used from here on
     out = Path(out_dir)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     # MLflow draws a progress bar per download; a report downloads dozens of small files

@@ -115,3 +115,19 @@ def test_key_metrics_show_what_the_models_read_with_the_right_direction() -> Non
                                       "val/asr_wer", "eval/wer"]
     assert all(better_is_higher(m) for m in ("val_ema/text_gain", "val_ema/ce_margin"))
     assert not any(better_is_higher(m) for m in ("val/asr_wer", "val_ema/loss", "eval/wer"))
+
+
+def test_the_cli_names_runs_as_the_logs_and_the_ui_do(report_store):
+    """`harmonica report <8 characters>` writes outputs/reports/<full id>; `harmonica compare` takes names."""
+    from click.testing import CliRunner
+
+    from harmonica.cli import main
+
+    s, wd = report_store, ["--workdir", str(report_store.workdir)]
+    out = CliRunner().invoke(main, ["report", s.nar_a[:8], "--no-log", *wd])
+    assert out.exit_code == 0, out.output
+    assert (s.workdir / "outputs" / "reports" / s.nar_a / "report.md").is_file()
+    out = CliRunner().invoke(main, ["compare", "nar-baseline", "nar-collapsing", *wd])
+    assert out.exit_code == 0 and s.nar_a[:12] in out.output and s.nar_b[:12] in out.output, out.output
+    out = CliRunner().invoke(main, ["report", "no-such-run", "--no-log", *wd])
+    assert out.exit_code != 0 and "no run has that id, id prefix or name" in out.output

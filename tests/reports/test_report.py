@@ -134,9 +134,12 @@ def test_explicit_baseline_and_no_logging(report_store, tmp_path):
     assert not list(MlflowClient(s.tracking_uri).list_artifacts(s.nar_a, "report"))
     with pytest.raises(ReportError, match="baseline run 'f{32}' not found|not found"):
         build_report(s.nar_a, tracking_uri=s.tracking_uri, baseline_run_id="f" * 32, out_dir=tmp_path)
-    # an evaluate run against an evaluate baseline (named by its short id): paired over the same utterances
-    md = build_report(s.evaluate, tracking_uri=s.tracking_uri, baseline_run_id=s.evaluate[:8], out_dir=tmp_path / "ev",
-                      log_to_run=False).markdown.read_text()
+    # an evaluate run (named by its short id) against an evaluate baseline (also short): paired over the
+    # same utterances, and every artifact of the run read under its full id
+    paths = build_report(s.evaluate[:8], tracking_uri=s.tracking_uri, baseline_run_id=s.evaluate[:10],
+                         out_dir=tmp_path / "ev", log_to_run=False)
+    md = paths.markdown.read_text()
+    assert paths.run_id == s.evaluate and "no per-utterance table" not in md and "no audio artifacts" not in md
     summary = _md_section(md, "Eval summary")
     assert "Against the baseline" in summary and "| eval/wer |" in summary and "+0.0000 [+0.0000, +0.0000] | ~ |" in summary
 
