@@ -30,6 +30,7 @@ def by_seed(rows: Sequence[Mapping[str, Any]], source: str = "model") -> dict[in
     groups: dict[int, list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault(int(row.get("seed_index") or 0), []).append(row)
+
     def mean_cer(group: list[Mapping[str, Any]]) -> float:
         values = [float(v) for r in group if (v := r.get(f"{source}_cer")) is not None]  # logged NaN is None
         return sum(values) / len(values) if values else float("nan")

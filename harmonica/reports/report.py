@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harmonica.reports.common import ReportError, curve_groups, get_run
+from harmonica.reports.common import ReportError, curve_groups
 from harmonica.reports.data import fetch_media, load_report_data
 from harmonica.reports.render import render_html, render_markdown
 from harmonica.reports.sections import SECTIONS, build_sections
@@ -61,12 +61,12 @@ def build_report(
     """Write `report.md` and `report.html` for `run_id` into out_dir and (by default) log both to the
     run under `report/`. baseline_run_id None: the previous finished run of the same stage, if any."""
     reader = TrackingReader(tracking_uri)
-    run_id = get_run(reader, run_id).run_id  # a short id or a run name -> the full id, used from here on
     out = Path(out_dir)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     # MLflow draws a progress bar per download; a report downloads dozens of small files
     with quiet_downloads(), tempfile.TemporaryDirectory(prefix="harmonica-report-") as tmp:
         data = load_report_data(reader, run_id, baseline_run_id, Path(tmp))
+        run_id = data.run.run_id  # what a short id or a run name named, read once by load_report_data
         sections = build_sections(data)
         media = fetch_media(reader, data, (p for s in sections for p in s.media()), Path(tmp))
         title = f"Run report: {data.run.name} ({data.stage})"
