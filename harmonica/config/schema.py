@@ -255,6 +255,14 @@ class TrainingConfig(Strict):
     warmup_steps: int = Field(200, ge=0)
     scheduler_type: Literal["cosine", "linear", "constant", "plateau"] = "cosine"
     betas: tuple[float, float] = (0.9, 0.98)
+    optimizer: Literal["adamw", "muon"] = Field("adamw", description="muon: Muon (momentum, orthogonalised "
+                                                 "by Newton-Schulz) for the 2D weights of muon_groups, AdamW "
+                                                 "for the rest")
+    muon_lr: float = Field(0.02, gt=0, description="Muon's lr (scaled by the same schedule as lr)")
+    muon_groups: list[Literal["attention", "text_encoder"]] = Field(
+        default_factory=lambda: ["attention", "text_encoder"],
+        description="optimizer=muon: the parameter groups whose 2D weights Muon steps")
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
     param_groups: ParamGroups = Field(default_factory=ParamGroups)
     label_smoothing: float = Field(0.05, ge=0, lt=1, description="start value")

@@ -5,7 +5,9 @@ value is not the same in all runs (identical ones are counted, not shown; a para
 "—"), and the final values of the key metrics any of the runs has (training loss, val/val_ema loss,
 predicted-utilisation median, eval WER/CER/SIM/failure rate, collapse and instability events), the
 best of each row marked with `*`; an eval metric with a logged 95% bootstrap interval shows it as
-`value [low, high]`. Runs are named by full id, a unique id prefix (the 8 characters the logs print) or
+`value [low, high]`. Comparing evaluate runs that scored different AR or NAR runs, the params that
+differ between those training runs get their own sections (what trained the checkpoints); the
+evaluate runs' own training.* params, which act on no evaluation, are counted, not shown. Runs are named by full id, a unique id prefix (the 8 characters the logs print) or
 a unique run name.
 
 Evaluate runs are also compared pairwise with the first one (A) on the utterances both scored: the
@@ -26,7 +28,7 @@ from harmonica.evaluation.bootstrap import PairedDifference
 from harmonica.reports.common import better_is_higher, eval_rows, fmt_num, get_run, key_metric_names, truncate
 from harmonica.reports.paired import PAIRED_SAMPLES, paired_rows, verdict
 from harmonica.tracking import names
-from harmonica.tracking.read import TrackingReader
+from harmonica.tracking.read import NotFoundError, RunRecord, TrackingReader
 
 MISSING = "—"
 
@@ -45,6 +47,10 @@ class CompareResult:
     tags: list[tuple[str, list[str]]] = field(default_factory=list)
     params: list[tuple[str, list[str | None]]] = field(default_factory=list)  # only those that differ
     identical_params: int = 0
+    # evaluate runs only: the training.* params of their own config, which act on no evaluation
+    evaluate_training_params: int = 0
+    # evaluate runs: ("ar run" | "nar run", the params that differ between the training runs they scored)
+    trained: list[tuple[str, list[tuple[str, list[str | None]]]]] = field(default_factory=list)
     metrics: list[tuple[str, list[float | None]]] = field(default_factory=list)
     intervals: dict[str, list[tuple[float, float] | None]] = field(default_factory=dict)  # metric -> per run
     # metric -> per run: B - A on the utterances both scored (None for A and runs without a table)
@@ -75,12 +81,16 @@ def compare_runs(run_ids: Sequence[str], *, tracking_uri: str, paired_samples: i
         if any(tag in r.tags for r in runs):
             out.tags.append((label, [r.tags.get(tag, MISSING)[:12] for r in runs]))
     keys = sorted(set().union(*(r.params for r in runs)))
+    all_evaluate = all(r.tags.get(names.STAGE) == "evaluate" for r in runs)
     for key in keys:
         values = [r.params.get(key) for r in runs]
-        if len(set(values)) > 1:
+        if all_evaluate and key.startswith("training."):
+            out.evaluate_training_params += 1  # the evaluate's project config, not what trained the models
+        elif len(set(values)) > 1:
             out.params.append((key, values))
         else:
             out.identical_params += 1
+    out.trained = _trained_differences(reader, runs)
     metric_keys = key_metric_names(set().union(*(r.metrics for r in runs)))
     out.metrics = [(k, [r.metrics.get(k) for r in runs]) for k in metric_keys]
     for key in metric_keys:
@@ -90,6 +100,28 @@ def compare_runs(run_ids: Sequence[str], *, tracking_uri: str, paired_samples: i
     if paired_samples > 0 and sum(r.stage == "evaluate" for r in runs) >= 2:
         out.paired = paired_rows([eval_rows(reader, r.run_id) if r.stage == "evaluate" else None for r in runs],
                                  samples=paired_samples)
+    return out
+
+
+def _trained_differences(reader: TrackingReader, runs: Sequence[RunRecord]) -> list[tuple[str, list[tuple[str, list[str | None]]]]]:
+    """For evaluate runs that scored different AR (NAR) runs: the params that differ between those
+    training runs -- what trained the checkpoints, which the evaluate runs' own params do not say.
+    A training run no longer in the store shows as missing."""
+    out = []
+    for label, tag in (("ar run", names.AR_RUN_ID), ("nar run", names.NAR_RUN_ID)):
+        ids = [r.tags.get(tag) for r in runs]
+        if sum(i is not None for i in ids) < 2 or len(set(ids)) < 2:
+            continue
+        trained: dict[str, RunRecord | None] = {}
+        for rid in {i for i in ids if i is not None}:
+            try:
+                trained[rid] = reader.resolve_run(rid)
+            except NotFoundError:
+                trained[rid] = None
+        params = [trained[i].params if i is not None and trained[i] is not None else {} for i in ids]
+        diffs = [(key, [p.get(key) for p in params]) for key in sorted(set().union(*params))
+                 if len({p.get(key) for p in params}) > 1]
+        out.append((label, diffs))
     return out
 
 
@@ -116,7 +148,7 @@ def format_table(result: CompareResult, *, col_width: int = 24, key_width: int =
     """The comparison as fixed-width text: one column per run, long values truncated with "…"."""
     n = len(result.runs)
     all_keys = ["run", "run id"] + [k for k, _ in result.tags] + [k for k, _ in result.params] + \
-        [k for k, _ in result.metrics]
+        [k for k, _ in result.metrics] + [k for _, diffs in result.trained for k, _ in diffs]
     kw = min(max(len(k) for k in all_keys) + 2, key_width)
     cw = col_width
 
@@ -141,6 +173,12 @@ def format_table(result: CompareResult, *, col_width: int = 24, key_width: int =
         lines += [row(k, v) for k, v in result.params]
     else:
         lines.append("(no param differs)")
+    if result.evaluate_training_params:
+        lines.append(f"({result.evaluate_training_params} training.* params of the evaluate runs' config hidden: "
+                     "they act on no evaluation)")
+    for label, diffs in result.trained:
+        lines.append(rule(f"params that differ between the {label}s scored ({len(diffs)})"))
+        lines += [row(k, v) for k, v in diffs] if diffs else ["(no param differs)"]
     lines.append(rule("key metrics (final value [95% interval]; * best)"))
     if result.metrics:
         for key, values in result.metrics:

@@ -131,3 +131,38 @@ def test_the_cli_names_runs_as_the_logs_and_the_ui_do(report_store):
     assert out.exit_code == 0 and s.nar_a[:12] in out.output and s.nar_b[:12] in out.output, out.output
     out = CliRunner().invoke(main, ["report", "no-such-run", "--no-log", *wd])
     assert out.exit_code != 0 and "no run has that id, id prefix or name" in out.output
+
+
+def test_evaluate_runs_of_different_checkpoints_show_what_trained_them(report_store, tmp_path):
+    """Two evaluate runs that scored different NAR runs: the NAR runs' differing param gets its own
+    section, and the evaluate runs' own training.* params (their project config, which trained nothing
+    they scored) are counted, not shown as if they had. A scored run missing from the store shows "—"."""
+    from mlflow.tracking import MlflowClient
+
+    from harmonica.tracking import names
+
+    s = report_store
+    client = MlflowClient(s.tracking_uri)
+    source = client.get_run(s.evaluate)
+    twin = client.create_run(s.experiment_id, run_name="evaluate-of-nar-a",
+                             tags={**{k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")},
+                                   names.NAR_RUN_ID: s.nar_a})
+    params = dict(source.data.params)
+    params["training.nar.lr"] = "0.5"  # the evaluate's own config differs in a training knob only
+    for key, value in params.items():
+        client.log_param(twin.info.run_id, key, value)
+    client.set_terminated(twin.info.run_id)
+    try:
+        result = compare_runs([s.evaluate, twin.info.run_id], tracking_uri=s.tracking_uri, paired_samples=0)
+        assert dict(result.trained) == {"nar run": [(DIFFERING_PARAM, ["0.99", "0.1"])]}
+        assert "training.nar.lr" not in dict(result.params) and result.evaluate_training_params > 0
+        table = format_table(result)
+        assert "params that differ between the nar runs scored (1)" in table
+        row = next(line for line in table.splitlines() if line.startswith(DIFFERING_PARAM))
+        assert row.split() == [DIFFERING_PARAM, "0.99", "0.1"]
+        assert "training.* params of the evaluate runs' config hidden" in table
+        client.set_tag(twin.info.run_id, names.NAR_RUN_ID, "0" * 32)  # a run not in this store
+        gone = compare_runs([s.evaluate, twin.info.run_id], tracking_uri=s.tracking_uri, paired_samples=0)
+        assert (DIFFERING_PARAM, ["0.99", None]) in dict(gone.trained)["nar run"]
+    finally:
+        client.delete_run(twin.info.run_id)

@@ -4,14 +4,17 @@ per-group scales, plateau reductions, persistent scale() and checkpoint round tr
 from __future__ import annotations
 
 import io
+import json
 import warnings
 
 import pytest
+import safetensors.torch
 import torch
 from torch import nn
 
 from harmonica.config.schema import TrainingConfig
-from harmonica.training.optim import build_optimizer, build_scheduler
+from harmonica.training import checkpoint as ckpt
+from harmonica.training.optim import Muon, build_optimizer, build_scheduler, orthogonalise
 
 warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
 
@@ -171,3 +174,73 @@ def test_state_dict_round_trip_continues_identically(kind):
     with pytest.raises(ValueError):
         other = cfg(scheduler_type="linear" if kind != "linear" else "cosine")
         build_scheduler(build_optimizer(Tiny().param_groups(), other), other).load_state_dict(state)
+
+
+def test_orthogonalise_flattens_the_spectrum_of_tall_and_wide_matrices():
+    torch.manual_seed(0)
+    for shape in ((64, 16), (16, 64), (32, 32)):
+        g = torch.randn(shape) @ torch.diag(torch.logspace(-1, 0.5, shape[1]))  # over 1.5 decades
+        s = torch.linalg.svdvals(orthogonalise(g))
+        assert s.min() > 0.5 and s.max() < 1.5, (shape, s)  # Newton-Schulz's band around 1
+        assert orthogonalise(g).shape == g.shape
+        batch = torch.stack([g, 2 * g.flip(0)])  # one batch: each matrix on its own
+        assert torch.allclose(orthogonalise(batch)[1], orthogonalise(2 * g.flip(0)), atol=1e-5)
+
+
+def test_muon_steps_the_hidden_matrices_and_adamw_the_rest():
+    c = cfg(optimizer="muon", muon_lr=0.02, param_groups={"attention": {"lr_scale": 0.5}})
+    model = Tiny()
+    opt = build_optimizer(model.param_groups(), c)
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert set(by_name) == {"embeddings", "attention/muon", "attention", "output_heads"}
+    assert by_name["attention/muon"]["params"] == [model.attn.weight]  # 2D weights of the attention group
+    assert by_name["attention"]["params"] == [model.attn.bias]
+    assert by_name["attention/muon"]["lr"] == pytest.approx(0.01)  # muon_lr x lr_scale
+    assert by_name["embeddings"]["lr"] == pytest.approx(1e-3)
+    assert isinstance(opt.parts["muon"], Muon) and isinstance(opt.parts["adamw"], torch.optim.AdamW)
+    sched = build_scheduler(opt, c)
+    for _ in range(5):  # warmup: the scheduler scales every group, Muon's included
+        opt.step()
+        sched.step()
+    lrs = sched.current_lrs()
+    assert lrs["attention/muon"] / lrs["embeddings"] == pytest.approx(10.0)
+    # one step moves the Muon weight by lr x an orthogonalised update: every singular value ~ lr
+    before = model.attn.weight.detach().clone()
+    model.attn.weight.grad = torch.randn(4, 4) * 1e-3
+    opt.parts["muon"].step()
+    s = torch.linalg.svdvals(model.attn.weight.detach() - before * (1 - lrs["attention/muon"] * 0.01))
+    assert s.min() > 0.4 * lrs["attention/muon"] and s.max() < 1.6 * lrs["attention/muon"]
+
+
+def test_muon_state_round_trips_through_a_checkpoint_and_refuses_adamw_state():
+    c = cfg(optimizer="muon")
+
+    def make():
+        torch.manual_seed(0)
+        model = Tiny()
+        opt = build_optimizer(model.param_groups(), c)
+        return model, opt, build_scheduler(opt, c)
+
+    def train(model, opt, sched, steps):
+        for i in range(steps):
+            opt.zero_grad()
+            x = torch.arange(5)
+            model.head(torch.tanh(model.attn(model.emb(x)))).logsumexp(-1).sum().backward()
+            opt.step()
+            sched.step()
+
+    m1, o1, s1 = make()
+    train(m1, o1, s1, 12)
+    tensors, skeleton = ckpt.flatten_state(o1.state_dict())  # the checkpoint's files: safetensors + JSON
+    tensors, skeleton = safetensors.torch.load(safetensors.torch.save(tensors)), json.loads(json.dumps(skeleton))
+    m2, o2, s2 = make()
+    m2.load_state_dict(m1.state_dict())
+    o2.load_state_dict(ckpt.unflatten_state(tensors, skeleton))
+    s2.load_state_dict(s1.state_dict())
+    train(m1, o1, s1, 5)
+    train(m2, o2, s2, 5)
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(a, b)
+    adamw = build_optimizer(Tiny().param_groups(), cfg())
+    with pytest.raises(ValueError, match="another training.optimizer"):
+        o2.load_state_dict(adamw.state_dict())

@@ -67,20 +67,23 @@ def test_every_metric_family_is_logged(kind, tiny_corpus, tiny_cache_workdir, tm
     assert {p.name for p in result.last_checkpoint.glob("*.safetensors")} >= {"model.safetensors", "ema.safetensors"}
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_corpus, tiny_cache_workdir, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_matches_an_uninterrupted_run(tiny_corpus, tiny_cache_workdir, tmp_path, optimizer):
+    opts = ("training.nar.token_noise=0.1", f"training.nar.optimizer={optimizer}")
     whole = RecordingSink()
-    a = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "a", "nar", whole, "training.nar.token_noise=0.1")
+    a = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "a", "nar", whole, *opts)
     a.fit()
+    assert any(g["name"] == "attention/muon" for g in a.optimizer.param_groups) == (optimizer == "muon")
 
     killed = RecordingSink(fail_at_step=6)  # dies after the step-4 checkpoint, before step 8
-    b = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "b", "nar", killed, "training.nar.token_noise=0.1")
+    b = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "b", "nar", killed, *opts)
     with pytest.raises(KeyboardInterrupt):
         b.fit()
     latest = ckpt.latest_checkpoint(tmp_path / "b")
     assert ckpt.read_meta(latest)["step"] == 4
 
     resumed = RecordingSink()
-    c = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "b", "nar", resumed, "training.nar.token_noise=0.1")
+    c = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "b", "nar", resumed, *opts)
     c.fit(resume_from=latest)
     assert sorted(resumed.metrics["nar/loss"]) == [6, 8]  # continuous numbering
     for key in ("nar/loss", "nar/cb1/util_pred", "grad_norm/total"):
