@@ -150,9 +150,9 @@ def test_collapse_is_warned_tagged_and_can_stop(tiny_corpus, tiny_cache_workdir,
 def test_early_stop_when_nothing_improves(tiny_corpus, tiny_cache_workdir, tmp_path):
     sink = RecordingSink()
     trainer = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ckpt", "ar", sink,
-                       "training.ar.lr=1e-9", "training.ar.min_lr=1e-9", "training.ar.val_every=1",
+                       "training.ar.lr=1e-9", "training.ar.muon_lr=1e-9", "training.ar.min_lr=1e-9", "training.ar.val_every=1",
                        "training.ar.collapse.early_stop_window=2")
-    # with lr 1e-9 neither the (eval-mode) validation loss nor utilisation can improve
+    # with lr (AdamW and Muon) 1e-9 neither the (eval-mode) validation loss nor utilisation can improve
     result = trainer.fit()
     assert result.state.stop_reason and result.state.stop_reason.startswith("early stop")
     assert result.state.step < 8
