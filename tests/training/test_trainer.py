@@ -10,6 +10,7 @@ import torch
 
 from harmonica.data.cache import find_cache
 from harmonica.training import checkpoint as ckpt
+from harmonica.training.ckpt_check import CheckpointInvalid
 from harmonica.training.metric_buffer import ResumeDedupMetrics
 from harmonica.training.trainer import Trainer
 from harmonica.tracking import names
@@ -266,3 +267,17 @@ def test_how_often_it_validates_and_checkpoints_does_not_change_what_it_trains(t
     assert often.tcfg.total_steps == rarely.tcfg.total_steps == 8
     for name, p in often.core.state_dict().items():
         assert torch.equal(p, rarely.core.state_dict()[name]), name
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_the_other_optimizer_is_refused_not_half_loaded(tiny_corpus, tiny_cache_workdir, tmp_path):
+    """A Muon checkpoint resumed under AdamW (and the reverse) is a CheckpointInvalid naming the optimizer
+    state -- never a traceback, never an AdamW that silently starts from nothing."""
+    for saved, resumed in (("muon", "adamw"), ("adamw", "muon")):
+        a = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / saved, "nar", RecordingSink(),
+                     f"training.nar.optimizer={saved}", *tiny_steps("nar", 4))
+        a.fit()
+        b = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / f"{saved}-b", "nar", RecordingSink(),
+                     f"training.nar.optimizer={resumed}", *tiny_steps("nar", 4))
+        with pytest.raises(CheckpointInvalid, match="optimizer/trainer state"):
+            b.load(ckpt.latest_checkpoint(tmp_path / saved))
