@@ -461,8 +461,10 @@ class Trainer:
         return path
 
     def load(self, path: Path) -> None:
-        """Restore everything from a checkpoint; any damaged or unfitting part raises CheckpointInvalid
-        before the model, optimizer or counters change."""
+        """Restore everything from a checkpoint. A damaged file or a model that does not fit raises
+        CheckpointInvalid before anything changes; optimizer/trainer state that cannot be restored (e.g.
+        saved by the other training.optimizer) raises it too, after the weights were loaded: the trainer
+        is not to be used after either."""
         c = ckpt.load_checkpoint(path)
         check_fits(c, self.kind, self.core.state_dict())
         tr = c.trainer

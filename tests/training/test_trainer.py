@@ -270,9 +270,9 @@ def test_how_often_it_validates_and_checkpoints_does_not_change_what_it_trains(t
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_the_other_optimizer_is_refused_not_half_loaded(tiny_corpus, tiny_cache_workdir, tmp_path):
+def test_a_checkpoint_of_the_other_optimizer_is_refused(tiny_corpus, tiny_cache_workdir, tmp_path):
     """A Muon checkpoint resumed under AdamW (and the reverse) is a CheckpointInvalid naming the optimizer
-    state -- never a traceback, never an AdamW that silently starts from nothing."""
+    state -- never a traceback, never an optimizer that silently starts from nothing."""
     for saved, resumed in (("muon", "adamw"), ("adamw", "muon")):
         a = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / saved, "nar", RecordingSink(),
                      f"training.nar.optimizer={saved}", *tiny_steps("nar", 4))
