@@ -82,14 +82,10 @@ def compare_runs(run_ids: Sequence[str], *, tracking_uri: str, paired_samples: i
             out.tags.append((label, [r.tags.get(tag, MISSING)[:12] for r in runs]))
     keys = sorted(set().union(*(r.params for r in runs)))
     all_evaluate = all(r.tags.get(names.STAGE) == "evaluate" for r in runs)
-    for key in keys:
-        values = [r.params.get(key) for r in runs]
-        if all_evaluate and key.startswith("training."):
-            out.evaluate_training_params += 1  # the evaluate's project config, not what trained the models
-        elif len(set(values)) > 1:
-            out.params.append((key, values))
-        else:
-            out.identical_params += 1
+    own = [key for key in keys if not (all_evaluate and key.startswith("training."))]
+    out.evaluate_training_params = len(keys) - len(own)  # the evaluate's project config trained nothing
+    out.params = _differing([r.params for r in runs], own)
+    out.identical_params = len(own) - len(out.params)
     out.trained = _trained_differences(reader, runs)
     metric_keys = key_metric_names(set().union(*(r.metrics for r in runs)))
     out.metrics = [(k, [r.metrics.get(k) for r in runs]) for k in metric_keys]
@@ -119,10 +115,14 @@ def _trained_differences(reader: TrackingReader, runs: Sequence[RunRecord]) -> l
             except NotFoundError:
                 trained[rid] = None
         params = [trained[i].params if i is not None and trained[i] is not None else {} for i in ids]
-        diffs = [(key, [p.get(key) for p in params]) for key in sorted(set().union(*params))
-                 if len({p.get(key) for p in params}) > 1]
-        out.append((label, diffs))
+        out.append((label, _differing(params, sorted(set().union(*params)))))
     return out
+
+
+def _differing(params: Sequence[dict[str, str]], keys: Sequence[str]) -> list[tuple[str, list[str | None]]]:
+    """(key, value per run) for each of `keys` whose value is not the same in every run (missing = None)."""
+    rows = [(key, [p.get(key) for p in params]) for key in keys]
+    return [(key, values) for key, values in rows if len(set(values)) > 1]
 
 
 def paired_cell(diff: PairedDifference | None) -> str:

@@ -47,8 +47,9 @@ def build_optimizer(named_groups: Mapping[str, Sequence[nn.Parameter]],
         if not trainable:
             continue
         gcfg = getattr(cfg.param_groups, name)
-        matrices = [p for p in trainable if p.ndim == 2] if cfg.optimizer == "muon" and name in cfg.muon_groups else []
-        rest = [p for p in trainable if all(p is not m for m in matrices)]
+        by_muon = cfg.optimizer == "muon" and name in cfg.muon_groups
+        matrices = [p for p in trainable if by_muon and p.ndim == 2]
+        rest = [p for p in trainable if not (by_muon and p.ndim == 2)]
         if matrices:
             groups.append({"params": matrices, "name": f"{name}/muon", "lr_scale": gcfg.lr_scale, "muon": True,
                            "lr": cfg.muon_lr * gcfg.lr_scale, "weight_decay": gcfg.weight_decay})
