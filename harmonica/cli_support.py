@@ -118,14 +118,13 @@ def project_option(default: str | None = "demo", help: str | None = None) -> Cal
 
 
 no_progress_option = click.option("--no-progress", is_flag=True,
-                                  help="no progress bars (they are also off when stderr is not a terminal)")
+                                  help="no progress: neither bars (on a terminal) nor a line a minute (elsewhere)")
 
 
 def progress_on(no_progress: bool) -> bool:
-    """The `progress=` a command hands its stage: not --no-progress, and stderr is a terminal."""
-    from harmonica.training.progress import progress_wanted
-
-    return progress_wanted(not no_progress)
+    """The `progress=` a command hands its stage (not --no-progress): a bar where stderr is a terminal,
+    plain lines where it is a file or a pipe."""
+    return not no_progress
 
 
 workdir_option = click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True,

@@ -27,6 +27,7 @@ from harmonica.data.corpora import prepare_corpus
 from harmonica.data.manifest import CorpusManifests, Utterance
 from harmonica.data.quality import QualityReport, QualityResult, assess
 from harmonica.data.text import build_frontend
+from harmonica.training.progress import progress_wanted
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def _work(utt: Utterance) -> dict[str, Any]:
 def _encode_all(
     utts: list[Utterance], cfg: HarmonicaConfig, codec: Codec, codec_dir: Path, workers: int, progress: bool
 ) -> list[dict[str, Any]]:
-    bar = tqdm(total=len(utts), desc="encode", unit="utt", disable=not progress)
+    bar = tqdm(total=len(utts), desc="encode", unit="utt", disable=not progress_wanted(progress))
     results: list[dict[str, Any]] = []
     if workers <= 1:
         for utt in utts:
@@ -137,7 +138,7 @@ def _fit_codec(codec: Codec, train: list[Utterance], cfg: HarmonicaConfig, progr
     random.Random(cfg.codec.seed).shuffle(order)
     wavs: list[np.ndarray] = []
     frames = 0
-    for utt in tqdm(order, desc="fit codec", unit="utt", disable=not progress):
+    for utt in tqdm(order, desc="fit codec", unit="utt", disable=not progress_wanted(progress)):
         if frames >= budget:
             break
         try:

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import tempfile
+from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from harmonica.config.load import config_hash
 from harmonica.config.schema import HarmonicaConfig
@@ -26,6 +26,7 @@ from harmonica.stages.console import announce_run
 from harmonica.tracking.adapter import Run, Tracker
 from harmonica.tracking.read import quiet_downloads
 from harmonica.tracking.refs import model_of, resolve_checkpoint
+from harmonica.training.progress import progress_items, progress_wanted
 from harmonica.training.threads import apply_threads
 from harmonica.tracking import names
 
@@ -139,7 +140,8 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
               parent_run_id: str | None, extra_tags: dict[str, str] | None, threads: int,
               tracker: Tracker, run_name: str | None = None) -> EvaluateOutcome:
     downloads = Path(workdir) / "downloads"
-    with contextlib.nullcontext() if progress else quiet_downloads():  # --no-progress: no per-file bars either
+    # per-file download bars only where our own bars are drawn (a terminal, not --no-progress)
+    with contextlib.nullcontext() if progress_wanted(progress) else quiet_downloads():
         ar, nar = (resolve_checkpoint(ref, tracker.tracking_uri, downloads) for ref in (ar_ref, nar_ref))
     ar_path, nar_path = ar.path, nar.path
     synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode)  # contract checked here
@@ -194,7 +196,7 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
         run.set_tags({names.CONFIG_HASH: config_hash(cfg)})
         run.log_dataset(name=f"{cfg.project}-tokens", digest=cache.fingerprint, source=cache.directory,
                         context="evaluation")
-        bar = (lambda xs: tqdm(xs, desc="evaluate", unit="utt")) if progress else (lambda xs: xs)
+        bar = partial(progress_items, progress, desc="evaluate", unit="utt")
         def resynthesize(codes: np.ndarray) -> np.ndarray:
             return synth.decode_codes(codes, "codec_decode_baseline")[0]
 

@@ -84,7 +84,7 @@ def run_train(
 ) -> TrainOutcome:
     """One training run. on_validation(step, metrics) is called after every validation (rank 0
     metrics on every rank); an exception it raises ends the run with its `run_status` if it has one.
-    progress: a bar over optimizer steps on stderr (rank 0, and only when stderr is a terminal).
+    progress: progress over optimizer steps on stderr (rank 0): a bar on a terminal, a line a minute elsewhere.
 
     A resume (resume / resume_from) picks and loads its checkpoint and compares configs before the
     MLflow run is touched: a refused or failed resume leaves the run exactly as it was."""

@@ -1,5 +1,6 @@
 """`harmonica evaluate` on tiny checkpoints: metrics, baselines, table, audio, links, refusals."""
 
+import io
 import os
 import shutil
 import subprocess
@@ -111,8 +112,8 @@ def test_cli_refusals_name_the_fix(eval_workdir, tiny_corpus, tiny_checkpoints, 
 
 
 def test_no_progress_also_quiets_mlflows_download_bars(tiny_corpus, tmp_path, monkeypatch):
-    """--no-progress (progress=False): fetching the checkpoints by run id prints no per-file bar; the
-    setting is restored afterwards. With progress on, MLflow's default is left alone."""
+    """--no-progress (progress=False) or stderr not a terminal: fetching the checkpoints by run id prints no
+    per-file bar; the setting is restored afterwards. With progress on a terminal, MLflow's default is left alone."""
     import harmonica.stages.evaluate as stage
 
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -126,8 +127,14 @@ def test_no_progress_also_quiets_mlflows_download_bars(tiny_corpus, tmp_path, mo
         seen.append(os.environ.get(key))
         raise Stop
 
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
     monkeypatch.setattr(stage, "resolve_checkpoint", fake_resolve)
-    for progress in (False, True):
+    for progress, stderr in ((False, Terminal()), (True, Terminal()), (True, io.StringIO())):
+        monkeypatch.setattr(sys, "stderr", stderr)
         with pytest.raises(Stop):
             run_evaluate(tiny_cfg(tiny_corpus), tmp_path / "work", "86f861ff", "d4b690de", progress=progress)
-    assert seen == ["false", None] and key not in os.environ
+    # bars only where harmonica draws its own: on a terminal without --no-progress (a log file gets lines)
+    assert seen == ["false", None, "false"] and key not in os.environ

@@ -1,5 +1,5 @@
-"""`harmonica train` on a terminal shows a bar over optimizer steps; with --no-progress, or with stderr
-a pipe, it shows none. Every long command takes --no-progress."""
+"""`harmonica train` on a terminal shows a bar over optimizer steps; with stderr a pipe (nohup, CI) plain
+lines instead; with --no-progress neither. Every long command takes --no-progress."""
 
 import fcntl
 import os
@@ -42,8 +42,9 @@ class _Stop(Exception):
 
 
 @pytest.mark.parametrize("command", LONG_COMMANDS)
-def test_the_flag_and_the_terminal_decide_what_the_stage_gets(command, monkeypatch, tmp_path):
-    """progress=True only on a terminal without --no-progress; it travels as the stage's argument."""
+def test_the_flag_decides_what_the_stage_gets(command, monkeypatch, tmp_path):
+    """progress=True without --no-progress, terminal or not (the stage draws a bar or writes lines); it
+    travels as the stage's argument."""
     import importlib
 
     from harmonica.training import progress
@@ -61,7 +62,7 @@ def test_the_flag_and_the_terminal_decide_what_the_stage_gets(command, monkeypat
         monkeypatch.setattr(progress, "is_terminal", lambda stream, terminal=terminal: terminal)
         out = CliRunner().invoke(main, [command, *args, *flags], prog_name="harmonica")
         assert isinstance(out.exception, _Stop), out.output
-    assert seen == [True, False, False]
+    assert seen == [True, False, True]
 
 
 def _train(workdir: Path, corpus: Path, *flags: str, terminal: bool) -> tuple[int, str, str]:
@@ -116,9 +117,22 @@ def test_train_on_a_terminal_shows_the_step_bar_with_its_postfix(train_workdir, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags, terminal", [(["--no-progress"], True), ([], False)], ids=["--no-progress", "pipe"])
-def test_train_shows_no_bar_with_no_progress_or_on_a_pipe(train_workdir, tiny_corpus, flags, terminal):
-    rc, stdout, err = _train(train_workdir, tiny_corpus, *flags, terminal=terminal)
+def test_train_shows_nothing_with_no_progress(train_workdir, tiny_corpus):
+    rc, stdout, err = _train(train_workdir, tiny_corpus, "--no-progress", terminal=True)
     assert rc == 0, err[-3000:]
     assert "train_ar finished: 8 steps" in stdout
     assert "train ar" not in err and "8/8" not in err and "step/s" not in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_train_on_a_pipe_writes_plain_lines_not_a_bar(train_workdir, tiny_corpus):
+    """stderr to a file or pipe (nohup, CI): no carriage returns; a line a minute (a tiny run takes less)
+    and the last position with the training fields when it ends."""
+    rc, stdout, err = _train(train_workdir, tiny_corpus, terminal=False)
+    assert rc == 0, err[-3000:]
+    assert "train_ar finished: 8 steps" in stdout
+    assert "\r" not in err, err[-3000:]
+    [final] = [line for line in err.splitlines() if line.startswith("train ar: ")]
+    assert final.startswith("train ar: 8/8 step (100%) loss="), final
+    for field in ("util=", "val=", "steps/s=", "elapsed]"):
+        assert field in final, (field, final)

@@ -8,7 +8,7 @@ import torch
 
 from harmonica.data.cache import find_cache
 from harmonica.training import checkpoint as ckpt
-from harmonica.training.progress import (BarProgress, NoProgress, make_progress, progress_wanted,
+from harmonica.training.progress import (BarProgress, LineProgress, NoProgress, make_progress, progress_wanted,
                                          training_postfix)
 from harmonica.training.trainer import Trainer
 from tests.tiny import RecordingSink, tiny_cfg, tiny_steps
@@ -49,15 +49,65 @@ def test_a_bar_without_a_postfix_function_shows_the_fields_as_given():
     assert "1/3" in stream.getvalue() and "best=#0 val/loss=1.2" in stream.getvalue()
 
 
-@pytest.mark.parametrize("enabled, stream", [(False, Terminal()), (True, io.StringIO())],
-                         ids=["--no-progress", "not a terminal"])
-def test_off_or_not_a_terminal_writes_nothing(enabled, stream):
-    bar = make_progress(enabled, "train ar", postfix=training_postfix("ar"), stream=stream)
+@pytest.mark.parametrize("stream", [Terminal(), io.StringIO()], ids=["terminal", "not a terminal"])
+def test_no_progress_writes_nothing(stream):
+    bar = make_progress(False, "train ar", postfix=training_postfix("ar"), stream=stream)
     assert isinstance(bar, NoProgress)
     bar.start(10, initial=2)
     bar.update(5, METRICS)
     bar.close()
     assert stream.getvalue() == ""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_not_a_terminal_gets_a_plain_line_a_minute_and_one_at_the_end():
+    """nohup / CI / a pipe: no carriage returns, a line when a minute has passed, the ETA from the steps
+    done in this process (a resumed run's earlier steps do not count), and the last position at close."""
+    stream, clock = io.StringIO(), Clock()
+    bar = make_progress(True, "train ar", postfix=training_postfix("ar"), stream=stream)
+    assert isinstance(bar, LineProgress)
+    bar.clock = clock
+    bar.start(100, initial=20)
+    for step in range(21, 31):  # 10 steps in 59 s: not yet a minute
+        clock.now += 5.9
+        bar.update(step, METRICS)
+    assert stream.getvalue() == ""
+    clock.now += 1.0
+    bar.update(31, METRICS)  # 60 s: a line; 11 steps in 60 s, 69 to go -> ~376 s
+    clock.now += 30.0
+    bar.update(40)  # not a minute since the last line
+    bar.close()  # moved since the last line: a final one
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and len(lines) == 2, lines
+    assert lines[0] == "train ar: 31/100 step (31%) loss=4.57 util=0.438 val=5.25 steps/s=12.5 [1:00 elapsed, ~6:16 left]"
+    assert lines[1].startswith("train ar: 40/100 step (40%) loss=4.57") and "[1:30 elapsed, ~4:30 left]" in lines[1]
+
+
+def test_lines_every_update_for_few_slow_phases_and_no_repeat_at_close():
+    stream = io.StringIO()
+    bar = make_progress(True, "sweep s", unit="trial", stream=stream, every=True)
+    bar.start(3)
+    bar.update(1, {"best": "#0 val/loss=1.2"})
+    bar.close()  # nothing moved since the last line
+    bar.update(2)  # closed: ignored
+    assert stream.getvalue().splitlines() == ["sweep s: 1/3 trial (33%) best=#0 val/loss=1.2 [0:00 elapsed, ~0:00 left]"]
+
+
+def test_progress_items_yields_every_item_and_closes_the_progress():
+    stream = io.StringIO()
+    import harmonica.training.progress as progress
+
+    seen = list(progress.progress_items(True, ["a", "b", "c"], "evaluate", "utt", stream=stream))
+    assert seen == ["a", "b", "c"]
+    assert stream.getvalue().startswith("evaluate: 3/3 utt (100%) [")  # a quick loop: only the closing line
+    assert list(progress.progress_items(False, [1, 2], "evaluate", "utt", stream=stream)) == [1, 2]
 
 
 def test_progress_wanted_needs_the_flag_and_a_terminal():
