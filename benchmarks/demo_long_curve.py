@@ -142,9 +142,9 @@ def run_curve(project: str, overrides: list[str], workdir: Path, points: int = 4
     cfg = load_config(project, [*overrides, *checkpoint_overrides(base, points)])
     eval_cfg = load_config(project, [*overrides, f"eval.max_utterances={eval_utterances}"])
     tracker = Tracker(cfg, workdir)
-    description = (f"WER/CER/SIM of project '{project}' at {points} points of training vs training minutes "
+    description = (f"WER/CER/SIM of project '{cfg.project}' at {points} points of training vs training minutes "
                    f"(AR + NAR), on {eval_utterances or 'all'} eval utterances; children: preprocess, train, evaluate.")
-    with tracker.run("demo_long_curve", f"demo_long_curve-{project}", description=description) as parent:
+    with tracker.run("demo_long_curve", f"demo_long_curve-{cfg.project}", description=description) as parent:
         parent.log_config(cfg)
         try:
             find_cache(cfg, workdir)
@@ -173,13 +173,13 @@ def rescore_curve(curve_run_id: str, overrides: list[str], workdir: Path, eval_u
     project = old["project"]
     cfg = load_config(project, [*old["overrides"], *overrides])
     eval_cfg = load_config(project, [*old["overrides"], *overrides, f"eval.max_utterances={eval_utterances}"])
-    roots = {k: Path(workdir) / "checkpoints" / project / k / old[f"{k}_run_id"] / "ckpt" for k in KINDS}
+    roots = {k: Path(workdir) / "checkpoints" / cfg.project / k / old[f"{k}_run_id"] / "ckpt" for k in KINDS}
     pairs = [{**{k: r[k] for k in ("percent", "ar_step", "nar_step", "minutes")},
               "ar_dir": step_dir(roots["ar"], r["ar_step"]), "nar_dir": step_dir(roots["nar"], r["nar_step"])}
              for r in old["points"]]
     description = (f"re-score of curve run {curve_run_id} (same checkpoints and minutes) with this evaluation on "
                    f"{eval_utterances or 'all'} eval utterances; overrides {overrides or 'none'}")
-    with Tracker(cfg, workdir).run("demo_long_curve", f"demo_long_curve-{project}-rescored",
+    with Tracker(cfg, workdir).run("demo_long_curve", f"demo_long_curve-{cfg.project}-rescored",
                                    description=description) as parent:
         parent.log_config(cfg)
         parent.set_tags({"harmonica.curve.rescored_from": curve_run_id})

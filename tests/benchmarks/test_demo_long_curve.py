@@ -51,7 +51,9 @@ def test_curve_end_to_end_on_tiny_models(tmp_path, tiny_corpus, tiny_cache_workd
     shutil.copytree(tiny_cache_workdir, work)
     overrides = [*TINY, "data.corpus_format=ljspeech", f"data.corpus_dir={tiny_corpus}", "eval.split=val",
                  "eval.bootstrap_samples=0", *tiny_steps("ar"), *tiny_steps("nar")]
-    monkeypatch.setattr(sys, "argv", ["demo_long_curve.py", "--project", "demo", "--workdir", str(work),
+    # the project given as a file (the README's `-p projects/x.yaml` habit): runs and checkpoints go by its name
+    project_file = SCRIPT.parents[1] / "projects" / "demo.yaml"
+    monkeypatch.setattr(sys, "argv", ["demo_long_curve.py", "--project", str(project_file), "--workdir", str(work),
                                       "--points", "2", "--eval-utterances", "2", *overrides])
     curve.main()
     printed = capsys.readouterr().out
@@ -63,6 +65,7 @@ def test_curve_end_to_end_on_tiny_models(tmp_path, tiny_corpus, tiny_cache_workd
                               "tags.`harmonica.stage` = 'demo_long_curve'")
     assert len(runs) == 1  # the whole curve is one run
     parent = runs[0]
+    assert parent.info.run_name == "demo_long_curve-demo"  # not the file's path
     for name in ("wer", "cer", "sim", "resynthesis_wer", "minutes", "percent"):
         history = sorted(client.get_metric_history(parent.info.run_id, f"curve/{name}"), key=lambda h: h.step)
         # SIM is NaN when a tiny model decodes too little at a point (an embedding needs audio): the
