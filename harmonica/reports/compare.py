@@ -28,7 +28,7 @@ from harmonica.evaluation.bootstrap import PairedDifference
 from harmonica.reports.common import better_is_higher, eval_rows, fmt_num, get_run, key_metric_names, truncate
 from harmonica.reports.paired import PAIRED_SAMPLES, paired_rows, verdict
 from harmonica.tracking import names
-from harmonica.tracking.read import NotFoundError, RunRecord, TrackingReader
+from harmonica.tracking.read import NotFoundError, RunRecord, TrackingReader, quiet_downloads
 
 MISSING = "—"
 
@@ -94,17 +94,19 @@ def compare_runs(run_ids: Sequence[str], *, tracking_uri: str, paired_samples: i
         if any(lo is not None and hi is not None for lo, hi in bounds):
             out.intervals[key] = [(lo, hi) if lo is not None and hi is not None else None for lo, hi in bounds]
     if paired_samples > 0 and sum(r.stage == "evaluate" for r in runs) >= 2:
-        out.paired = paired_rows([eval_rows(reader, r.run_id) if r.stage == "evaluate" else None for r in runs],
-                                 samples=paired_samples)
+        with quiet_downloads():  # one small table per run: no per-file bar in the printed comparison
+            rows = [eval_rows(reader, r.run_id) if r.stage == "evaluate" else None for r in runs]
+        out.paired = paired_rows(rows, samples=paired_samples)
     return out
 
 
 def _trained_differences(reader: TrackingReader, runs: Sequence[RunRecord]) -> list[tuple[str, list[tuple[str, list[str | None]]]]]:
     """For evaluate runs that scored different AR (NAR) runs: the params that differ between those
     training runs -- what trained the checkpoints, which the evaluate runs' own params do not say.
-    A training run no longer in the store shows as missing."""
+    A training run no longer in the store shows as missing. The other model's training.* / model.* params
+    are left out: an AR run's training.nar.* trained nothing it holds."""
     out = []
-    for label, tag in (("ar run", names.AR_RUN_ID), ("nar run", names.NAR_RUN_ID)):
+    for label, tag, other in (("ar run", names.AR_RUN_ID, "nar"), ("nar run", names.NAR_RUN_ID, "ar")):
         ids = [r.tags.get(tag) for r in runs]
         if sum(i is not None for i in ids) < 2 or len(set(ids)) < 2:
             continue
@@ -115,7 +117,8 @@ def _trained_differences(reader: TrackingReader, runs: Sequence[RunRecord]) -> l
             except NotFoundError:
                 trained[rid] = None
         params = [trained[i].params if i is not None and trained[i] is not None else {} for i in ids]
-        out.append((label, _differing(params, sorted(set().union(*params)))))
+        keys = sorted(k for k in set().union(*params) if not k.startswith((f"training.{other}.", f"model.{other}.")))
+        out.append((label, _differing(params, keys)))
     return out
 
 

@@ -166,3 +166,23 @@ def test_evaluate_runs_of_different_checkpoints_show_what_trained_them(report_st
         assert (DIFFERING_PARAM, ["0.99", None]) in dict(gone.trained)["nar run"]
     finally:
         client.delete_run(twin.info.run_id)
+
+
+def test_what_trained_the_scored_runs_leaves_out_the_other_models_knobs():
+    """An AR run's training.nar.* / model.nar.* params trained nothing it holds (a project's NAR settings
+    changed between two AR runs showed up as a difference of the ARs); the shared and own knobs stay."""
+    from types import SimpleNamespace
+
+    from harmonica.reports.compare import _trained_differences
+    from harmonica.tracking import names
+
+    trained = {
+        "ar1": {"training.ar.total_steps": "2800", "training.nar.muon_groups": "[a, t]", "model.nar.d_model": "128",
+                "codec.n_q": "4", "training.ar.lr": "0.001"},
+        "ar2": {"training.ar.total_steps": "2000", "training.nar.muon_groups": "[a]", "model.nar.d_model": "256",
+                "codec.n_q": "8", "training.ar.lr": "0.001"},
+    }
+    reader = SimpleNamespace(resolve_run=lambda rid: SimpleNamespace(params=trained[rid]))
+    runs = [SimpleNamespace(tags={names.AR_RUN_ID: rid, names.NAR_RUN_ID: "nar"}) for rid in ("ar1", "ar2")]
+    assert _trained_differences(reader, runs) == [
+        ("ar run", [("codec.n_q", ["4", "8"]), ("training.ar.total_steps", ["2800", "2000"])])]
