@@ -39,10 +39,12 @@ def test_the_trial_bar_counts_trials_and_shows_the_best_so_far(tmp_path, sweep_w
     last = text.split("\r")[-1]
     assert f"best=#{out.best_trial} val_ema/loss=" in last and "last=#1 complete @8" in last, last
 
-    # off the terminal: no bar, and the trainer is not asked for one
+    # off the terminal: no bar (a plain line per trial instead), and the trainer is not asked for a bar
     quiet = io.StringIO()
     monkeypatch.setattr(sys, "stderr", quiet)
     asked.clear()
     run_sweep(tiny_sweep_cfg, sweep_workdir, space, n_trials=3, study_name="bar", train_fn=_train(asked),
               best_config_dir=tmp_path / "p", progress=True)
-    assert asked == [None] and "sweep bar" not in quiet.getvalue()
+    lines = [line for line in quiet.getvalue().splitlines() if line.startswith("sweep bar: ")]
+    assert asked == [None]
+    assert len(lines) == 1 and lines[0].startswith("sweep bar: 3/3 trial (100%) best=#"), lines
