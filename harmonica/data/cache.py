@@ -28,7 +28,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harmonica.config.schema import HarmonicaConfig
+from harmonica.data.generated import GENERATOR_VERSION
 from harmonica.data.manifest import Utterance
+from harmonica.data.sentences import GRAMMAR_VERSION
 from harmonica.data.text import build_frontend
 
 CACHE_VERSION = 2
@@ -60,8 +62,12 @@ def cache_settings(cfg: HarmonicaConfig) -> dict[str, Any]:
         "data.corpus_format": data.corpus_format,
         # which corpus: two corpora with equal settings must never share a cache
         "data.corpus_dir": str(Path(data.corpus_dir).resolve()) if data.corpus_dir else "bundled",
-        # a generated corpus is identified by its generator settings (it has no corpus_dir)
-        **({"data.generated": data.generated.model_dump(mode="json")} if data.corpus_format == "demo_generated" else {}),
+        # a generated corpus is identified by its generator settings (it has no corpus_dir) and by the
+        # versions of the code that writes it: a checkout with another grammar must not pick up the
+        # newest cache of equal settings, which holds the other grammar's sentences
+        **({"data.generated": data.generated.model_dump(mode="json"),
+            "data.generated_code": {"grammar": GRAMMAR_VERSION, "generator": GENERATOR_VERSION}}
+           if data.corpus_format == "demo_generated" else {}),
         "data.split": [data.val_fraction, data.eval_fraction, sorted(data.eval_speakers), data.split_seed],
         **{f"data.quality.{k}": v for k, v in sorted(data.quality.model_dump(mode="json").items())},
         "text.frontend": cfg.text.frontend,
@@ -219,9 +225,11 @@ def settings_diff(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
     ]
 
 
-def find_cache(cfg: HarmonicaConfig, workdir: Path, allow_mismatch: bool = False) -> tuple[TokenCache, list[str]]:
+def find_cache(cfg: HarmonicaConfig, workdir: Path, allow_mismatch: bool = False,
+               prefer: str | None = None) -> tuple[TokenCache, list[str]]:
     """The newest complete cache built with the config's settings (any project's: equal settings,
-    including the corpus, mean equal tokens).
+    including the corpus, mean equal tokens). prefer: a cache fingerprint (the one a checkpoint was
+    trained on) that wins over a newer cache of the same standing.
 
     Returns (cache, differences); differences is non-empty only when allow_mismatch let a stale
     cache through. Raises StaleCacheError (naming each differing setting) or FileNotFoundError.
@@ -233,6 +241,7 @@ def find_cache(cfg: HarmonicaConfig, workdir: Path, allow_mismatch: bool = False
     candidates.sort(key=lambda d: os.path.getmtime(d / "cache.json"), reverse=True)
     expected = cache_settings(cfg)
     caches = [open_cache(d) for d in candidates]
+    caches.sort(key=lambda c: c.fingerprint != prefer)  # stable: the preferred one first, else newest first
     for cache in caches:
         if cache.meta["settings"] == expected:
             return cache, []

@@ -150,7 +150,8 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
     # the evaluated checkpoint models: what the reference named, else the model of that run and step
     ar_model = ar.model_id or model_of(tracker.tracking_uri, ar_run, synth.ar_meta.get("step"), weights)
     nar_model = nar.model_id or model_of(tracker.tracking_uri, nar_run, synth.nar_meta.get("step"), weights)
-    cache, _ = find_cache(cfg, workdir, allow_mismatch=True)
+    # the eval slice of the cache the models were trained on when several fit the project
+    cache, _ = find_cache(cfg, workdir, allow_mismatch=True, prefer=synth.nar_meta.get("cache_fingerprint"))
     if cache.contract["codec_fingerprint"] != synth.nar_meta["contract"]["codec_fingerprint"]:
         raise EvalError(
             f"the eval slice of project '{cfg.project}' comes from a token cache of another codec "

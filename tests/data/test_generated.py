@@ -76,3 +76,18 @@ def test_too_few_sentences_is_a_clear_error(tmp_path: Path):
     cfg = TINY.model_copy(update={"sentences": 8})
     with pytest.raises(ValueError, match="raise data.generated.sentences"):
         ensure_generated_corpus(cfg, 1, 24_000, tmp_path)
+
+
+def test_cache_settings_name_the_generator_code(monkeypatch):
+    # a checkout with another grammar must not reuse the newest cache of equal settings (found in stop 33:
+    # after a grammar change was reverted, evaluate picked the other grammar's cache)
+    from harmonica.config.load import load_config
+    from harmonica.data import cache
+
+    cfg = load_config("demo")
+    before = cache.cache_settings(cfg)
+    monkeypatch.setattr(cache, "GRAMMAR_VERSION", cache.GRAMMAR_VERSION + 1)
+    after = cache.cache_settings(cfg)
+    assert before != after and cache.settings_diff(before, after)
+    monkeypatch.setattr(cache, "GENERATOR_VERSION", cache.GENERATOR_VERSION + 1)
+    assert cache.cache_settings(cfg) not in (before, after)

@@ -100,6 +100,11 @@ def test_identical_rerun_reuses_and_codec_change_invalidates(tmp_path: Path, wor
         find_cache(_cfg(corpus.root, "codec.n_q=3"), workdir)
     stale, diff = find_cache(_cfg(corpus.root, "codec.n_q=3"), workdir, allow_mismatch=True)
     assert diff and stale.directory.exists()
+    assert stale.fingerprint == changed.cache.fingerprint  # the newest of the project's caches...
+    # ...unless a checkpoint names the cache it was trained on (evaluate passes the NAR's)
+    trained, diff = find_cache(_cfg(corpus.root, "codec.n_q=3"), workdir, allow_mismatch=True,
+                               prefer=first.cache.fingerprint)
+    assert trained.fingerprint == first.cache.fingerprint and diff
 
 
 @pytest.mark.slow
