@@ -115,20 +115,33 @@ class Scorer:
     def __init__(self, cfg: EvalConfig) -> None:
         self.asr = get_asr(cfg.asr)
         self.speaker = build_speaker_encoder(cfg.speaker)
-        self.model_seconds = 0.0  # time inside ASR and speaker-encoder calls
+        self.seconds: dict[str, float] = {}  # per scorer: asr, speaker, prosody, failure_detectors
+
+    @property
+    def model_seconds(self) -> float:
+        """Time inside ASR and speaker-encoder calls."""
+        return self.seconds.get("asr", 0.0) + self.seconds.get("speaker", 0.0)
+
+    def _took(self, part: str, started: float) -> float:
+        now = time.perf_counter()
+        self.seconds[part] = self.seconds.get(part, 0.0) + now - started
+        return now
 
     def score(self, wav: np.ndarray, sr: int, text: str, reference: np.ndarray, gt: np.ndarray | None) -> Scored:
+        t = time.perf_counter()
         failures = detect_failures(wav, sr, text)
+        t = self._took("failure_detectors", t)
         if wav.size < sr // 10:
             return Scored("", 1.0, 1.0, float("nan"), {**failures.flags, "too_short": True})
-        t = time.perf_counter()
         hyp = self.asr.transcribe(wav, sr)
+        t = self._took("asr", t)
         try:
             sim = speaker_similarity(self.speaker, wav, reference, sr)
         except ValueError:  # too short / silent for an embedding: counted by the failure flags
             sim = float("nan")
-        self.model_seconds += time.perf_counter() - t
+        t = self._took("speaker", t)
         extra = {f"prosody_{k}": v for k, v in prosody_compare(wav, gt, sr).items()} if gt is not None else {}
+        self._took("prosody", t)
         return Scored(hyp, wer(text, hyp), cer(text, hyp), sim, dict(failures.flags), extra)
 
 
@@ -139,6 +152,9 @@ class EvalResult:
     audio_dir: Path
     model_seconds: float
     wall_seconds: float
+    # where the wall time went: the scorer's parts (asr, speaker, prosody, failure_detectors); the
+    # evaluate stage adds the synthesizer's (ar, nar, codec_decode, codec_decode_baseline, ...)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _aggregate(rows: list[dict[str, Any]], source: str, prefix: str) -> dict[str, float]:
@@ -232,4 +248,5 @@ def run_suite(
     gains = [float(r.get("gain_db", 0.0)) for r in rows]  # the peak ceiling's attenuation, <= 0 dB
     metrics["eval/peak_gain_db_mean"] = statistics.fmean(gains)
     metrics["eval/peak_limited_rate"] = statistics.fmean(float(g < 0) for g in gains)
-    return EvalResult(rows, metrics, audio_dir, scorer.model_seconds, time.perf_counter() - start)
+    return EvalResult(rows, metrics, audio_dir, scorer.model_seconds, time.perf_counter() - start,
+                      dict(scorer.seconds))

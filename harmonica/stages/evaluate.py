@@ -76,6 +76,9 @@ def log_result(run: Run, result: EvalResult, work: Path, model_ids: list[str] | 
     run.log_metrics({
         "eval/throughput/utterances_per_sec": len(result.rows) / max(result.wall_seconds, 1e-9),
         "eval/throughput/model_time_share": result.model_seconds / max(result.wall_seconds, 1e-9),
+        # where evaluate's time went (seconds): a researcher shortening it sees what to cut
+        "eval/throughput/seconds/wall": result.wall_seconds,
+        **{f"eval/throughput/seconds/{part}": value for part, value in sorted(result.seconds.items())},
     }, step=0)
     run.log_table(_table(result.rows), names.EVAL_TABLE)
     run.log_artifacts(result.audio_dir, "audio")
@@ -206,6 +209,7 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
                            bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed,
                            num_seeds=cfg.eval.num_seeds)
         result.model_seconds += synth.timings.total
+        result.seconds.update(synth.timings.seconds)
         run.link_models([ar_model or "", nar_model or ""])
         dataset = (f"{cfg.project}-tokens", cache.fingerprint)
         log_result(run, result, Path(tmp), [m for m in (ar_model, nar_model) if m], dataset)

@@ -53,6 +53,10 @@ def test_evaluate_logs_metrics_baselines_table_audio_and_links(eval_workdir, tin
     assert run.data.tags["harmonica.ar_run_id"] == "tiny-ar" and run.data.tags["harmonica.nar_run_id"] == "tiny-nar"
     assert run.data.tags["harmonica.weights"] == "ema"
     assert "eval/wer" in run.data.metrics and "baseline/resynthesis/sim" in run.data.metrics
+    # where evaluate's time went, per part, within its wall time
+    spent = {k.rsplit("/", 1)[1]: v for k, v in run.data.metrics.items() if k.startswith("eval/throughput/seconds/")}
+    assert {"wall", "asr", "speaker", "prosody", "ar", "nar", "codec_decode", "codec_decode_baseline"} <= set(spent)
+    assert all(v > 0 for v in spent.values()) and sum(v for k, v in spent.items() if k != "wall") <= spent["wall"]
     arts = {a.path for a in client.list_artifacts(out.run_id)}
     assert {"eval_table.json", "plots", "config.yaml"} <= arts
     rows = out.result.rows
