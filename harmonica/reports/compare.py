@@ -153,7 +153,15 @@ def format_table(result: CompareResult, *, col_width: int = 24, key_width: int =
     all_keys = ["run", "run id"] + [k for k, _ in result.tags] + [k for k, _ in result.params] + \
         [k for k, _ in result.metrics] + [k for _, diffs in result.trained for k, _ in diffs]
     kw = min(max(len(k) for k in all_keys) + 2, key_width)
-    cw = col_width
+    metric_rows = []
+    for key, values in result.metrics:
+        best = _best(key, values)
+        ci = result.intervals.get(key, [None] * n)
+        metric_rows.append((key, [MISSING if v is None else fmt_num(v) + (
+            f" [{fmt_num(ci[i][0], 3)}, {fmt_num(ci[i][1], 3)}]" if ci[i] else "") + (" *" if i == best else "")
+            for i, v in enumerate(values)]))
+    # a metric cell (value, interval, best mark) is never cut: the "*" is the point of the row
+    cw = max([col_width] + [len(c) + 2 for _, cells in metric_rows for c in cells])
 
     def row(key: str, cells: Sequence[Any]) -> str:
         line = truncate(key, kw - 2).ljust(kw)
@@ -183,14 +191,8 @@ def format_table(result: CompareResult, *, col_width: int = 24, key_width: int =
         lines.append(rule(f"params that differ between the {label}s scored ({len(diffs)})"))
         lines += [row(k, v) for k, v in diffs] if diffs else ["(no param differs)"]
     lines.append(rule("key metrics (final value [95% interval]; * best)"))
-    if result.metrics:
-        for key, values in result.metrics:
-            best = _best(key, values)
-            ci = result.intervals.get(key, [None] * n)
-            cells = [MISSING if v is None else fmt_num(v) + (f" [{fmt_num(ci[i][0], 3)}, {fmt_num(ci[i][1], 3)}]"
-                                                               if ci[i] else "") + (" *" if i == best else "")
-                     for i, v in enumerate(values)]
-            lines.append(row(key, cells))
+    if metric_rows:
+        lines += [row(key, cells) for key, cells in metric_rows]
     else:
         lines.append("(none of the key metrics logged)")
     if result.paired:

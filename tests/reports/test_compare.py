@@ -52,8 +52,19 @@ def test_compare_mixed_stages_and_truncation(report_store):
     assert any(line.startswith("eval/wer ") and f"[{fmt_num(low, 3)}, {fmt_num(high, 3)}]" in line
                for line in wide.splitlines())
     table = format_table(result, col_width=12)
-    assert "evaluate-…" in table  # long run names are truncated to the column
-    assert max(len(line) for line in table.splitlines()) <= 48 + 2 * 12
+    # a metric cell (value, interval, best mark) is never cut: the column widens to the widest (the "*" of
+    # a 0.7328 [0.668, 0.798] * cell was cut to "…" at the default width, stop 33); a longer run name is
+    cell = f"{fmt_num(metrics['eval/wer'][1])} [{fmt_num(low, 3)}, {fmt_num(high, 3)}]"
+    sim_low, sim_high = result.intervals["eval/sim"][1]
+    sim = f"{fmt_num(metrics['eval/sim'][1])} [{fmt_num(sim_low, 3)}, {fmt_num(sim_high, 3)}]"
+    assert len(sim) > 12 and any(line.startswith("eval/sim ") and line.rstrip().endswith(sim)
+                                 for line in table.splitlines())
+    name = result.runs[1].name
+    run_row = next(line for line in table.splitlines() if line.startswith("run "))
+    shown = run_row.split()[-1]
+    assert shown.endswith("…") and name.startswith(shown[:-1]) and len(shown) < len(name)
+    assert any(line.startswith("eval/wer ") and line.rstrip().endswith(cell) for line in table.splitlines())
+    assert max(len(line) for line in table.splitlines()) <= 48 + 2 * (len(sim) + 2)
 
 
 def test_compare_takes_short_ids_and_names_and_pairs_evaluate_runs(report_store):
