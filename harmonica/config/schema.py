@@ -202,6 +202,10 @@ class ARModelConfig(TransformerConfig):
     frames_per_step: int = Field(1, ge=1, le=8, description="reduction factor r (Tacotron): each AR position reads "
                                  "the previous r frames and predicts the next r, so the audio sequence is r x "
                                  "shorter; 1 = one frame per position (VALL-E)")
+    acoustic_dim: int = Field(0, ge=0, le=256, description="0 = off. > 0: the head also scores each codebook-0 "
+                              "entry by -scale/2 x the squared distance between a point it predicts per frame and "
+                              "the entry's codec embedding (its first acoustic_dim principal components, fitted "
+                              "when training starts): entries that sound alike get alike logits from the start")
 
 
 class NARModelConfig(TransformerConfig):

@@ -35,6 +35,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from harmonica.config.schema import ARModelConfig
+from harmonica.models.acoustic_head import AcousticHead
 from harmonica.models.layers import (
     Block, PositionalEmbedding, TextProbe, cap_audio, init_weights, lengths_to_mask, masked_mean_ce,
     partition_params, run_blocks, scale_residual_init,
@@ -93,6 +94,7 @@ class ARModel(nn.Module):
         self.blocks = nn.ModuleList(block() for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(D)
         self.head = nn.Linear(D, r * (codebook_size + 1))  # tokens + STOP, per frame of the group
+        self.acoustic = AcousticHead(D, r, codebook_size, cfg.acoustic_dim) if cfg.acoustic_dim else None
         self.apply(init_weights)
         scale_residual_init(self, cfg.n_layers + cfg.text_layers)
 
@@ -147,7 +149,11 @@ class ARModel(nn.Module):
     def _logits(self, h: Tensor) -> Tensor:
         """Hidden [B, G, D] -> per-frame logits [B, G*r, V+1] (frame g*r + i from position g, slot i)."""
         B, G, _ = h.shape
-        return self.head(self.ln_f(h)).view(B, G * self.frames_per_step, self.codebook_size + 1)
+        z = self.ln_f(h)  # [B, G, D]
+        logits = self.head(z).view(B, G * self.frames_per_step, self.codebook_size + 1)  # [B, G*r, V+1]
+        if self.acoustic is None:
+            return logits
+        return logits + nn.functional.pad(self.acoustic(z), (0, 1))  # [B, G*r, V+1], STOP from the plain head
 
     def _prefix(self, text: Tensor, text_lens: Tensor, prompt: Tensor | None, prompt_lens: Tensor | None,
                 collect_attn: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -381,7 +387,7 @@ class ARModel(nn.Module):
         return partition_params(self, {
             "text_emb": "embeddings", "text_pos": "embeddings", "audio_emb": "embeddings",
             "audio_pos": "embeddings", "prompt_pos": "embeddings", "text_encoder": "text_encoder", "blocks": "attention",
-            "ln_f": "output_heads", "head": "output_heads",
+            "ln_f": "output_heads", "head": "output_heads", "acoustic": "output_heads",
         })
 
     def contract(self) -> dict[str, Any]:
@@ -395,4 +401,5 @@ class ARModel(nn.Module):
             "pos_embedding": self.pos_embedding, "speaker_condition": c.speaker_condition,
             **({"prompt_frames": c.prompt_frames} if self.prompted else {}),
             **({"frames_per_step": self.frames_per_step} if self.frames_per_step > 1 else {}),
+            **({"acoustic_dim": c.acoustic_dim} if c.acoustic_dim else {}),
         }

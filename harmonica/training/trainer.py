@@ -7,6 +7,7 @@ the only per-step host sync is the instability guard's one verdict.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -96,6 +97,9 @@ class Trainer:
         table = fit_table([e.codes for e in self.train_examples], contract["codebook_size"]) if kind == "nar" else None
         if table is not None and self.mcfg.count_prior:  # before the EMA copies the buffers
             self.core.set_count_prior(table)
+        stage0 = functools.cache(lambda: load_codec(cfg.codec, cache.codec_dir).stage_embeddings(0).to(device))
+        if kind == "ar" and self.mcfg.acoustic_dim:  # likewise: the head's codec table is a buffer
+            self.core.acoustic.set_table(stage0())
         self.model: nn.Module = self.core
         if dist_info.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -105,8 +109,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.groups, self.tcfg)
         self.scheduler = build_scheduler(self.optimizer, self.tcfg)
         self.ema = EMA(self.core, self.tcfg.ema_decay)
-        self.task = build_task(kind, self.tcfg, contract["codebook_size"], contract["n_q"],
-                               lambda: load_codec(cfg.codec, cache.codec_dir).stage_embeddings(0).to(device))
+        self.task = build_task(kind, self.tcfg, contract["codebook_size"], contract["n_q"], stage0)
         self.usage = CodebookUsage(contract["n_q"], contract["codebook_size"], device)
         m = self.mcfg  # the AR's guided heads are sharp by design: the collapse floor leaves them out
         self.sharp_heads = guided_heads(self.tcfg, m.text_layers, m.n_layers, m.n_heads) if kind == "ar" else None

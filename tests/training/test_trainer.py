@@ -252,6 +252,24 @@ def test_the_ar_regresses_its_expected_embedding_and_logs_it(tiny_corpus, tiny_c
     assert math.isfinite(metrics["ar/embedding_mse"]) and metrics["ar/embedding_mse"] > 0
 
 
+def test_the_ar_head_knows_the_codec_and_the_checkpoint_keeps_it(tiny_corpus, tiny_cache_workdir, tmp_path):
+    from safetensors.torch import load_file
+
+    from harmonica.codec import load_codec
+    from harmonica.inference.synthesize import load_model
+    from harmonica.models.acoustic_head import acoustic_table
+
+    t = _trainer(tiny_corpus, tiny_cache_workdir, tmp_path / "ar", "ar", RecordingSink(), "model.ar.acoustic_dim=4")
+    expected = acoustic_table(load_codec(t.cfg.codec, t.cache.codec_dir).stage_embeddings(0), 4)  # [V, 4]
+    torch.testing.assert_close(t.core.acoustic.table, expected)
+    result = t.fit()
+    for weights in ("model.safetensors", "ema.safetensors"):  # a constant, in the EMA copy too
+        torch.testing.assert_close(load_file(str(result.last_checkpoint / weights))["acoustic.table"], expected)
+    model, meta = load_model(result.last_checkpoint)  # what evaluate and synthesize build
+    torch.testing.assert_close(model.acoustic.table, expected)
+    assert meta["contract"]["acoustic_dim"] == 4
+
+
 def test_how_often_it_validates_and_checkpoints_does_not_change_what_it_trains(tiny_corpus, tiny_cache_workdir,
                                                                               tmp_path):
     """Validation, checkpoints and samples draw from their own generators: the demo can validate less
