@@ -88,7 +88,8 @@ class EvalConfig(Strict):
     oracle: bool = Field(True, description="also score ground-truth codebook 0 + the model's NAR (oracle/gt_coarse)")
     oracle_teacher_forced: bool = Field(False, description="also score the AR's teacher-forced argmax codebook 0 "
                                         "(each frame predicted from the true frames before it) + the model's NAR "
-                                        "(oracle/tf_coarse): splits the AR's share into per-frame prediction and drift")
+                                        "(oracle/tf_coarse; codebook 0 decoded as the model's is, decode.ar_coarse): splits the "
+                                        "AR's share into per-frame prediction and drift")
     oracle_stages: list[int] = Field([1], description="also score the resynthesis of the first k codebooks "
                                      "(oracle/resynthesis_k<k>); [] = none")
 

@@ -153,19 +153,23 @@ class Synthesizer:
         return wav, {**info, "gain_db": gain_db, "codes": codes}
 
     def complete(self, text: str, cb0: torch.Tensor, *, prompt: torch.Tensor | None = None,
-                 speaker: int | None = None, seed: int = 0) -> np.ndarray:
+                 speaker: int | None = None, seed: int = 0, coarse: dict[int, torch.Tensor] | None = None) -> np.ndarray:
         """The NAR and the codec on a given first codebook cb0 [T] (e.g. the ground truth's, to
-        score the NAR with a perfect AR) -> waveform float32 at sample_rate."""
+        score the NAR with a perfect AR) -> waveform float32 at sample_rate. coarse: {0: a distribution
+        over codebook 0 [T, V]} to decode codebook 0 as its expectation (the NAR still reads cb0)."""
         ids = torch.tensor(self.frontend.encode(text), dtype=torch.long)  # [L]
-        wav, _, _ = self._complete(ids, cb0.long(), prompt, speaker, torch.Generator().manual_seed(seed))
+        wav, _, _ = self._complete(ids, cb0.long(), prompt, speaker, torch.Generator().manual_seed(seed), coarse)
         return wav
 
     @torch.no_grad()
-    def teacher_forced_coarse(self, text: str, cb0: torch.Tensor, *, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    def teacher_forced_coarse(self, text: str, cb0: torch.Tensor, *, prompt: torch.Tensor | None = None,
+                              probs_out: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """The AR's own argmax for each frame of a given first codebook cb0 [T], each predicted from the
         true frames before it (teacher forcing, STOP left out) -> [T]: what the AR says about every frame
         when it never drifts. Against free-running decoding it splits the AR's share of the WER into
-        per-frame prediction and the drift of feeding back its own samples."""
+        per-frame prediction and the drift of feeding back its own samples. probs_out receives
+        probs_out[0]: its distribution over codebook 0 per frame [T, V] at decode.ar_coarse_temperature,
+        so the frames can be decoded as free-running ones are (decode.ar_coarse=expected)."""
         dev = next(self.ar.parameters()).device
         ids = torch.tensor(self.frontend.encode(text), dtype=torch.long, device=dev)[None]  # [1, L]
         cb0 = cb0.long().to(dev)[None]  # [1, T]
@@ -182,7 +186,10 @@ class Synthesizer:
                                    torch.tensor([cb0.size(1)], device=dev), **kwargs)  # [1, T+1, V+1]: t predicts frame t
         finally:
             self.ar.train(was_training)
-        return logits[0, : cb0.size(1), : self.ar.stop_id].argmax(-1).cpu()  # [T]
+        frames = logits[0, : cb0.size(1), : self.ar.stop_id].float()  # [T, V]
+        if probs_out is not None:
+            probs_out[0] = (frames / self.decode.ar_coarse_temperature).softmax(-1).cpu()  # [T, V]
+        return frames.argmax(-1).cpu()  # [T]
 
     def decode_codes(self, codes: np.ndarray, timing: str = "codec_decode",
                      probs: dict[int, torch.Tensor] | None = None) -> tuple[np.ndarray, float]:

@@ -89,7 +89,8 @@ def oracle_sources(cfg: HarmonicaConfig, synth: Synthesizer,
                    speakers: dict[str, int]) -> dict[str, Callable[[EvalItem], np.ndarray]]:
     """The decomposition: `gt_coarse` = the ground truth's first codebook completed by the model's
     NAR (what the model would say with a perfect AR); `tf_coarse` = the AR's teacher-forced argmax
-    codebook 0 completed by the NAR (an AR that never drifts); `resynthesis_k<k>` = the codec decoding only
+    codebook 0 completed by the NAR (an AR that never drifts; codebook 0 decoded as the model's is, e.g.
+    as the expectation of the AR's distribution under decode.ar_coarse=expected); `resynthesis_k<k>` = the codec decoding only
     the ground truth's first k codebooks (what the AR's target alone carries)."""
     out: dict[str, Callable[[EvalItem], np.ndarray]] = {}
     if cfg.eval.oracle:
@@ -100,9 +101,10 @@ def oracle_sources(cfg: HarmonicaConfig, synth: Synthesizer,
         out["gt_coarse"] = gt_coarse
     if cfg.eval.oracle_teacher_forced:
         def tf_coarse(item: EvalItem) -> np.ndarray:
-            cb0 = synth.teacher_forced_coarse(item.text, item.codes[0], prompt=item.prompt)  # [T]
+            coarse: dict[int, torch.Tensor] | None = {} if cfg.eval.decode.ar_coarse == "expected" else None
+            cb0 = synth.teacher_forced_coarse(item.text, item.codes[0], prompt=item.prompt, probs_out=coarse)  # [T]
             return synth.complete(item.text, cb0, prompt=item.prompt, speaker=speakers.get(item.speaker, 0),
-                                  seed=utterance_seed(cfg.eval.seed, item.id))
+                                  seed=utterance_seed(cfg.eval.seed, item.id), coarse=coarse)
 
         out["tf_coarse"] = tf_coarse
     n_q = int(synth.nar_meta["contract"].get("n_q", 0)) or None

@@ -3,6 +3,7 @@ share of the WER into per-frame prediction and free-running drift."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from harmonica.inference.synthesize import Synthesizer
@@ -31,6 +32,26 @@ def test_each_frame_is_predicted_from_the_true_frames_before_it(tiny_checkpoints
     assert read > 0  # later frames do read the true past
     other = synth.teacher_forced_coarse("a loud bell rang twice", cb0, prompt=prompt)
     assert not torch.equal(other, hat)  # and the text
+
+
+def test_its_frames_can_be_decoded_as_free_running_ones_are(tiny_checkpoints, tiny_corpus) -> None:
+    """With decode.ar_coarse=expected the model's codebook 0 is decoded as the expectation of the AR's
+    distribution, so the oracle hands the same distribution (per true-past frame) to the codec."""
+    from harmonica.config.schema import DecodeConfig
+
+    synth = Synthesizer(tiny_checkpoints["ar"], tiny_checkpoints["nar"],
+                        decode=DecodeConfig(ar_coarse="expected", ar_coarse_temperature=0.5))
+    prompt = synth.prompt_from_wav(next((tiny_corpus / "wavs").glob("*.wav")))
+    V = synth.codec.stage_sizes[0]
+    cb0 = torch.randint(0, V, (20,), generator=torch.Generator().manual_seed(1))  # [T]
+    probs: dict[int, torch.Tensor] = {}
+    hat = synth.teacher_forced_coarse("a quiet river", cb0, prompt=prompt, probs_out=probs)  # [T]
+    assert probs[0].shape == (20, V)
+    torch.testing.assert_close(probs[0].sum(-1), torch.ones(20))
+    assert torch.equal(probs[0].argmax(-1), hat)  # the same frames, sharpened, not another prediction
+    hard = synth.complete("a quiet river", hat, prompt=prompt, seed=3)
+    soft = synth.complete("a quiet river", hat, prompt=prompt, seed=3, coarse=probs)
+    assert hard.shape == soft.shape and not np.allclose(hard, soft)
 
 
 def test_the_report_splits_the_ar_share_when_tf_coarse_was_scored() -> None:
