@@ -27,6 +27,8 @@ TINY = [
     # tests/models/test_nar_prior.py and tests/training/test_trainer.py train with the prior
     "model.nar.count_prior=false",
     "training.ar.guided_attention_weight=0", "training.ar.guided_attention_heads=0",
+    "model.ar.acoustic_dim=0",  # tests/models/test_acoustic_head.py and test_trainer.py train with it
+    "training.ar.token_noise=0.4",  # the demo's until stop 34: the frozen reports' tiny models are trained with it
 ]
 
 
