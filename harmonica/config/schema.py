@@ -206,6 +206,15 @@ class ARModelConfig(TransformerConfig):
                               "entry by -scale/2 x the squared distance between a point it predicts per frame and "
                               "the entry's codec embedding (its first acoustic_dim principal components, fitted "
                               "when training starts): entries that sound alike get alike logits from the start")
+    acoustic_input: bool = Field(False, description="the acoustic head's codec table also feeds the input side: "
+                                 "each input frame's embedding gains a learned projection of its entry's principal "
+                                 "components (needs acoustic_dim > 0)")
+
+    @model_validator(mode="after")
+    def _acoustic_input_needs_table(self) -> ARModelConfig:
+        if self.acoustic_input and not self.acoustic_dim:
+            raise ValueError("acoustic_input needs acoustic_dim > 0 (the table it projects)")
+        return self
 
 
 class NARModelConfig(TransformerConfig):

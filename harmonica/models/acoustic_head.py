@@ -11,6 +11,10 @@ median distance to an entry's nearest neighbour is 1 (`acoustic_table`). Entries
 point get alike logits from the first step, and a near miss is cheap by construction; the plain
 head beside it keeps whatever the Gaussian cannot say (and the STOP class). The table is a buffer:
 fitted once from the codec when training starts, saved and loaded with the weights.
+
+With `inputs=True` (model.ar.acoustic_input) the same table also feeds the AR's input side: each input
+frame's embedding gains a learned projection of its entry's row (zero for BOS / STOP), so entries that
+sound alike enter the decoder alike too, rare ones included.
 """
 
 from __future__ import annotations
@@ -39,12 +43,14 @@ def acoustic_table(embeddings: Tensor, dim: int) -> Tensor:
 class AcousticHead(nn.Module):
     """Hidden [B, G, D] -> acoustic logits [B, G * r, V] for r frames per position (module docstring)."""
 
-    def __init__(self, d_model: int, frames_per_step: int, codebook_size: int, dim: int) -> None:
+    def __init__(self, d_model: int, frames_per_step: int, codebook_size: int, dim: int,
+                 inputs: bool = False) -> None:
         super().__init__()
         self.r, self.dim = frames_per_step, dim
         self.point = nn.Linear(d_model, frames_per_step * dim)  # u per frame slot
         self.log_scale = nn.Parameter(torch.zeros(()))  # scale = 1: a nearest neighbour costs 1/2 nat
         self.register_buffer("table", torch.zeros(codebook_size, dim))  # [V, dim], set_table before training
+        self.inputs = nn.Linear(frames_per_step * dim, d_model, bias=False) if inputs else None  # slot-wise
 
     @torch.no_grad()
     def set_table(self, embeddings: Tensor) -> None:
@@ -58,3 +64,14 @@ class AcousticHead(nn.Module):
         u = self.point(z).view(B, G * self.r, self.dim)  # [B, G*r, dim]
         e = self.table.to(u.dtype)  # [V, dim]
         return self.log_scale.exp() * (u @ e.T - 0.5 * (e * e).sum(-1))  # [B, G*r, V]
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """Input ids [B, G, r] (one group of r frames per position) or [B, P] (frames in slot 0; the
+        acoustic prompt) -> [B, G, D] / [B, P, D]. Ids past the table (STOP, BOS) embed as 0."""
+        if self.inputs is None:
+            raise RuntimeError("this head was built without inputs=True (model.ar.acoustic_input)")
+        tab = F.pad(self.table, (0, 0, 0, 2))  # [V+2, dim] STOP and BOS rows are zero
+        if ids.dim() == 2:  # slot 0 only
+            return tab[ids] @ self.inputs.weight[:, : self.dim].T  # [B, P, D]
+        B, G, r = ids.shape
+        return self.inputs(tab[ids].view(B, G, r * self.dim))  # [B, G, D]

@@ -94,7 +94,8 @@ class ARModel(nn.Module):
         self.blocks = nn.ModuleList(block() for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(D)
         self.head = nn.Linear(D, r * (codebook_size + 1))  # tokens + STOP, per frame of the group
-        self.acoustic = AcousticHead(D, r, codebook_size, cfg.acoustic_dim) if cfg.acoustic_dim else None
+        self.acoustic = AcousticHead(D, r, codebook_size, cfg.acoustic_dim, inputs=cfg.acoustic_input) \
+            if cfg.acoustic_dim else None
         self.apply(init_weights)
         scale_residual_init(self, cfg.n_layers + cfg.text_layers)
 
@@ -133,7 +134,8 @@ class ARModel(nn.Module):
     def _embed_audio(self, groups: Tensor, positions: Tensor) -> Tensor:
         """groups [B, G, r] frame ids per position (`group_inputs`) -> [B, G, D]."""
         slot = torch.arange(self.frames_per_step, device=groups.device) * (self.codebook_size + 2)  # [r]
-        return self.audio_emb(groups + slot).sum(dim=2) + self.audio_pos(positions)  # [B, G, D]
+        x = self.audio_emb(groups + slot).sum(dim=2) + self.audio_pos(positions)  # [B, G, D]
+        return x + self.acoustic.embed(groups) if self.cfg.acoustic_input else x  # [B, G, D]
 
     def group_inputs(self, inputs: Tensor) -> Tensor:
         """Per-frame inputs [B, S] (BOS a_0 ..) -> position inputs [B, ceil(S/r), r]: position 0 is r BOS,
@@ -172,7 +174,8 @@ class ARModel(nn.Module):
             else prompt_lens.to(prompt.device).clamp(max=P)  # [B]
         pmask = lengths_to_mask(plens, P)  # [B, P]
         tok = prompt.masked_fill(~pmask, 0).long()  # [B, P] padding (PAD_ID) embeds as entry 0
-        hp = self.drop(self.audio_emb(tok) + self.prompt_pos(torch.arange(P, device=prompt.device)))  # [B, P, D]
+        hp = self.audio_emb(tok) + self.prompt_pos(torch.arange(P, device=prompt.device))  # [B, P, D]
+        hp = self.drop(hp + self.acoustic.embed(tok) if self.cfg.acoustic_input else hp)  # [B, P, D]
         return torch.cat([h, hp], dim=1), torch.cat([mask, pmask], dim=1), ents  # [B, L+P, D], [B, L+P]
 
     def teacher_inputs(self, audio: Tensor, audio_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -402,4 +405,5 @@ class ARModel(nn.Module):
             **({"prompt_frames": c.prompt_frames} if self.prompted else {}),
             **({"frames_per_step": self.frames_per_step} if self.frames_per_step > 1 else {}),
             **({"acoustic_dim": c.acoustic_dim} if c.acoustic_dim else {}),
+            **({"acoustic_input": True} if c.acoustic_input else {}),
         }

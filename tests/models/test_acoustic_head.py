@@ -64,3 +64,33 @@ def test_the_table_travels_with_the_weights_and_off_is_the_plain_model() -> None
     assert "output_heads" in m.param_groups() and any(p is m.acoustic.point.weight for p in m.param_groups()["output_heads"])
     with pytest.raises(ValueError, match="entries"):
         m.acoustic.set_table(torch.zeros(CODEBOOK + 1, 4))
+
+
+def test_acoustic_inputs_embed_each_frame_by_its_table_row() -> None:
+    m = ar_model(frames_per_step=2, acoustic_dim=4, acoustic_input=True)
+    m.acoustic.set_table(_embeddings())
+    head = m.acoustic
+    groups = torch.tensor([[[m.bos_id, m.bos_id], [5, 9], [9, m.stop_id]]])  # [1, 3, 2]
+    x = head.embed(groups)  # [1, 3, D]
+    w = head.inputs.weight  # [D, 2 * dim]
+    assert x[0, 0].abs().max() == 0  # BOS and STOP carry no acoustic row
+    torch.testing.assert_close(x[0, 1], w[:, :4] @ head.table[5] + w[:, 4:] @ head.table[9])  # one projection per slot
+    torch.testing.assert_close(x[0, 2], w[:, :4] @ head.table[9])
+    torch.testing.assert_close(head.embed(torch.tensor([[9, 5]]))[0, 0], w[:, :4] @ head.table[9])  # prompt: slot 0
+    b = batch(seed=2)
+    text, tl, audio, al = b["text"], b["text_lens"], b["codes"][:, 0], b["audio_lens"]
+    with_rows, _, _ = m(text, tl, audio, al)  # [B, T+1, V+1]
+    with torch.no_grad():
+        head.inputs.weight.zero_()
+    without, _, _ = m(text, tl, audio, al)
+    assert (with_rows - without).abs().max() > 0  # the input rows reach the logits
+    assert m.contract()["acoustic_input"] is True and "acoustic_input" not in ar_model(acoustic_dim=4).contract()
+    out = m.generate(text[:1], tl[:1], max_new_tokens=6)  # the decoding path embeds the same way
+    assert len(out) == 1 and out[0].numel() >= 1
+
+
+def test_acoustic_inputs_need_the_table() -> None:
+    from harmonica.config.schema import ARModelConfig
+
+    with pytest.raises(ValueError, match="acoustic_dim"):
+        ARModelConfig(d_model=32, n_layers=1, n_heads=2, acoustic_input=True)
