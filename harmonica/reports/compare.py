@@ -14,7 +14,9 @@ Evaluate runs are also compared pairwise with the first one (A) on the utterance
 difference B - A of the model's WER, CER, SIM and failure rate with its 95% paired-bootstrap interval
 (the utterances resampled once for both runs, so how hard each utterance is cancels), and whether the
 interval shows a difference at all -- two evaluations of one model differ by several points of WER from
-sampling and ASR noise alone, so an unmarked difference is not evidence.
+sampling and ASR noise alone, so an unmarked difference is not evidence. The interval holds that noise only:
+when B scored other training runs than A, the table says so, because the same recipe trained twice (another
+seed, another thread count) differs by more than it (stop 35: 0.569 / 0.645 / 0.606 WER for one demo recipe).
 """
 
 from __future__ import annotations
@@ -202,7 +204,19 @@ def format_table(result: CompareResult, *, col_width: int = 24, key_width: int =
             for key, diffs in result.paired:
                 if diffs[i] is not None:
                     lines.append(f"{truncate(f'{_letter(i)}: {key}', kw - 2).ljust(kw)}{paired_cell(diffs[i])}")
+        retrained = [_letter(i) for i in range(1, n) if _scored_other_models(result, i)
+                     and any(diffs[i] is not None for _, diffs in result.paired)]
+        if retrained:
+            lines.append(f"({', '.join(retrained)} scored other training runs than A: these intervals hold the "
+                         "decoding and ASR noise over the utterances, not the training run's own -- the same recipe "
+                         "retrained with another seed or thread count can differ as much; retrain it to see)")
     return "\n".join(lines) + "\n"
+
+
+def _scored_other_models(result: CompareResult, i: int) -> bool:
+    """Whether evaluate run i scored another AR or NAR training run than run A (0)."""
+    tags = dict(result.tags)
+    return any(label in tags and tags[label][i] != tags[label][0] for label in ("ar run", "nar run"))
 
 
 __all__ = ["CompareResult", "ComparedRun", "compare_runs", "format_table"]

@@ -86,6 +86,10 @@ def test_compare_takes_short_ids_and_names_and_pairs_evaluate_runs(report_store)
     assert "evaluate runs vs A, paired" in table
     assert any(line.startswith("B: eval/wer ") and line.rstrip().endswith(f"~ ({wer.utterances} utterances)")
                for line in table.splitlines())
+    assert "scored other training runs" not in table  # one model against itself: decoding noise is all there is
+    same.tags = [(label, [values[0], "another-run"]) if label == "ar run" else (label, values)
+                 for label, values in same.tags]
+    assert "(B scored other training runs than A: these intervals hold the decoding and ASR noise" in format_table(same)
 
 
 def _rows(errors: list[int], ids: list[str], words: int = 4) -> list[dict]:
