@@ -116,14 +116,17 @@ def test_sigterm_marks_the_curve_and_its_training_killed(tmp_path, tiny_corpus, 
     shutil.copytree(tiny_cache_workdir, work)
     overrides = [*TINY, "data.corpus_format=ljspeech", f"data.corpus_dir={tiny_corpus}",
                  *tiny_steps("ar", total=100_000), *tiny_steps("nar")]
+    # the client creates and migrates mlflow.db: open it before the script starts, not beside the script's own
+    # creation (found by CI: both ran MLflow's migration at once and the script died on "table already exists";
+    # harmonica's processes take a lock around it, this test's client does not)
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--project", "demo", "--workdir", str(work), "--points", "2",
                              *overrides], cwd=SCRIPT.parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            exp = client.get_experiment_by_name("harmonica/demo") if (work / "mlflow.db").exists() else None
+            exp = client.get_experiment_by_name("harmonica/demo")
             training = exp and client.search_runs([exp.experiment_id], "tags.`harmonica.stage` = 'train_ar'")
             if training and client.get_metric_history(training[0].info.run_id, "ar/loss"):
                 break  # it is inside the training loop
