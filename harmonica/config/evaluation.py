@@ -82,6 +82,9 @@ class EvalConfig(Strict):
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     seed: int = Field(0, description="with the utterance id, derives every utterance's decoding seed")
     num_seeds: int = Field(1, ge=1, description="decodings per utterance (seeds); intervals over utterances and seeds")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the AR and NAR decode (the ASR and "
+                                                   "speaker models run on CPU); auto = the first CUDA GPU when one "
+                                                   "is visible, else CPU. Seeds draw the same on either")
     threads: int = Field(1, ge=0, description="intra-op CPU threads while evaluating (torch.set_num_threads), "
                          "fixed so verdicts do not depend on machine load; 0 = torch default")
     bootstrap_samples: int = Field(1000, ge=0, description="resamples for 95% intervals over utterances; 0 = none")

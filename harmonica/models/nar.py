@@ -281,7 +281,8 @@ class NARModel(nn.Module):
         estimate = logits1.detach().argmax(dim=-1)  # [B, T]
         frac = torch.as_tensor(gt_fraction, dtype=torch.float32, device=codes.device)
         frac = frac[:, None] if frac.dim() == 1 else frac  # [B, 1] or scalar
-        use_gt = torch.rand(B, T, generator=generator, device=codes.device) < frac  # [B, T]
+        draw_on = generator.device if generator is not None else codes.device  # a CPU seed also on a GPU
+        use_gt = torch.rand(B, T, generator=generator, device=draw_on).to(codes.device) < frac  # [B, T]
         self_cond = torch.where(use_gt, targets, estimate)  # [B, T]
         logits2, ents = self.decode(ctx, codes, audio_lens, stage, self_cond=self_cond,
                                     collect_attn=collect_attn)

@@ -55,4 +55,8 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))  # [B, V]
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)  # [B, V]
     probs = logits.softmax(dim=-1)  # [B, V]
+    if generator is not None and generator.device != probs.device:
+        # a seed means the same draws on every device: sample where the generator lives (decoding on a GPU
+        # with the CPU generator of a seed; torch refuses a generator of another device)
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(probs.device)  # [B]
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]

@@ -27,6 +27,7 @@ from harmonica.tracking.adapter import Run, Tracker
 from harmonica.tracking.read import quiet_downloads
 from harmonica.tracking.refs import model_of, resolve_checkpoint
 from harmonica.training.progress import progress_items, progress_wanted
+from harmonica.training.distributed import select_device
 from harmonica.training.threads import apply_threads
 from harmonica.tracking import names
 
@@ -149,7 +150,11 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
     with contextlib.nullcontext() if progress_wanted(progress) else quiet_downloads():
         ar, nar = (resolve_checkpoint(ref, tracker.tracking_uri, downloads) for ref in (ar_ref, nar_ref))
     ar_path, nar_path = ar.path, nar.path
-    synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode)  # contract checked here
+    try:
+        device = select_device(cfg.eval.device, key="eval.device")
+    except RuntimeError as e:
+        raise EvalError(str(e)) from e
+    synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode, device=str(device))  # contract checked here
     ar_run = ar.run_id or synth.ar_meta.get("run_id")
     nar_run = nar.run_id or synth.nar_meta.get("run_id")
     # the evaluated checkpoint models: what the reference named, else the model of that run and step
@@ -183,6 +188,7 @@ def _evaluate(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: str, we
         names.EVAL_SPLIT: cfg.eval.split,
         names.CACHE_FINGERPRINT: cache.fingerprint,
         names.EVAL_THREADS: str(threads),
+        names.DEVICE: str(device),
         **(extra_tags or {}),
     }
     description = (

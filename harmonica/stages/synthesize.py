@@ -9,6 +9,7 @@ from harmonica.config.schema import HarmonicaConfig
 from harmonica.data.audio import AudioError
 from harmonica.tracking.adapter import resolve_tracking_uri
 from harmonica.tracking.refs import resolve_checkpoint
+from harmonica.training.distributed import select_device
 from harmonica.training.progress import make_progress
 
 PHASES = ("fetch checkpoints", "load models", "decode (AR, NAR, codec)", "write wav")
@@ -54,7 +55,11 @@ def run_synthesize(cfg: HarmonicaConfig, workdir: Path, ar_ref: str, nar_ref: st
         bar.update(0, {"now": PHASES[0]})
         ar_path, nar_path = resolve_pair(cfg, Path(workdir), ar_ref, nar_ref)
         bar.update(1, {"now": PHASES[1]})
-        synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode)
+        try:
+            device = select_device(cfg.eval.device, key="eval.device")
+        except RuntimeError as e:
+            raise SynthesisError(str(e)) from e
+        synth = Synthesizer(ar_path, nar_path, weights=weights, decode=cfg.eval.decode, device=str(device))
         try:
             prompt = synth.prompt_from_wav(prompt_wav) if prompt_wav else None
         except AudioError as e:

@@ -26,7 +26,8 @@ class DistInfo:
         return self.rank == 0
 
 
-def select_device(name: str, local_rank: int = 0) -> torch.device:
+def select_device(name: str, local_rank: int = 0, key: str = "training.*.device") -> torch.device:
+    """key: the setting that named the device, for the error message."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
@@ -35,10 +36,10 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("training.*.device=cuda but no CUDA device is visible; use device=auto or cpu")
+            raise RuntimeError(f"{key}=cuda but no CUDA device is visible; use {key}=auto or cpu")
         return torch.device("cuda", local_rank)
     if name == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("training.*.device=mps but MPS is not available; use device=auto or cpu")
+        raise RuntimeError(f"{key}=mps but MPS is not available; use {key}=auto or cpu")
     return torch.device(name)
 
 

@@ -113,6 +113,12 @@ def test_cli_refusals_name_the_fix(eval_workdir, tiny_corpus, tiny_checkpoints, 
     asr = _cli("--workdir", str(eval_workdir), "--ar", str(tiny_checkpoints["ar"]), "--nar",
                str(tiny_checkpoints["nar"]), *corpus, "eval.asr.model=Systran/faster-whisper-large-v3", cwd=tmp_path)
     assert asr.returncode != 0 and "eval.asr.model" in asr.stderr and "Traceback" not in asr.stderr
+    no_gpu = subprocess.run([sys.executable, "-m", "harmonica.cli", "evaluate", "--no-progress", "--workdir",
+                             str(eval_workdir), "--ar", str(tiny_checkpoints["ar"]), "--nar", str(tiny_checkpoints["nar"]),
+                             *TINY, *corpus, "eval.device=cuda"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert no_gpu.returncode != 0 and "Traceback" not in no_gpu.stderr
+    assert "eval.device=cuda but no CUDA device is visible; use eval.device=auto or cpu" in no_gpu.stderr
 
 
 def test_no_progress_also_quiets_mlflows_download_bars(tiny_corpus, tmp_path, monkeypatch):
