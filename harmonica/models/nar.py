@@ -30,7 +30,7 @@ from harmonica.models.layers import (
     Block, PositionalEmbedding, cap_audio, init_weights, lengths_to_mask, masked_mean_ce,
     partition_params, run_blocks, scale_residual_init,
 )
-from harmonica.models.sampling import per_codebook, sample_next
+from harmonica.models.sampling import per_codebook, sample_next, uniform
 
 
 @dataclass
@@ -281,8 +281,7 @@ class NARModel(nn.Module):
         estimate = logits1.detach().argmax(dim=-1)  # [B, T]
         frac = torch.as_tensor(gt_fraction, dtype=torch.float32, device=codes.device)
         frac = frac[:, None] if frac.dim() == 1 else frac  # [B, 1] or scalar
-        draw_on = generator.device if generator is not None else codes.device  # a CPU seed also on a GPU
-        use_gt = torch.rand(B, T, generator=generator, device=draw_on).to(codes.device) < frac  # [B, T]
+        use_gt = uniform((B, T), generator, codes.device) < frac  # [B, T]
         self_cond = torch.where(use_gt, targets, estimate)  # [B, T]
         logits2, ents = self.decode(ctx, codes, audio_lens, stage, self_cond=self_cond,
                                     collect_attn=collect_attn)

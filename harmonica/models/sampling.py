@@ -37,6 +37,20 @@ def apply_repetition_penalty(logits: Tensor, history: Tensor, penalty: float,
     return torch.where(hits > 0, penalised, logits)  # [B, V]
 
 
+def uniform(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """torch.rand drawn on the generator's device and moved to `device`: a seed draws the same numbers
+    whether the model trains or decodes on a CPU or a GPU (torch refuses a generator of another device)."""
+    on = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=on).to(device)  # [shape]
+
+
+def integers(high: int, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device: torch.device,
+             dtype: torch.dtype = torch.long) -> Tensor:
+    """torch.randint(0, high) drawn like `uniform`: on the generator's device, moved to `device`."""
+    on = generator.device if generator is not None else device
+    return torch.randint(0, high, shape, generator=generator, device=on, dtype=dtype).to(device)  # [shape]
+
+
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> Tensor:
     """Sample one id per row of logits [B, V] -> [B]. temperature <= 0 is argmax (greedy);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,16 +11,19 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    launched: bool = False  # by torchrun: a process group exists, also for a world of one
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched or self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -44,10 +48,11 @@ def select_device(name: str, local_rank: int = 0, key: str = "training.*.device"
 
 
 def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
-    """Reads torchrun's environment; a plain `python` launch is a world of one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Reads torchrun's environment; a plain `python` launch is a world of one without a process group.
+    `torchrun --nproc-per-node 1` does get one (and DDP): one GPU runs the multi-GPU code path, nccl included."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return DistInfo(), select_device(device_name)
+    world = int(os.environ["WORLD_SIZE"])
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = select_device(device_name, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -55,7 +60,8 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world), device
+    log.info("torchrun: rank %d of %d on %s, process group on %s", rank, world, device, dist.get_backend())
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, launched=True), device
 
 
 def shutdown_distributed() -> None:

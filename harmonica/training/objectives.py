@@ -22,6 +22,7 @@ from torch import Tensor
 
 from harmonica.config.schema import TrainingConfig
 from harmonica.models.ar import blank_text
+from harmonica.models.sampling import integers, uniform
 from harmonica.training.schedules import codebook_entropy_weight_at, label_smoothing_at
 
 __all__ = [
@@ -206,17 +207,16 @@ def token_noise(tokens: Tensor, p: float, vocab_size: int, generator: torch.Gene
     """Teacher-forcing input noise: each valid position (all if mask is None) is replaced, with
     probability p, by a token drawn uniformly from [0, vocab_size) -- possibly the same token -- or,
     given neighbours [vocab_size, k] (`nearest_entries`), by one of the token's k nearest entries.
-    Returns a new tensor; `tokens` is not modified. The generator must live on tokens.device."""
+    Returns a new tensor; `tokens` is not modified. The generator may live on any device (`uniform`)."""
     if p <= 0:
         return tokens
-    hit = torch.rand(tokens.shape, generator=generator, device=tokens.device) < p
+    hit = uniform(tokens.shape, generator, tokens.device) < p
     if mask is not None:
         hit = hit & mask
     if neighbours is None:
-        rand_tok = torch.randint(0, vocab_size, tokens.shape, generator=generator,
-                                 device=tokens.device, dtype=tokens.dtype)
+        rand_tok = integers(vocab_size, tokens.shape, generator, tokens.device, tokens.dtype)
     else:
-        pick = torch.randint(0, neighbours.size(1), tokens.shape, generator=generator, device=tokens.device)
+        pick = integers(neighbours.size(1), tokens.shape, generator, tokens.device)
         rand_tok = neighbours[tokens.clamp(0, vocab_size - 1), pick].to(tokens.dtype)  # padding ids never hit
     return torch.where(hit, rand_tok, tokens)
 
@@ -233,11 +233,10 @@ def text_dropout(text: Tensor, text_lens: Tensor, p: float,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Classifier-free guidance training: each row, with probability p, becomes the empty text
     (its BOS and EOS, `models.ar.blank_text`; the rest padding, length 2). text [B, L], text_lens [B]
-    -> (text [B, L], text_lens [B], dropped [B] bool). New tensors; the generator must live on
-    text.device."""
+    -> (text [B, L], text_lens [B], dropped [B] bool). New tensors; the generator may live on any device."""
     if p <= 0:  # no draw: the generator's stream is unchanged when text dropout is off
         return text, text_lens, torch.zeros(text.size(0), dtype=torch.bool, device=text.device)
-    dropped = torch.rand(text.size(0), generator=generator, device=text.device) < p  # [B]
+    dropped = uniform((text.size(0),), generator, text.device) < p  # [B]
     text = torch.where(dropped[:, None], blank_text(text, text_lens), text)  # [B, L]
     return text, torch.where(dropped, torch.full_like(text_lens, 2), text_lens), dropped
 
@@ -249,7 +248,7 @@ def scheduled_sampling_mix(gold: Tensor, predicted: Tensor, teacher_ratio: float
     prediction (detached by being integer). Padded positions (mask False) keep gold."""
     if teacher_ratio >= 1.0:
         return gold
-    use_pred = torch.rand(gold.shape, generator=generator, device=gold.device) >= teacher_ratio
+    use_pred = uniform(gold.shape, generator, gold.device) >= teacher_ratio
     if mask is not None:
         use_pred = use_pred & mask
     return torch.where(use_pred, predicted.to(gold.dtype), gold)
