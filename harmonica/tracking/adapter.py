@@ -64,6 +64,24 @@ def experiment_name(cfg: TrackingConfig, project: str) -> str:
     return f"{cfg.experiment_prefix}/{project}"
 
 
+def open_embedded_store(tracking_uri: str, attempts: int = 20, wait: float = 0.5) -> MlflowClient:
+    """MlflowClient on a SQLite store, which creates and migrates the file when it is new. harmonica's own
+    processes take turns (the lock around this call), but another MLflow client -- `mlflow ui` started on
+    the same file, a notebook -- may migrate the new file at the same moment: the loser's migration fails
+    half-way ("table ... already exists", "duplicate column name", alembic's "expected to match one row";
+    found by CI). The winner finishes the migration: open again until it has (then nothing is migrated)."""
+    for attempt in range(attempts):
+        try:
+            return MlflowClient(tracking_uri)
+        except Exception as e:
+            if not type(e).__module__.startswith(("sqlalchemy", "alembic")) or attempt == attempts - 1:
+                raise
+            log.info("another MLflow client is creating %s; waiting for it (%s)", tracking_uri,
+                     str(e).splitlines()[0][:200])
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 class Tracker:
     """Opens runs in the project's experiment on the resolved tracking store."""
 
@@ -86,7 +104,7 @@ class Tracker:
             # the client creates and migrates mlflow.db; a second process must not run the migration
             # at the same time (alembic fails half-way), so it waits and finds it done
             with locks.hold(self.workdir / "mlflow.db", "creating the MLflow store"):
-                self.client = MlflowClient(self.tracking_uri)
+                self.client = open_embedded_store(self.tracking_uri)
         else:
             if is_server(self.tracking_uri):
                 bound_requests(cfg.tracking.request_timeout, cfg.tracking.request_retries)
