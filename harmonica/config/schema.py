@@ -251,7 +251,8 @@ class ParamGroups(Strict):
 class CollapseConfig(Strict):
     util_floor: float = Field(0.10, ge=0, le=1, description="predicted utilisation floor per codebook")
     attn_entropy_floor: float = Field(0.5, ge=0, description="nats, min over heads")
-    grace_steps: int = Field(0, ge=0, description="no warnings before this step")
+    grace_steps: int | None = Field(None, ge=0, description="no warnings before this step; None = the LR warmup "
+                                    "(warmup_steps), whose utilisation reflects the initialisation, not a collapse")
     stop_on_collapse: bool = False
     early_stop_window: int = Field(0, ge=0, description="0 = off; val loss and util plateau window")
     spike_factor: float = Field(10.0, gt=1, description="grad norm > factor x running median")

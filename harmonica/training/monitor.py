@@ -48,15 +48,17 @@ class CollapseEvent:
 
 class CollapseMonitor:
     """Finds codebooks with `*/cbK/util_pred` < util_floor and attention layers with
-    `*/attn_entropy/layerI_min` < attn_entropy_floor, from step grace_steps on.
+    `*/attn_entropy/layerI_min` < attn_entropy_floor, from step grace_steps (default: the LR warmup's end) on.
 
     De-duplication: a name fires once when it enters collapse, then again only every `repeat_every`
     optimizer steps while it stays collapsed (0 = never again); once its value is back at or above
     the floor it is cleared and a later collapse fires anew. `collapsed` holds the names currently
     below their floor (for stop_on_collapse and the collapse-free-tail gate)."""
 
-    def __init__(self, cfg: CollapseConfig, repeat_every: int = 1000) -> None:
+    def __init__(self, cfg: CollapseConfig, repeat_every: int = 1000, warmup_steps: int = 0) -> None:
+        """warmup_steps: the LR warmup, the grace when cfg.grace_steps is None."""
         self.cfg = cfg
+        self.grace_steps = warmup_steps if cfg.grace_steps is None else cfg.grace_steps
         self.repeat_every = repeat_every
         self._last_fired: dict[str, int] = {}  # name -> step of the last event, while collapsed
 
@@ -70,7 +72,7 @@ class CollapseMonitor:
 
     def check(self, step: int, metrics: Mapping[str, float]) -> list[CollapseEvent]:
         events: list[CollapseEvent] = []
-        if step < self.cfg.grace_steps:
+        if step < self.grace_steps:
             return events
         for key, raw in metrics.items():
             if m := _UTIL.match(key):

@@ -113,7 +113,7 @@ class Trainer:
         self.usage = CodebookUsage(contract["n_q"], contract["codebook_size"], device)
         m = self.mcfg  # the AR's guided heads are sharp by design: the collapse floor leaves them out
         self.sharp_heads = guided_heads(self.tcfg, m.text_layers, m.n_layers, m.n_heads) if kind == "ar" else None
-        self.collapse = CollapseMonitor(self.tcfg.collapse)
+        self.collapse = CollapseMonitor(self.tcfg.collapse, warmup_steps=self.tcfg.warmup_steps)
         self.early = EarlyStopper(self.tcfg.collapse.early_stop_window)
         self.guard = InstabilityGuard(self.tcfg.collapse)
         self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and self.tcfg.precision == "fp16" else None

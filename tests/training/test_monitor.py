@@ -130,3 +130,13 @@ def test_weights_finite():
     with torch.no_grad():
         m.bias[0] = float("nan")
     assert not weights_finite(m)
+
+
+def test_the_default_grace_is_the_lr_warmup():
+    """The demo AR's utilisation dips under the floor at step 20 of its 50 warmup steps and is 0.93 at the
+    end: a warning then is about the initialisation (every demo run showed one); an explicit grace wins."""
+    low = {"ar/cb0/util_pred": 0.05}
+    warm = CollapseMonitor(CollapseConfig(), warmup_steps=50)
+    assert warm.check(20, low) == [] and len(warm.check(50, low)) == 1
+    assert len(CollapseMonitor(CollapseConfig(grace_steps=0), warmup_steps=50).check(20, low)) == 1
+    assert len(CollapseMonitor(CollapseConfig()).check(0, low)) == 1  # no warmup: no grace
