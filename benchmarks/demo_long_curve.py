@@ -65,7 +65,7 @@ def minutes_to(ckpt_root: Path, step: int, started: datetime) -> float:
 
 
 def train(cfg: HarmonicaConfig, kind: str, workdir: Path, steps: list[int], parent: str) -> dict[str, Any]:
-    started = datetime.now(UTC).replace(microsecond=0)  # saved_at has whole seconds
+    started = datetime.now(UTC)  # saved_at has milliseconds (whole seconds made a tiny curve 0 minutes long)
     t0 = time.perf_counter()
     out = run_train(cfg, kind, workdir, parent_run_id=parent)
     root = out.checkpoint_dir / "ckpt"

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import time
+import traceback
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -64,17 +65,48 @@ def experiment_name(cfg: TrackingConfig, project: str) -> str:
     return f"{cfg.experiment_prefix}/{project}"
 
 
-def open_embedded_store(tracking_uri: str, attempts: int = 20, wait: float = 0.5) -> MlflowClient:
-    """MlflowClient on a SQLite store, which creates and migrates the file when it is new. harmonica's own
-    processes take turns (the lock around this call), but another MLflow client -- `mlflow ui` started on
-    the same file, a notebook -- may migrate the new file at the same moment: the loser's migration fails
-    half-way ("table ... already exists", "duplicate column name", alembic's "expected to match one row";
-    found by CI). The winner finishes the migration: open again until it has (then nothing is migrated)."""
+def _in_migration(exc: BaseException) -> bool:
+    """Raised by SQLAlchemy or alembic, or from inside MLflow's migrations: a race lost can surface as any of
+    sqlalchemy's OperationalError, alembic's CommandError, or a ValueError of alembic's batch operations
+    ("No such constraint", found by CI)."""
+    if type(exc).__module__.startswith(("sqlalchemy", "alembic")):
+        return True
+    files = [frame.filename for frame in traceback.extract_tb(exc.__traceback__)]
+    return any(f"{os.sep}alembic{os.sep}" in f or f"{os.sep}db_migrations{os.sep}" in f for f in files)
+
+
+def _install_new_store(path: Path) -> None:
+    """Create and migrate a new store in a private file, then link it into place only if `path` still does
+    not exist (atomic): harmonica never migrates a file that another MLflow client may be migrating too."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        MlflowClient(f"sqlite:///{tmp}")  # creates and migrates the private file
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another client created it first: open_embedded_store waits for its migration
+    except OSError as e:  # a filesystem without hard links: migrate in place, as MLflow itself does
+        log.info("cannot link a new MLflow store into %s (%s); creating it in place", path, e)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def open_embedded_store(tracking_uri: str, attempts: int = 40, wait: float = 0.5) -> MlflowClient:
+    """MlflowClient on a SQLite store. MlflowClient creates and migrates a new file, and another MLflow client
+    -- `mlflow ui` started on the same file, a notebook, a test -- may migrate it at the same moment: the
+    loser fails half-way ("table ... already exists", "duplicate column name", alembic's "expected to match
+    one row", "No such constraint") and may leave the file half-migrated (found by CI). harmonica's own
+    processes take turns (the lock around this call); against other clients a new store is migrated
+    privately and linked into place (`_install_new_store`), and a store another client is still migrating
+    is opened again until its migration is done."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):])
+        if not path.exists():
+            _install_new_store(path)
     for attempt in range(attempts):
         try:
             return MlflowClient(tracking_uri)
         except Exception as e:
-            if not type(e).__module__.startswith(("sqlalchemy", "alembic")) or attempt == attempts - 1:
+            if not _in_migration(e) or attempt == attempts - 1:
                 raise
             log.info("another MLflow client is creating %s; waiting for it (%s)", tracking_uri,
                      str(e).splitlines()[0][:200])

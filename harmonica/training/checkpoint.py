@@ -226,7 +226,7 @@ def save_checkpoint(root: Path, step: int, *, model: dict[str, Tensor], ema: dic
             tensors, skeleton = flatten_state(state)
             save_file(tensors, str(tmp / f"{name}.safetensors"))
             _write_json(tmp / f"{name}.json", skeleton)
-        saved_at = datetime.now(UTC).isoformat(timespec="seconds")
+        saved_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         _write_json(tmp / names.CKPT_META, _plain_json({**meta, "step": step, "saved_at": saved_at}))
         for name, src in (bundle or {}).items():
             shutil.copytree(src, tmp / name)
