@@ -64,12 +64,14 @@ def main() -> None:
     torch.set_num_threads(max(1, cfg.eval.threads))
     results: dict[str, dict] = {}
     first_tokens: list[list[int]] | None = None
+    items: list | None = None  # the same slice for every device, read once
     for name in args.devices:
         device = select_device(name, key="--devices")
         synth = Synthesizer(Path(args.ar), Path(args.nar), weights="ema", decode=cfg.eval.decode, device=str(device))
-        cache, _ = find_cache(cfg, Path(args.workdir), allow_mismatch=True,
-                              prefer=synth.nar_meta.get("cache_fingerprint"))
-        items = build_eval_slice(cache, cfg.eval, synth.prompt_frames)[: args.utterances]
+        if items is None:
+            cache, _ = find_cache(cfg, Path(args.workdir), allow_mismatch=True,
+                                  prefer=synth.nar_meta.get("cache_fingerprint"))
+            items = build_eval_slice(cache, cfg.eval, synth.prompt_frames)[: args.utterances]
         decode_all(synth, items[:1], cfg.eval.seed, device)  # warm-up: kernels, allocator
         seconds, tokens = decode_all(synth, items, cfg.eval.seed, device)
         first_tokens = first_tokens if first_tokens is not None else tokens

@@ -37,18 +37,28 @@ def apply_repetition_penalty(logits: Tensor, history: Tensor, penalty: float,
     return torch.where(hits > 0, penalised, logits)  # [B, V]
 
 
+def _draw_on(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Where a seeded draw happens: on the generator's device (torch refuses a generator of another one), so
+    a seed draws the same numbers whether the model trains or decodes on a CPU or a GPU."""
+    return generator.device if generator is not None else device
+
+
 def uniform(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """torch.rand drawn on the generator's device and moved to `device`: a seed draws the same numbers
-    whether the model trains or decodes on a CPU or a GPU (torch refuses a generator of another device)."""
-    on = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=on).to(device)  # [shape]
+    """torch.rand drawn on the generator's device (`_draw_on`), moved to `device`."""
+    return torch.rand(shape, generator=generator, device=_draw_on(generator, device)).to(device)  # [shape]
 
 
 def integers(high: int, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device: torch.device,
              dtype: torch.dtype = torch.long) -> Tensor:
-    """torch.randint(0, high) drawn like `uniform`: on the generator's device, moved to `device`."""
-    on = generator.device if generator is not None else device
+    """torch.randint(0, high) drawn on the generator's device (`_draw_on`), moved to `device`."""
+    on = _draw_on(generator, device)
     return torch.randint(0, high, shape, generator=generator, device=on, dtype=dtype).to(device)  # [shape]
+
+
+def multinomial(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One id per row of probs [B, V] -> [B], drawn on the generator's device (`_draw_on`)."""
+    on = _draw_on(generator, probs.device)
+    return torch.multinomial(probs.to(on), 1, generator=generator).squeeze(-1).to(probs.device)  # [B]
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -69,8 +79,4 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))  # [B, V]
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)  # [B, V]
     probs = logits.softmax(dim=-1)  # [B, V]
-    if generator is not None and generator.device != probs.device:
-        # a seed means the same draws on every device: sample where the generator lives (decoding on a GPU
-        # with the CPU generator of a seed; torch refuses a generator of another device)
-        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(probs.device)  # [B]
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
+    return multinomial(probs, generator)  # [B]
